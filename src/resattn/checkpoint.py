@@ -1,0 +1,70 @@
+"""Checkpoints: written atomically, loaded with weights_only=True so a file can never run code."""
+
+import os
+import pickle
+import random
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from resattn.config import ConfigError
+
+FORMAT = "resattn-checkpoint-1"
+# Config keys that fix the model's shape and meaning: a checkpoint must agree on all of them.
+MODEL_KEYS = ("pattern.name", "pattern.placement", "pattern.controlled", "pattern.lam_learnable",
+              "pattern.reduction", "pattern.spatial_kernel", "model.width", "data.name")
+
+
+def rng_state() -> dict:
+    np_state = np.random.get_state(legacy=False)
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "numpy": {"key": torch.from_numpy(np_state["state"]["key"].astype(np.int64)), "pos": np_state["state"]["pos"],
+                  "has_gauss": np_state["has_gauss"], "gauss": np_state["gauss"]},
+        "python": random.getstate(),
+    }
+
+
+def set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    n = state["numpy"]
+    np.random.set_state({"bit_generator": "MT19937", "state": {"key": n["key"].numpy().astype(np.uint32), "pos": n["pos"]},
+                         "has_gauss": n["has_gauss"], "gauss": n["gauss"]})
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+
+
+def save(path: Path, state: dict) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save({"format": FORMAT, **state}, tmp)
+    os.replace(tmp, path)
+
+
+def _get(cfg: dict, key: str):
+    for part in key.split("."):
+        cfg = cfg.get(part) if isinstance(cfg, dict) else None
+    return cfg
+
+
+def load(path: Path, config: dict, key: str = "trainer.resume") -> dict:
+    """The checkpoint at `path`, refused with a ConfigError naming `key` unless it is one of ours
+    for the same model as `config`."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise ConfigError(f"{key}: no checkpoint at '{path}'") from None
+    except (pickle.UnpicklingError, zipfile.BadZipFile, RuntimeError, EOFError, OSError, ValueError) as err:
+        reason = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
+        raise ConfigError(f"{key}: '{path}' is not a readable resattn checkpoint ({reason})") from None
+    if not isinstance(state, dict) or state.get("format") != FORMAT:
+        raise ConfigError(f"{key}: '{path}' is not a resattn checkpoint")
+    for k in MODEL_KEYS:
+        theirs, ours = _get(state["config"], k), _get(config, k)
+        if theirs != ours:
+            raise ConfigError(f"{key}: '{path}' was made with {k}={theirs}, this run has {k}={ours}")
+    return state

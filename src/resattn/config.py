@@ -1,0 +1,64 @@
+"""Checks of the composed config, so every bad value fails at once with one line naming its key."""
+
+import math
+
+from omegaconf import DictConfig
+
+from resattn.model import PATTERNS
+
+
+class ConfigError(ValueError):
+    """A bad config value or input; str(err) is the one line shown to the user."""
+
+
+def _number(cfg: DictConfig, key: str):
+    value = cfg
+    for part in key.split("."):
+        value = value[part]
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value):
+        raise ConfigError(f"{key} must be a number, got {value!r}")
+    return value
+
+
+def _at_least_one(cfg: DictConfig, key: str) -> None:
+    value = _number(cfg, key)
+    if value < 1 or value != int(value):
+        raise ConfigError(f"{key} must be an integer >= 1, got {value!r}")
+
+
+def _one_of(key: str, value, allowed) -> None:
+    if value not in allowed:
+        raise ConfigError(f"{key} must be one of {', '.join(map(str, allowed))}, got {value!r}")
+
+
+def validate(cfg: DictConfig) -> None:
+    p = cfg.pattern
+    _one_of("pattern.name", p.name, PATTERNS)
+    lam = _number(cfg, "pattern.lam_init")
+    if not 0.0 <= lam <= 1.0:
+        raise ConfigError(f"pattern.lam_init must be a number in [0, 1], got {lam!r}")
+    _one_of("pattern.spatial_kernel", p.spatial_kernel, (3, 7))
+    _at_least_one(cfg, "pattern.reduction")
+    for key in ("controlled", "lam_learnable"):
+        _one_of(f"pattern.{key}", p[key], (True, False))
+    if _number(cfg, "model.width") <= 0:
+        raise ConfigError(f"model.width must be > 0, got {cfg.model.width!r}")
+    for key in ("trainer.epochs", "trainer.batch_size", "trainer.eval_batch_size", "trainer.log_every_n_steps"):
+        _at_least_one(cfg, key)
+    for key in ("optim.lr", "optim.momentum", "optim.weight_decay", "optim.label_smoothing", "optim.warmup_frac"):
+        if _number(cfg, key) < 0:
+            raise ConfigError(f"{key} must be >= 0, got {_number(cfg, key)!r}")
+    _one_of("optim.schedule", cfg.optim.schedule, ("onecycle", "cosine"))
+    _one_of("trainer.precision", cfg.trainer.precision, ("auto", "bf16", "fp32"))
+    _one_of("trainer.compile", cfg.trainer.compile, ("auto", True, False))
+    _one_of("trainer.channels_last", cfg.trainer.channels_last, (True, False))
+    _one_of("data.name", cfg.data.name, ("cifar10", "synthetic", "folder"))
+    for key in ("train_size", "test_size"):
+        if cfg.data.get(key) is not None:
+            _at_least_one(cfg, f"data.{key}")
+    threads = cfg.trainer.num_threads
+    if threads != "auto":
+        _at_least_one(cfg, "trainer.num_threads")
+    every = cfg.tracking.attention_maps_every
+    if every is not None and (isinstance(every, bool) or not isinstance(every, int) or every < 0):
+        raise ConfigError(f"tracking.attention_maps_every must be null or an integer >= 0, got {every!r}")

@@ -1,0 +1,230 @@
+"""Datasets as uint8 tensors held on the training device, and a loader that augments per batch.
+
+Every dataset comes out as `Split(images (N, 3, 32, 32) uint8, labels (N,) int64)`; nothing
+per image happens in the training loop.
+"""
+
+import hashlib
+import logging
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from omegaconf import DictConfig
+
+from resattn.config import ConfigError
+
+log = logging.getLogger(__name__)
+PAD = 4  # random-crop padding, in pixels
+
+
+@dataclass
+class Split:
+    images: torch.Tensor  # (N, 3, 32, 32) uint8
+    labels: torch.Tensor  # (N,) int64
+
+
+@dataclass
+class Dataset:
+    train: Split
+    test: Split
+    classes: list[str]
+
+
+def balanced_subset(labels: torch.Tensor, size: int | None, seed: int, key: str) -> torch.Tensor:
+    """Indices of a seeded subset of `size` items with the classes as equal as they can be."""
+    n = len(labels)
+    if size is None or size == n:
+        return torch.arange(n)
+    if size > n:
+        raise ConfigError(f"{key} must be at most {n} (the split's size), got {size}")
+    g = torch.Generator().manual_seed(seed)
+    # A random order within each class, then classes interleaved: the first `size` are balanced.
+    order = torch.randperm(n, generator=g)
+    by_class = labels[order].argsort(stable=True)
+    rank = torch.empty(n, dtype=torch.long)
+    counts = torch.bincount(labels)
+    starts = torch.cumsum(counts, 0) - counts
+    rank[by_class] = torch.arange(n) - starts.repeat_interleave(counts)
+    interleaved = torch.argsort(rank * len(counts) + labels[order], stable=True)
+    return order[interleaved[:size]].sort().values
+
+
+def synthetic(cfg: DictConfig) -> Dataset:
+    """Class k: its own hue and stripe orientation, with a random phase and heavy noise."""
+    k = cfg.num_classes
+    g = torch.Generator().manual_seed(cfg.subset_seed)
+
+    def make(n: int) -> Split:
+        labels = torch.arange(n) % k
+        labels = labels[torch.randperm(n, generator=g)]
+        angle = labels.float() * math.pi / k
+        yy, xx = torch.meshgrid(torch.arange(32.0), torch.arange(32.0), indexing="ij")
+        phase = torch.rand(n, 1, 1, generator=g) * 2 * math.pi
+        coord = xx * torch.cos(angle)[:, None, None] + yy * torch.sin(angle)[:, None, None]
+        stripes = torch.sin(coord * 0.8 + phase)  # (n, 32, 32)
+        hue = labels.float()[:, None] / k * 2 * math.pi + torch.tensor([0.0, 2.1, 4.2])
+        colour = 0.5 + 0.35 * torch.cos(hue)  # (n, 3)
+        img = colour[:, :, None, None] + 0.25 * stripes[:, None] + 0.2 * torch.randn(n, 3, 32, 32, generator=g)
+        return Split((img.clamp(0, 1) * 255).round().to(torch.uint8), labels)
+
+    return Dataset(make(cfg.train_size), make(cfg.test_size), [f"class{i}" for i in range(k)])
+
+
+def cifar10(cfg: DictConfig) -> Dataset:
+    from torchvision.datasets import CIFAR10
+
+    root = Path(cfg.root)
+    splits = []
+    for train in (True, False):
+        try:
+            ds = CIFAR10(str(root), train=train, download=cfg.download)
+        except RuntimeError as err:  # torchvision: not found (download off) or corrupted
+            raise ConfigError(
+                f"data.root: CIFAR-10 not found in '{root}' ({err}); set data.download=true, "
+                "point data.root at a folder holding cifar-10-batches-py/, or use data=synthetic"
+            ) from None
+        except OSError as err:  # URLError and socket errors: no network
+            raise ConfigError(
+                f"data.root: CIFAR-10 is not in '{root}' and could not be downloaded (offline? {err}); "
+                "copy cifar-10-batches-py/ into data.root, or use data=synthetic"
+            ) from None
+        images = torch.from_numpy(ds.data).permute(0, 3, 1, 2).contiguous()
+        splits.append(Split(images, torch.tensor(ds.targets, dtype=torch.long)))
+    return Dataset(splits[0], splits[1], list(ds.classes))
+
+
+def _decode(paths: list[str]) -> torch.Tensor:
+    from PIL import Image
+
+    out = torch.empty(len(paths), 3, 32, 32, dtype=torch.uint8)
+    for i, path in enumerate(paths):
+        with Image.open(path) as im:
+            im = im.convert("RGB")
+            if im.size != (32, 32):
+                im = im.resize((32, 32), Image.BILINEAR)
+            out[i] = torch.frombuffer(bytearray(im.tobytes()), dtype=torch.uint8).view(32, 32, 3).permute(2, 0, 1)
+    return out
+
+
+def _cached_decode(root: Path, split: str, paths: list[str]) -> torch.Tensor:
+    """Decode once; later runs load root/.resattn_cache/<split>-<hash>.pt, keyed by the file list and sizes."""
+    digest = hashlib.sha256()
+    for p in paths:
+        digest.update(f"{Path(p).relative_to(root)}\0{Path(p).stat().st_size}\n".encode())
+    cache = root / ".resattn_cache" / f"{split}-{digest.hexdigest()[:16]}.pt"
+    if cache.exists():
+        try:
+            images = torch.load(cache, weights_only=True)
+            if images.shape == (len(paths), 3, 32, 32) and images.dtype == torch.uint8:
+                log.info("using image cache %s", cache)
+                return images
+            raise ValueError(f"holds {tuple(images.shape)} {images.dtype}")
+        except Exception as err:  # a truncated or foreign file: never trusted, rebuilt
+            log.warning("image cache %s is unreadable (%s); rebuilding it", cache, err)
+    images = _decode(paths)
+    try:
+        cache.parent.mkdir(exist_ok=True)
+        tmp = cache.with_suffix(".tmp")
+        torch.save(images, tmp)
+        tmp.replace(cache)
+        log.info("made image cache %s", cache)
+    except OSError as err:
+        log.warning("could not write image cache %s (%s); decoding again next run", cache, err)
+    return images
+
+
+def folder(cfg: DictConfig) -> Dataset:
+    from torchvision.datasets import ImageFolder
+
+    if cfg.root is None or str(cfg.root) in ("", "???"):
+        raise ConfigError("data.root is required for data=folder: data.root=/path holding train/ and test/")
+    root = Path(cfg.root)
+    splits, classes = [], None
+    for split, size in (("train", cfg.train_size), ("test", cfg.test_size)):
+        if not (root / split).is_dir():
+            raise ConfigError(f"data.root: '{root}' must hold {split}/<class>/ folders of images (no {split}/ found)")
+        try:
+            found = ImageFolder(str(root / split), loader=lambda p: p)
+        except (FileNotFoundError, RuntimeError) as err:
+            raise ConfigError(f"data.root: no images in '{root / split}' ({err})") from None
+        if classes is not None and found.classes != classes:
+            raise ConfigError(f"data.root: train/ and test/ in '{root}' must hold the same class folders")
+        classes = found.classes
+        labels = torch.tensor(found.targets, dtype=torch.long)
+        keep = balanced_subset(labels, size, cfg.subset_seed, f"data.{split}_size")
+        paths = [found.samples[i][0] for i in keep.tolist()]
+        splits.append(Split(_cached_decode(root, split, paths), labels[keep]))
+    return Dataset(splits[0], splits[1], classes)
+
+
+def load(cfg: DictConfig) -> Dataset:
+    ds = {"cifar10": cifar10, "synthetic": synthetic, "folder": folder}[cfg.name](cfg)
+    if cfg.name == "cifar10":  # the folder loader subsets before decoding; synthetic is made to size
+        for split, size in (("train", cfg.train_size), ("test", cfg.test_size)):
+            s = getattr(ds, split)
+            keep = balanced_subset(s.labels, size, cfg.subset_seed, f"data.{split}_size")
+            setattr(ds, split, Split(s.images[keep], s.labels[keep]))
+    return ds
+
+
+def channel_stats(images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-channel mean and std of uint8 images, on the 0-1 scale."""
+    x = images.float().div_(255).transpose(0, 1).reshape(3, -1)
+    return x.mean(1), x.std(1)
+
+
+class Loader:
+    """Batches of one split, held on `device` as uint8, normalised in `dtype` per batch.
+
+    Training order and augmentation draw from `generator` once per epoch, so
+    `batches(skip=k)` after restoring the generator's state replays an epoch from batch k.
+    """
+
+    def __init__(self, split: Split, batch_size: int, mean, std, device, dtype=torch.float32,
+                 channels_last: bool = True, augment: bool = False, generator: torch.Generator | None = None):
+        self.images = split.images.to(device)
+        self.labels = split.labels.to(device)
+        self.batch_size, self.augment, self.generator = batch_size, augment, generator
+        self.mean = (mean * 255).to(device, dtype).view(1, 3, 1, 1)
+        self.std = (std * 255).to(device, dtype).view(1, 3, 1, 1)
+        self.dtype = dtype
+        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
+
+    def __len__(self) -> int:
+        return math.ceil(len(self.labels) / self.batch_size)
+
+    def batches(self, skip: int = 0):
+        n, device = len(self.labels), self.images.device
+        if self.generator is not None:
+            order = torch.randperm(n, generator=self.generator).to(device)
+        else:
+            order = torch.arange(n, device=device)
+        if self.augment:
+            offsets = torch.randint(0, 2 * PAD + 1, (n, 2), generator=self.generator).to(device)
+            flips = torch.randint(0, 2, (n,), generator=self.generator, dtype=torch.bool).to(device)
+        for start in range(skip * self.batch_size, n, self.batch_size):
+            idx = order[start : start + self.batch_size]
+            x = self.images[idx]
+            if self.augment:
+                x = crop_flip(x, offsets[start : start + len(idx)], flips[start : start + len(idx)])
+            yield self.normalise(x), self.labels[idx]
+
+    def normalise(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.to(self.dtype).sub_(self.mean).div_(self.std)
+        return x.contiguous(memory_format=self.memory_format)
+
+
+def crop_flip(x: torch.Tensor, offsets: torch.Tensor, flips: torch.Tensor) -> torch.Tensor:
+    """Random crop from the zero-padded image at (dy, dx) = offsets, mirrored where `flips`; one gather."""
+    b, c, h, w = x.shape
+    padded = F.pad(x, (PAD, PAD, PAD, PAD))
+    ar_h = torch.arange(h, device=x.device)
+    ar_w = torch.arange(w, device=x.device)
+    rows = offsets[:, 0:1] + ar_h
+    cols = offsets[:, 1:2] + torch.where(flips[:, None], w - 1 - ar_w, ar_w)
+    bi = torch.arange(b, device=x.device).view(b, 1, 1, 1)
+    ci = torch.arange(c, device=x.device).view(1, c, 1, 1)
+    return padded[bi, ci, rows.view(b, 1, h, 1), cols.view(b, 1, 1, w)]

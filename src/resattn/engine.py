@@ -1,0 +1,285 @@
+"""The training loop: one function, `train`, from a composed config to a finished run folder."""
+
+import logging
+import math
+import os
+import random
+import signal
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from omegaconf import DictConfig, OmegaConf
+
+from resattn import checkpoint, data
+from resattn.config import ConfigError, validate
+from resattn.model import SimpleCNN
+from resattn.tracking import Tracker, read_summary, write_json
+
+log = logging.getLogger(__name__)
+
+
+class Diverged(RuntimeError):
+    pass
+
+
+class Interrupted(Exception):
+    def __init__(self, signum: int):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ConfigError(f"trainer.device must be auto, cpu, cuda, cuda:N or mps, got {name!r}") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"trainer.device={name}: no CUDA device is available here; use trainer.device=auto or cpu")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise ConfigError(f"trainer.device={name}: only {torch.cuda.device_count()} CUDA device(s) here")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError(f"trainer.device={name}: no MPS device is available here; use trainer.device=auto or cpu")
+    if device.type not in ("cpu", "cuda", "mps"):
+        raise ConfigError(f"trainer.device must be auto, cpu, cuda, cuda:N or mps, got {name!r}")
+    return device
+
+
+def use_bf16(precision: str, device: torch.device) -> bool:
+    if precision != "auto":
+        return precision == "bf16"
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    return False
+
+
+def build_model(cfg: DictConfig, num_classes: int) -> SimpleCNN:
+    p = cfg.pattern
+    return SimpleCNN(pattern=p.name, num_classes=num_classes, lam_init=float(p.lam_init), lam_learnable=p.lam_learnable,
+                     controlled=p.controlled, reduction=p.reduction, spatial_kernel=p.spatial_kernel, width=cfg.model.width)
+
+
+def build_optimizer(cfg: DictConfig, model: torch.nn.Module, total_steps: int):
+    o = cfg.optim
+    # No weight decay on BN parameters or on the lambda logits: decay would pull lambda towards 0.5.
+    decay = [p for n, p in model.named_parameters() if p.ndim > 1]
+    no_decay = [p for n, p in model.named_parameters() if p.ndim <= 1]
+    opt = torch.optim.SGD([{"params": decay, "weight_decay": o.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+                          lr=o.lr, momentum=o.momentum, nesterov=o.momentum > 0)
+    if o.schedule == "onecycle":
+        sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=o.lr, total_steps=total_steps,
+                                                    pct_start=o.warmup_frac, anneal_strategy="linear",
+                                                    cycle_momentum=False)
+    else:
+        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total_steps)
+    return opt, sched
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+@torch.inference_mode()
+def evaluate(model, loader: data.Loader, bf16: bool) -> tuple[float, float]:
+    """(mean cross-entropy, accuracy) over the loader's split."""
+    was_training = model.training
+    model.eval()
+    loss = torch.zeros((), device=loader.labels.device)
+    correct = torch.zeros((), dtype=torch.long, device=loader.labels.device)
+    for x, y in loader.batches():
+        with torch.autocast(x.device.type, torch.bfloat16, enabled=bf16):
+            out = model(x)
+        loss += F.cross_entropy(out.float(), y, reduction="sum")
+        correct += (out.argmax(1) == y).sum()
+    model.train(was_training)
+    n = len(loader.labels)
+    return loss.item() / n, correct.item() / n
+
+
+@contextmanager
+def stop_on_signals():
+    """First SIGINT/SIGTERM: ask the loop to stop after its current step. Second: exit at once."""
+    received: list[int] = []
+
+    def handler(signum, frame):
+        if received:
+            os._exit(128 + signum)
+        received.append(signum)
+
+    previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield received
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+
+
+def train(cfg: DictConfig, run_dir: Path) -> dict:
+    """Train as `cfg` says, writing events, checkpoint.pt and summary.json into run_dir.
+    Returns the summary; raises ConfigError, Diverged or Interrupted (after saving) otherwise."""
+    validate(cfg)
+    run_dir = Path(run_dir)
+    t = cfg.trainer
+    device = pick_device(t.device)
+    if t.num_threads != "auto":
+        torch.set_num_threads(int(t.num_threads))
+    bf16 = use_bf16(t.precision, device)
+    seed_everything(cfg.seed)
+
+    ds = data.load(cfg.data)
+    mean, std = data.channel_stats(ds.train.images)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    dtype = torch.bfloat16 if bf16 else torch.float32
+    train_loader = data.Loader(ds.train, t.batch_size, mean, std, device, dtype, t.channels_last,
+                               augment=cfg.data.augment, generator=gen)
+    test_loader = data.Loader(ds.test, t.eval_batch_size, mean, std, device, dtype, t.channels_last)
+
+    model = build_model(cfg, len(ds.classes)).to(device)
+    if t.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    steps_per_epoch = len(train_loader)
+    optimizer, scheduler = build_optimizer(cfg, model, t.epochs * steps_per_epoch)
+    compiled = t.compile if t.compile != "auto" else device.type == "cuda"
+    forward = torch.compile(model) if compiled else model
+
+    config = OmegaConf.to_container(cfg, resolve=True)
+    summary = {
+        "pattern": cfg.pattern.name, "placement": cfg.pattern.placement, "controlled": model.block1.controlled,
+        "lam_init": float(cfg.pattern.lam_init), "lam_learnable": cfg.pattern.lam_learnable,
+        "reduction": cfg.pattern.reduction, "spatial_kernel": cfg.pattern.spatial_kernel, "width": cfg.model.width,
+        "data": cfg.data.name, "seed": cfg.seed, "epochs": t.epochs, "epochs_completed": 0, "step": 0,
+        "best_test_acc": 0.0, "final_test_acc": 0.0, "final_lambda": {}, "wall_time_s": 0.0, "status": "running",
+    }
+
+    # Resume: where, and from which state.
+    ckpt_path = run_dir / "checkpoint.pt"
+    resume_from = None
+    if t.resume == "auto":
+        resume_from = ckpt_path if ckpt_path.exists() else None
+    elif t.resume not in (False, None, "false"):
+        resume_from = Path(str(t.resume))
+    epoch, skip, step, train_sums, prior_time = 0, 0, 0, None, 0.0
+    if resume_from is not None:
+        state = checkpoint.load(resume_from, config)
+        try:
+            model.load_state_dict(state["model"])
+            optimizer.load_state_dict(state["optimizer"])
+            scheduler.load_state_dict(state["scheduler"])
+        except (RuntimeError, ValueError, KeyError) as err:
+            raise ConfigError(f"trainer.resume: '{resume_from}' does not fit this model ({str(err).splitlines()[0]})") from None
+        checkpoint.set_rng_state(state["rng"])
+        gen.set_state(state["rng"]["data"])
+        epoch, skip, step = state["epoch"], state["batch"], state["step"]
+        train_sums = state["train_sums"]
+        prior_time = state["wall_time_s"]
+        summary.update(best_test_acc=state["best_test_acc"], final_test_acc=state["final_test_acc"],
+                       epochs_completed=epoch, step=step)
+        log.info("resuming from %s at epoch %d, step %d", resume_from, epoch, step)
+
+    tracker = Tracker(run_dir, purge_step=step + 1 if resume_from else None, progress=cfg.tracking.progress)
+    start = time.perf_counter()
+
+    def lambdas() -> dict[str, float]:
+        return {k: v.item() for k, v in model.lambdas().items()}
+
+    def save(epoch_rng: torch.Tensor, batch: int, sums) -> None:
+        summary["wall_time_s"] = prior_time + time.perf_counter() - start
+        checkpoint.save(ckpt_path, {
+            "config": config, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(), "rng": {**checkpoint.rng_state(), "data": epoch_rng},
+            "epoch": epoch, "batch": batch, "step": step, "train_sums": sums,
+            "best_test_acc": summary["best_test_acc"], "final_test_acc": summary["final_test_acc"],
+            "wall_time_s": summary["wall_time_s"],
+        })
+
+    def finish(status: str, **extra) -> dict:
+        summary.update(status=status, final_lambda=lambdas(), step=step,
+                       wall_time_s=prior_time + time.perf_counter() - start, **extra)
+        write_json(run_dir / "summary.json", summary)
+        return summary
+
+    if step == 0:
+        tracker.scalars({f"lambda/{k}": v for k, v in lambdas().items()}, 0)
+    try:
+        with stop_on_signals() as signals:
+            model.train()
+            while epoch < t.epochs:
+                epoch_rng = gen.get_state()
+                if train_sums is None:
+                    loss_sum = torch.zeros((), device=device)
+                    correct = torch.zeros((), dtype=torch.long, device=device)
+                    seen = 0
+                else:
+                    loss_sum, correct, seen = (torch.tensor(train_sums[0], device=device),
+                                               torch.tensor(train_sums[1], device=device), train_sums[2])
+                epoch_start = time.perf_counter()
+                for i, (x, y) in enumerate(train_loader.batches(skip), start=skip):
+                    with torch.autocast(device.type, torch.bfloat16, enabled=bf16):
+                        out = forward(x)
+                        loss = F.cross_entropy(out, y, label_smoothing=cfg.optim.label_smoothing)
+                    optimizer.zero_grad(set_to_none=True)
+                    loss.backward()
+                    optimizer.step()
+                    scheduler.step()
+                    step += 1
+                    # Kept on the device: read only at log steps, so the loop never waits on the GPU.
+                    loss_sum += loss.detach().float() * len(y)
+                    correct += (out.argmax(1) == y).sum()
+                    seen += len(y)
+                    if step % t.log_every_n_steps == 0:
+                        train_loss = loss_sum.item() / seen
+                        if not math.isfinite(train_loss):
+                            raise Diverged(f"non-finite training loss at step {step}")
+                        lam = lambdas()
+                        tracker.scalars({f"lambda/{k}": v for k, v in lam.items()}, step)
+                        tracker.show(f"epoch {epoch + 1}/{t.epochs}", i + 1, steps_per_epoch,
+                                     f"loss {train_loss:.3f} acc {correct.item() / seen:.3f} "
+                                     + " ".join(f"λ{k[-1]} {v:.3f}" for k, v in lam.items())
+                                     + f" {seen / (time.perf_counter() - epoch_start):.0f} img/s")
+                    if signals:
+                        save(epoch_rng, i + 1, [loss_sum.item(), correct.item(), seen])
+                        raise Interrupted(signals[0])
+                train_time = time.perf_counter() - epoch_start
+                train_loss = loss_sum.item() / seen
+                if not math.isfinite(train_loss):
+                    raise Diverged(f"non-finite training loss at step {step}")
+                test_loss, test_acc = evaluate(forward, test_loader, bf16)
+                epoch += 1
+                skip, train_sums = 0, None
+                lam = lambdas()
+                tracker.scalars({
+                    "acc/train": correct.item() / seen, "acc/test": test_acc, "loss/train": train_loss,
+                    "loss/test": test_loss, "lr": scheduler.get_last_lr()[0],
+                    "throughput/train_img_s": seen / train_time,
+                    **({f"lambda/{k}": v for k, v in lam.items()} if step % t.log_every_n_steps else {}),
+                }, step)
+                summary.update(epochs_completed=epoch, step=step, final_test_acc=test_acc,
+                               best_test_acc=max(summary["best_test_acc"], test_acc), final_lambda=lam)
+                log.info("epoch %d/%d: train loss %.4f acc %.4f | test loss %.4f acc %.4f | %s", epoch, t.epochs,
+                         train_loss, correct.item() / seen, test_loss, test_acc,
+                         " ".join(f"λ {k} {v:.4f}" for k, v in lam.items()) or "no λ")
+                save(gen.get_state(), 0, None)
+                finish("running")
+        summary = finish("completed")
+        tracker.hparams(summary)
+    except Interrupted as err:
+        finish("interrupted", epoch=epoch, signal=str(err))
+        raise
+    except Diverged as err:
+        finish("diverged", error=str(err))
+        raise
+    finally:
+        tracker.close()
+    tracker.table(summary)
+    return summary

@@ -1,0 +1,101 @@
+"""One Hydra job: where it runs (threads, GPU) and how it ends (summary status, exit code).
+
+A single run exits non-zero on failure. In a multirun a failing job is recorded in its
+summary.json and the sweep goes on; `resattn.callbacks.SweepEnd` sets the exit code at the end.
+"""
+
+import importlib.util
+import logging
+import os
+import sys
+from pathlib import Path
+
+import torch
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+from resattn.config import ConfigError
+from resattn.engine import Diverged, Interrupted, train
+from resattn.tracking import read_summary, write_json
+
+log = logging.getLogger(__name__)
+
+# hydra/launcher choice -> (plugin module, pip extra)
+LAUNCHERS = {
+    "joblib": ("hydra_plugins.hydra_joblib_launcher", "parallel"),
+    "submitit_local": ("hydra_plugins.hydra_submitit_launcher", "slurm"),
+    "submitit_slurm": ("hydra_plugins.hydra_submitit_launcher", "slurm"),
+}
+
+
+def check_launcher(argv: list[str] | None = None) -> None:
+    """Say which extra to install when a launcher's plugin is missing (Hydra would only say 'not found')."""
+    for arg in sys.argv[1:] if argv is None else argv:
+        key, _, value = arg.lstrip("+~").partition("=")
+        if key == "hydra/launcher" and value in LAUNCHERS:
+            module, extra = LAUNCHERS[value]
+            if importlib.util.find_spec(module) is None:
+                sys.exit(f"error: hydra/launcher={value} needs its plugin: pip install -e \".[{extra}]\"")
+
+
+def threads_per_job(cores: int, parallel_jobs: int) -> int:
+    return max(1, cores // max(1, parallel_jobs))
+
+
+def cpu_threads(launcher: DictConfig, cores: int) -> int | None:
+    """CPU threads for one job of a sweep run by `launcher`; None leaves torch's default."""
+    target = str(launcher.get("_target_", ""))
+    if launcher.get("cpus_per_task"):  # submitit: the cores SLURM (or the local executor) gives each job
+        return int(launcher.cpus_per_task)
+    if "Joblib" in target:
+        n = int(launcher.get("n_jobs") or 1)
+        return threads_per_job(cores, cores + 1 + n if n < 0 else n)
+    return None
+
+
+def place(cfg: DictConfig, hc) -> None:
+    """Share the machine among a sweep's jobs: threads on CPU, one GPU each by job number."""
+    t = cfg.trainer
+    with open_dict(cfg):
+        if t.num_threads == "auto" and hc.mode == RunMode.MULTIRUN:
+            threads = cpu_threads(hc.launcher, os.cpu_count() or 1)
+            if threads is not None:
+                t.num_threads = threads
+        if t.device == "auto" and hc.mode == RunMode.MULTIRUN and torch.cuda.device_count() > 1:
+            t.device = f"cuda:{hc.job.num % torch.cuda.device_count()}"
+
+
+def record_failure(run_dir: Path, cfg: DictConfig, error: str) -> None:
+    summary = read_summary(run_dir) or {
+        "pattern": cfg.pattern.get("name"), "controlled": cfg.pattern.get("controlled"),
+        "lam_init": cfg.pattern.get("lam_init"), "lam_learnable": cfg.pattern.get("lam_learnable"),
+        "seed": cfg.get("seed"), "epochs": cfg.trainer.get("epochs"), "epochs_completed": 0,
+    }
+    summary.update(status="failed", error=error)
+    write_json(run_dir / "summary.json", summary)
+
+
+def run(cfg: DictConfig) -> None:
+    hc = HydraConfig.get()
+    run_dir = Path(hc.runtime.output_dir)
+    multirun = hc.mode == RunMode.MULTIRUN
+    place(cfg, hc)
+    try:
+        train(cfg, run_dir)
+    except Interrupted as err:
+        print(f"interrupted by {err}: checkpoint saved in {run_dir}; run the same command to resume", file=sys.stderr)
+        sys.exit(128 + err.signum)  # a stop request ends a sweep too
+    except (ConfigError, Diverged) as err:
+        if isinstance(err, ConfigError):
+            record_failure(run_dir, cfg, str(err))
+        print(f"error: {err}", file=sys.stderr)
+        if not multirun:
+            sys.exit(2 if isinstance(err, ConfigError) else 1)
+    except Exception as err:
+        line = f"{type(err).__name__}: {err}".splitlines()[0]
+        record_failure(run_dir, cfg, line)
+        if not multirun:
+            raise
+        log.exception("job failed: %s", line)  # the traceback goes to the job's log file
+        print(f"error: job {hc.job.num} failed: {line}", file=sys.stderr)
