@@ -3,7 +3,7 @@
 import hydra
 from omegaconf import DictConfig
 
-from resattn.job import check_launcher, run
+from resattn.job import check_choices, run
 
 
 @hydra.main(version_base="1.3", config_path="../configs", config_name="config")
@@ -12,5 +12,5 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    check_launcher()
+    check_choices()
     main()

@@ -81,9 +81,9 @@ def cifar10(cfg: DictConfig) -> Dataset:
     for train in (True, False):
         try:
             ds = CIFAR10(str(root), train=train, download=cfg.download)
-        except RuntimeError as err:  # torchvision: not found (download off) or corrupted
+        except RuntimeError:  # torchvision: not found (download off) or corrupted
             raise ConfigError(
-                f"data.root: CIFAR-10 not found in '{root}' ({err}); set data.download=true, "
+                f"data.root: CIFAR-10 not found (or corrupt) in '{root}'; set data.download=true, "
                 "point data.root at a folder holding cifar-10-batches-py/, or use data=synthetic"
             ) from None
         except OSError as err:  # URLError and socket errors: no network

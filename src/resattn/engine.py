@@ -90,6 +90,18 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def train_step(forward, optimizer, scheduler, x, y, bf16: bool, label_smoothing: float):
+    """One optimizer step; returns (loss, logits), both still on the device."""
+    with torch.autocast(x.device.type, torch.bfloat16, enabled=bf16):
+        out = forward(x)
+        loss = F.cross_entropy(out, y, label_smoothing=label_smoothing)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    scheduler.step()
+    return loss, out
+
+
 @torch.inference_mode()
 def evaluate(model, loader: data.Loader, bf16: bool) -> tuple[float, float]:
     """(mean cross-entropy, accuracy) over the loader's split."""
@@ -225,13 +237,7 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
                                                torch.tensor(train_sums[1], device=device), train_sums[2])
                 epoch_start = time.perf_counter()
                 for i, (x, y) in enumerate(train_loader.batches(skip), start=skip):
-                    with torch.autocast(device.type, torch.bfloat16, enabled=bf16):
-                        out = forward(x)
-                        loss = F.cross_entropy(out, y, label_smoothing=cfg.optim.label_smoothing)
-                    optimizer.zero_grad(set_to_none=True)
-                    loss.backward()
-                    optimizer.step()
-                    scheduler.step()
+                    loss, out = train_step(forward, optimizer, scheduler, x, y, bf16, cfg.optim.label_smoothing)
                     step += 1
                     # Kept on the device: read only at log steps, so the loop never waits on the GPU.
                     loss_sum += loss.detach().float() * len(y)

@@ -29,14 +29,30 @@ LAUNCHERS = {
 }
 
 
-def check_launcher(argv: list[str] | None = None) -> None:
-    """Say which extra to install when a launcher's plugin is missing (Hydra would only say 'not found')."""
+CONFIGS = Path(__file__).resolve().parents[2] / "configs"
+
+
+def usage_error(message: str) -> None:
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(2)
+
+
+def check_choices(argv: list[str] | None = None) -> None:
+    """One clear line, before Hydra starts, for a config-group choice that does not exist
+    (Hydra's own message spans a screen) or a launcher whose plugin is not installed."""
     for arg in sys.argv[1:] if argv is None else argv:
         key, _, value = arg.lstrip("+~").partition("=")
         if key == "hydra/launcher" and value in LAUNCHERS:
             module, extra = LAUNCHERS[value]
             if importlib.util.find_spec(module) is None:
-                sys.exit(f"error: hydra/launcher={value} needs its plugin: pip install -e \".[{extra}]\"")
+                usage_error(f"hydra/launcher={value} needs its plugin: pip install -e \".[{extra}]\"")
+        group = CONFIGS / key
+        if "/" not in key and "." not in key and value and group.is_dir():
+            allowed = sorted(p.stem for p in group.glob("*.yaml"))
+            # a sweep gives a comma-separated list; Hydra's sweep functions (range, glob...) are left to Hydra
+            for choice in value.split(",") if "(" not in value else []:
+                if choice not in allowed and choice != "null":
+                    usage_error(f"{key}={choice} is not a {key} config; choose one of {', '.join(allowed)}")
 
 
 def threads_per_job(cores: int, parallel_jobs: int) -> int:
@@ -89,9 +105,11 @@ def run(cfg: DictConfig) -> None:
     except (ConfigError, Diverged) as err:
         if isinstance(err, ConfigError):
             record_failure(run_dir, cfg, str(err))
+        if not multirun and isinstance(err, ConfigError):
+            usage_error(str(err))
         print(f"error: {err}", file=sys.stderr)
         if not multirun:
-            sys.exit(2 if isinstance(err, ConfigError) else 1)
+            sys.exit(1)
     except Exception as err:
         line = f"{type(err).__name__}: {err}".splitlines()[0]
         record_failure(run_dir, cfg, line)
