@@ -225,6 +225,8 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
         tracker.scalars({f"lambda/{k}": v for k, v in lambdas().items()}, 0)
     try:
         with stop_on_signals() as signals:
+            log.info("training %s on %s (%s, %d steps an epoch, %s)", cfg.pattern.name, device,
+                     "bf16" if bf16 else "fp32", steps_per_epoch, "compiled" if compiled else "eager")
             model.train()
             while epoch < t.epochs:
                 epoch_rng = gen.get_state()

@@ -102,6 +102,9 @@ def run(cfg: DictConfig) -> None:
     except Interrupted as err:
         print(f"interrupted by {err}: checkpoint saved in {run_dir}; run the same command to resume", file=sys.stderr)
         sys.exit(128 + err.signum)  # a stop request ends a sweep too
+    except KeyboardInterrupt:  # before training started: nothing to save
+        print("interrupted before training started", file=sys.stderr)
+        sys.exit(130)
     except (ConfigError, Diverged) as err:
         if isinstance(err, ConfigError):
             record_failure(run_dir, cfg, str(err))

@@ -1,0 +1,182 @@
+"""The loop: evaluation, reproducibility, checkpoints, signals, divergence and failing sweep jobs."""
+
+import json
+import os
+import pickle
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from conftest import ROOT, TINY, run_train
+from resattn import data
+from resattn.engine import evaluate
+from resattn.model import SimpleCNN
+
+# 512 images at batch 64: 8 steps an epoch, 3 epochs
+LONGER = [*TINY, "data.train_size=512", "trainer.epochs=3", "trainer.log_every_n_steps=3"]
+
+
+def summary(run_dir) -> dict:
+    return json.loads((run_dir / "summary.json").read_text())
+
+
+def test_fast_evaluation_equals_a_per_sample_evaluation():
+    torch.manual_seed(0)
+    ds = data.synthetic(OmegaConf_create(train_size=64, test_size=50))
+    mean, std = data.channel_stats(ds.train.images)
+    model = SimpleCNN("p3_controlled", width=0.25).to(memory_format=torch.channels_last)
+    model.train()
+    for _ in range(3):  # non-trivial BN statistics
+        model(torch.randn(16, 3, 32, 32))
+    loader = data.Loader(ds.test, 16, mean, std, "cpu")
+    loss, acc = evaluate(model, loader, bf16=False)
+    model.eval()
+    correct, total_loss = 0, 0.0
+    for image, label in zip(ds.test.images, ds.test.labels):
+        x = ((image.float() / 255 - mean.view(3, 1, 1)) / std.view(3, 1, 1))[None]
+        out = model(x)
+        correct += int(out.argmax(1).item() == label.item())
+        total_loss += torch.nn.functional.cross_entropy(out, label[None]).item()
+    assert acc == correct / 50
+    assert loss == pytest.approx(total_loss / 50, rel=1e-5)
+
+
+def OmegaConf_create(**kw):
+    from omegaconf import OmegaConf
+    return OmegaConf.create({"num_classes": 10, "subset_seed": 0, **kw})
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("reference")
+    proc = run_train(*LONGER, f"hydra.run.dir={run_dir}")
+    assert proc.returncode == 0, proc.stderr
+    return run_dir
+
+
+def start_run(run_dir, *extra) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    return subprocess.Popen([sys.executable, "-m", "train", *LONGER, *extra, f"hydra.run.dir={run_dir}"], cwd=ROOT,
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def wait_for(proc: subprocess.Popen, text: str) -> None:
+    for line in proc.stdout:
+        if text in line:
+            return
+    raise AssertionError(f"run ended (rc {proc.wait()}) before printing {text!r}")
+
+
+def assert_same_as_reference(run_dir, reference):
+    a, b = summary(run_dir), summary(reference)
+    assert a["status"] == "completed"
+    for key in ("best_test_acc", "final_test_acc", "final_lambda", "step", "epochs_completed"):
+        assert a[key] == b[key], key
+    acc = EventAccumulator(str(run_dir))
+    acc.Reload()
+    ref = EventAccumulator(str(reference))
+    ref.Reload()
+    for tag in ("acc/test", "loss/train", "lr", "lambda/block1"):
+        assert [e.step for e in acc.Scalars(tag)] == [e.step for e in ref.Scalars(tag)], tag  # none twice, none missing
+        assert [e.value for e in acc.Scalars(tag)] == [e.value for e in ref.Scalars(tag)], tag
+
+
+@pytest.mark.parametrize("signum,when", [(signal.SIGTERM, "after the first epoch"), (signal.SIGINT, "mid-epoch")])
+def test_interrupted_run_resumes_to_the_uninterrupted_result(signum, when, reference, tmp_path):
+    proc = start_run(tmp_path)
+    if when == "after the first epoch":
+        wait_for(proc, "epoch 1/3")
+    else:
+        wait_for(proc, "training p3_controlled")
+    proc.send_signal(signum)
+    output = proc.communicate(timeout=120)[0]
+    assert proc.returncode == 128 + signum, output
+    s = summary(tmp_path)
+    assert s["status"] == "interrupted" and s["epoch"] < 3
+    assert (tmp_path / "checkpoint.pt").exists()
+    again = run_train(*LONGER, f"hydra.run.dir={tmp_path}")
+    assert again.returncode == 0, again.stderr
+    assert "resuming from" in again.stdout
+    assert_same_as_reference(tmp_path, reference)
+
+
+def test_second_signal_exits_at_once(tmp_path):
+    # Full width, big batches: a step takes seconds, so both signals land inside the same step.
+    proc = start_run(tmp_path, "model.width=1", "trainer.batch_size=512", "data.train_size=2048")
+    wait_for(proc, "training p3_controlled")
+    time.sleep(0.5)
+    proc.send_signal(signal.SIGINT)
+    time.sleep(0.3)
+    sent = time.monotonic()
+    proc.send_signal(signal.SIGINT)
+    proc.communicate(timeout=60)
+    assert proc.returncode == 130 and time.monotonic() - sent < 2
+    assert not (tmp_path / "checkpoint.pt").exists()  # it did not wait for the step to save
+
+
+def test_divergence_stops_the_run_with_its_status(tmp_path):
+    proc = run_train(*TINY, "optim.lr=1e6", f"hydra.run.dir={tmp_path}")
+    assert proc.returncode == 1
+    s = summary(tmp_path)
+    assert s["status"] == "diverged" and "non-finite" in s["error"] and s["step"] >= 1
+    assert "diverged" not in proc.stdout or True
+    assert proc.stderr.strip().splitlines()[-1].startswith("error: non-finite training loss")
+
+
+def test_a_failing_sweep_job_does_not_stop_the_others(tmp_path):
+    proc = run_train("-m", *TINY, "trainer.epochs=1", "pattern.lam_init=0.1,7,0.5", f"hydra.sweep.dir={tmp_path}")
+    assert proc.returncode == 1
+    statuses = {}
+    for job in tmp_path.iterdir():
+        if job.is_dir():
+            statuses[job.name.split("pattern.lam_init=")[1].split(",")[0]] = summary(job)
+    assert {k: v["status"] for k, v in statuses.items()} == {"0.1": "completed", "7": "failed", "0.5": "completed"}
+    assert "pattern.lam_init" in statuses["7"]["error"]
+    assert "1 of 3 jobs did not complete" in proc.stderr
+
+
+class Exploit:
+    def __reduce__(self):
+        return (os.system, (f"touch {MARKER}",))
+
+
+MARKER = "/tmp/resattn-exploit-ran"
+
+
+def test_a_pickle_that_runs_code_is_refused_and_never_run(tmp_path):
+    if os.path.exists(MARKER):
+        os.remove(MARKER)
+    bad = tmp_path / "evil.pt"
+    torch.save({"model": Exploit()}, bad)
+    proc = run_train(*TINY, f"trainer.resume={bad}", f"hydra.run.dir={tmp_path}/run")
+    assert proc.returncode == 2
+    assert "trainer.resume" in proc.stderr and "not a readable resattn checkpoint" in proc.stderr
+    assert not os.path.exists(MARKER)
+
+
+def test_truncated_or_foreign_checkpoints_are_refused(reference, tmp_path):
+    good = (reference / "checkpoint.pt").read_bytes()
+    (tmp_path / "cut.pt").write_bytes(good[: len(good) // 2])
+    proc = run_train(*LONGER, f"trainer.resume={tmp_path / 'cut.pt'}", f"hydra.run.dir={tmp_path}/a")
+    assert proc.returncode == 2 and "not a readable resattn checkpoint" in proc.stderr, proc.stderr
+    proc = run_train(*LONGER, "pattern=p1", f"trainer.resume={reference / 'checkpoint.pt'}", f"hydra.run.dir={tmp_path}/b")
+    assert proc.returncode == 2 and "pattern.name=p3_controlled" in proc.stderr, proc.stderr
+    proc = run_train(*LONGER, "model.width=0.5", f"trainer.resume={reference / 'checkpoint.pt'}",
+                     f"hydra.run.dir={tmp_path}/c")
+    assert proc.returncode == 2 and "model.width" in proc.stderr, proc.stderr
+    (tmp_path / "plain.pt").write_text("hello")
+    proc = run_train(*LONGER, f"trainer.resume={tmp_path / 'plain.pt'}", f"hydra.run.dir={tmp_path}/d")
+    assert proc.returncode == 2 and "trainer.resume" in proc.stderr, proc.stderr
+
+
+def test_resume_false_starts_fresh(reference, tmp_path):
+    import shutil
+    shutil.copytree(reference, tmp_path / "run")
+    proc = run_train(*LONGER, "trainer.resume=false", "trainer.epochs=1", f"hydra.run.dir={tmp_path}/run")
+    assert proc.returncode == 0 and "resuming" not in proc.stdout
+    assert summary(tmp_path / "run")["epochs_completed"] == 1
