@@ -125,3 +125,20 @@ def test_bad_input_fails_with_one_line_naming_the_key(args, key, tmp_path):
     assert "Traceback" not in proc.stdout + proc.stderr
     if "data=cifar10" in args and "data.download=false" not in args:
         assert "data=synthetic" in lines[0] and "downloaded" in lines[0]
+
+
+def test_attention_maps_and_custom_scalars_layout_are_logged(p3c_run):
+    acc = EventAccumulator(str(p3c_run), size_guidance={"images": 0, "histograms": 0})
+    acc.Reload()
+    for block in ("block1", "block2"):
+        for kind in ("spatial_mask", "gated_input"):
+            assert [e.step for e in acc.Images(f"attention/{block}/{kind}")] == [4, 8]  # first and last epoch
+        hist = acc.Histograms(f"attention/{block}/channel_mask")
+        assert len(hist) == 2 and 0 <= hist[0].histogram_value.min <= hist[0].histogram_value.max <= 1
+    assert acc.Images("attention/input")[0].width > 32
+    assert "custom_scalars__config__" in acc.Tags()["tensors"]
+    from tensorboard.plugins.custom_scalar import layout_pb2
+    layout = layout_pb2.Layout.FromString(acc.Tensors("custom_scalars__config__")[0].tensor_proto.string_val[0])
+    charts = {c.title: list(c.multiline.tag) for cat in layout.category for c in cat.chart}
+    assert charts == {"test accuracy": ["acc/test"], "lambda block1": ["lambda/block1"],
+                      "lambda block2": ["lambda/block2"]}

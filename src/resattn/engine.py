@@ -199,6 +199,7 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
                        epochs_completed=epoch, step=step)
         log.info("resuming from %s at epoch %d, step %d", resume_from, epoch, step)
 
+    map_images = ds.test.images[:8]  # fixed images for the attention maps
     tracker = Tracker(run_dir, purge_step=step + 1 if resume_from else None, progress=cfg.tracking.progress)
     start = time.perf_counter()
 
@@ -272,6 +273,9 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
                     "throughput/train_img_s": seen / train_time,
                     **({f"lambda/{k}": v for k, v in lam.items()} if step % t.log_every_n_steps else {}),
                 }, step)
+                every = cfg.tracking.attention_maps_every
+                if (epoch in (1, t.epochs) if every is None else every and epoch % every == 0):
+                    tracker.attention_maps(model, map_images, test_loader.normalise(map_images.to(device)), step)
                 summary.update(epochs_completed=epoch, step=step, final_test_acc=test_acc,
                                best_test_acc=max(summary["best_test_acc"], test_acc), final_lambda=lam)
                 log.info("epoch %d/%d: train loss %.4f acc %.4f | test loss %.4f acc %.4f | %s", epoch, t.epochs,

@@ -4,6 +4,7 @@ import json
 import os
 from pathlib import Path
 
+import torch
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
@@ -66,6 +67,33 @@ class Tracker:
     def show(self, description: str, completed: int, total: int, stats: str) -> None:
         if self.progress is not None:
             self.progress.update(self.task, description=description, completed=completed, total=total, stats=stats)
+
+    @torch.inference_mode()
+    def attention_maps(self, model, images: torch.Tensor, x: torch.Tensor, step: int) -> None:
+        """For a few fixed images (uint8 `images`, normalised `x`): per block the spatial mask, the gated
+        input (channel mean of |gate(v)|, scaled to [0, 1]) as images and the channel mask as a histogram."""
+        inputs = {}
+        hooks = [b.attn.register_forward_hook(lambda mod, args, out, name=name: inputs.__setitem__(name, args[0]))
+                 for name, b in model.blocks.items() if b.attn is not None]
+        was_training = model.training
+        model.eval()
+        try:
+            model(x)
+        finally:
+            model.train(was_training)
+            for h in hooks:
+                h.remove()
+        if not inputs:
+            return
+        self.writer.add_images("attention/input", images, step)
+        for name, v in inputs.items():
+            block = model.blocks[name]
+            channel, spatial = block.attn.masks(v)
+            gated = block.gate(v).float().abs().mean(1, keepdim=True)
+            gated = gated / gated.amax((2, 3), keepdim=True).clamp_min(1e-12)
+            self.writer.add_images(f"attention/{name}/spatial_mask", spatial.float(), step)
+            self.writer.add_images(f"attention/{name}/gated_input", gated, step)
+            self.writer.add_histogram(f"attention/{name}/channel_mask", channel.float().flatten(), step)
 
     def hparams(self, summary: dict) -> None:
         """The HParams tab entry, written into this run itself (add_hparams would make a sub-run)."""

@@ -1,0 +1,227 @@
+"""Training speed: the plain loop a researcher would write against resattn's training path.
+
+    python scripts/bench.py                      # defaults of the current device
+    python scripts/bench.py --steps 30 --json bench.json
+
+(a) plain: a CIFAR10-style dataset of PIL images with torchvision transforms (RandomCrop(32, 4),
+    RandomHorizontalFlip, ToTensor, Normalize) through a DataLoader, float32, NCHW.
+(b) resattn: uint8 images on the device, batched crop/flip, channels_last, and the trainer's
+    precision and compile defaults (engine.train_step, the same step the trainer runs).
+Both train the same model and pattern at the same batch size on synthetic data of CIFAR shape,
+so it runs offline. Reported: images/s, the ratio b/a, achieved GFLOP/s (torch.utils.flop_counter),
+its share of the machine's peak measured on the spot (float32 matmul on CPU, bf16 on CUDA) and
+peak memory.
+"""
+
+import argparse
+import json
+import platform
+import resource
+import time
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from rich.console import Console
+from rich.table import Table
+from torch.utils.flop_counter import FlopCounterMode
+
+from resattn import data
+from resattn.engine import build_optimizer, evaluate, pick_device, train_step, use_bf16
+from resattn.model import SimpleCNN
+
+from omegaconf import OmegaConf
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def matmul_peak(device: torch.device, dtype: torch.dtype) -> float:
+    """Best GFLOP/s of a large square matmul: the machine's practical dense peak for dtype."""
+    n = 8192 if device.type == "cuda" else 2048
+    a, b = (torch.randn(n, n, device=device, dtype=dtype) for _ in range(2))
+    best = 0.0
+    for _ in range(5 if device.type == "cpu" else 20):
+        sync(device)
+        t = time.perf_counter()
+        a @ b
+        sync(device)
+        best = max(best, 2 * n**3 / (time.perf_counter() - t) / 1e9)
+    return best
+
+
+def step_flops(model, batch: torch.Tensor, labels: torch.Tensor) -> float:
+    """FLOPs of one forward and backward pass, per image."""
+    with FlopCounterMode(display=False) as counter:
+        F.cross_entropy(model(batch), labels).backward()
+    model.zero_grad(set_to_none=True)
+    return counter.get_total_flops() / len(batch)
+
+
+class PlainCIFAR(torch.utils.data.Dataset):
+    """What torchvision's CIFAR10 does per item: a PIL image from uint8 HWC, then the transforms."""
+
+    def __init__(self, images: np.ndarray, labels: np.ndarray, transform):
+        self.images, self.labels, self.transform = images, labels, transform
+
+    def __len__(self):
+        return len(self.labels)
+
+    def __getitem__(self, i):
+        from PIL import Image
+
+        return self.transform(Image.fromarray(self.images[i])), int(self.labels[i])
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated() / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # the process's resident peak
+
+
+def timed(run_steps, steps: int, warmup: int, batch_size: int, device) -> float:
+    run_steps(warmup)
+    sync(device)
+    t = time.perf_counter()
+    run_steps(steps)
+    sync(device)
+    return steps * batch_size / (time.perf_counter() - t)
+
+
+def plain(args, images, labels, mean, std, device) -> float:
+    import torchvision.transforms as T
+
+    transform = T.Compose([T.RandomCrop(32, padding=4), T.RandomHorizontalFlip(), T.ToTensor(),
+                           T.Normalize(mean.tolist(), std.tolist())])
+    loader = torch.utils.data.DataLoader(PlainCIFAR(images.permute(0, 2, 3, 1).numpy(), labels.numpy(), transform),
+                                         batch_size=args.batch_size, shuffle=True, num_workers=args.workers,
+                                         drop_last=True, persistent_workers=args.workers > 0)
+    torch.manual_seed(0)
+    model = SimpleCNN(args.pattern, width=args.width).to(device)
+    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, nesterov=True, weight_decay=5e-4)
+    batches = iter(())
+
+    def run_steps(n):
+        nonlocal batches
+        for _ in range(n):
+            try:
+                x, y = next(batches)
+            except StopIteration:
+                batches = iter(loader)
+                x, y = next(batches)
+            x, y = x.to(device), y.to(device)
+            loss = F.cross_entropy(model(x), y)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+
+    return timed(run_steps, args.steps, args.warmup, args.batch_size, device)
+
+
+def project(args, images, labels, mean, std, device, bf16: bool, compiled: bool) -> tuple[float, dict]:
+    torch.manual_seed(0)
+    model = SimpleCNN(args.pattern, width=args.width).to(device, memory_format=torch.channels_last)
+    cfg = OmegaConf.create({"optim": {"lr": 0.05, "momentum": 0.9, "weight_decay": 5e-4, "schedule": "onecycle",
+                                      "warmup_frac": 0.2}})
+    opt, sched = build_optimizer(cfg, model, total_steps=10**6)
+    forward = torch.compile(model) if compiled else model
+    loader = data.Loader(data.Split(images, labels), args.batch_size, mean, std, device,
+                         torch.bfloat16 if bf16 else torch.float32, augment=True,
+                         generator=torch.Generator().manual_seed(0))
+    batches = iter(())
+
+    def run_steps(n):
+        nonlocal batches
+        for _ in range(n):
+            try:
+                x, y = next(batches)
+            except StopIteration:
+                batches = loader.batches()
+                x, y = next(batches)
+            train_step(forward, opt, sched, x, y, bf16, 0.1)
+
+    speed = timed(run_steps, args.steps, args.warmup, args.batch_size, device)
+    extra = {}
+    if args.eval_images:
+        test = data.Loader(data.Split(images[: args.eval_images], labels[: args.eval_images]), 1000, mean, std,
+                           device, torch.bfloat16 if bf16 else torch.float32)
+        t = time.perf_counter()
+        evaluate(forward, test, bf16)
+        sync(device)
+        extra["eval_img_s"] = args.eval_images / (time.perf_counter() - t)
+    return speed, extra
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--pattern", default="p3_controlled")
+    parser.add_argument("--width", type=float, default=1.0)
+    parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--steps", type=int, default=20, help="timed steps, after --warmup steps")
+    parser.add_argument("--warmup", type=int, default=5)
+    parser.add_argument("--images", type=int, default=50_000, help="synthetic training images (CIFAR-10 has 50,000)")
+    parser.add_argument("--eval-images", type=int, default=0, help="also time evaluation over this many images")
+    parser.add_argument("--workers", type=int, default=2, help="DataLoader workers of the plain loop")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp32"])
+    parser.add_argument("--compile", default="auto", choices=["auto", "true", "false"])
+    parser.add_argument("--skip-plain", action="store_true")
+    parser.add_argument("--json", help="also write the results to this file")
+    args = parser.parse_args()
+
+    device = pick_device(args.device)
+    bf16 = use_bf16(args.precision, device)
+    compiled = device.type == "cuda" if args.compile == "auto" else args.compile == "true"
+    g = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (args.images, 3, 32, 32), dtype=torch.uint8, generator=g)
+    labels = torch.randint(0, 10, (args.images,), generator=g)
+    mean, std = data.channel_stats(images[:5000])
+
+    probe = SimpleCNN(args.pattern, width=args.width).to(device)
+    flops = step_flops(probe, torch.randn(8, 3, 32, 32, device=device), torch.zeros(8, dtype=torch.long, device=device))
+    peak_dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    peak = matmul_peak(device, peak_dtype)
+
+    result = {"device": str(torch.cuda.get_device_name() if device.type == "cuda" else platform.processor() or "cpu"),
+              "threads": torch.get_num_threads(), "torch": torch.__version__, "pattern": args.pattern,
+              "width": args.width, "batch_size": args.batch_size, "steps": args.steps,
+              "gflop_per_image": flops / 1e9, "peak_gflops": peak, "peak_dtype": str(peak_dtype).split(".")[-1],
+              "resattn_precision": "bf16" if bf16 else "fp32", "resattn_compiled": compiled}
+    if not args.skip_plain:
+        result["plain_img_s"] = plain(args, images, labels, mean, std, device)
+        result["plain_peak_memory_mb"] = peak_memory_mb(device)
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats()
+    speed, extra = project(args, images, labels, mean, std, device, bf16, compiled)
+    result.update(resattn_img_s=speed, **extra, resattn_peak_memory_mb=peak_memory_mb(device))
+    result["resattn_gflops"] = speed * flops / 1e9
+    result["resattn_share_of_peak"] = result["resattn_gflops"] / peak
+    if "plain_img_s" in result:
+        result["speedup"] = speed / result["plain_img_s"]
+        result["plain_share_of_peak"] = result["plain_img_s"] * flops / 1e9 / peak
+
+    table = Table(title=f"resattn bench: {result['device']}, {result['threads']} threads, batch {args.batch_size}")
+    table.add_column("")
+    table.add_column("images/s", justify="right")
+    table.add_column("GFLOP/s", justify="right")
+    table.add_column(f"of {peak:.0f} GFLOP/s {result['peak_dtype']} peak", justify="right")
+    if "plain_img_s" in result:
+        table.add_row("(a) plain loop", f"{result['plain_img_s']:.1f}", f"{result['plain_img_s'] * flops / 1e9:.1f}",
+                      f"{result['plain_share_of_peak']:.0%}")
+    table.add_row(f"(b) resattn ({result['resattn_precision']}{', compiled' if compiled else ''})",
+                  f"{speed:.1f}", f"{result['resattn_gflops']:.1f}", f"{result['resattn_share_of_peak']:.0%}")
+    console = Console()
+    console.print(table)
+    console.print(f"{flops / 1e9:.3f} GFLOP per image per training step"
+                  + (f"; speed-up b/a {result['speedup']:.2f}x" if "speedup" in result else "")
+                  + f"; peak memory {result['resattn_peak_memory_mb']:.0f} MB"
+                  + (f"; evaluation {extra['eval_img_s']:.0f} img/s" if extra else ""))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(result, f, indent=2)
+
+
+if __name__ == "__main__":
+    main()
