@@ -6,14 +6,19 @@ from pathlib import Path
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
+from resattn.report import write_report
 from resattn.tracking import read_summary
 
 
 class SweepEnd(Callback):
-    """At the end of a multirun: exit non-zero if any job did not complete."""
+    """At the end of a multirun: write the sweep report, and exit non-zero if any job did not complete."""
 
     def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)
+        try:  # a broken report must not hide the sweep's own status below
+            write_report([sweep_dir])
+        except Exception as err:
+            print(f"warning: no sweep report: {type(err).__name__}: {err}", file=sys.stderr)
         statuses = {d.name: (read_summary(d) or {}).get("status", "missing") for d in sorted(sweep_dir.iterdir())
                     if (d / ".hydra").is_dir()}
         bad = {name: s for name, s in statuses.items() if s != "completed"}

@@ -7,6 +7,7 @@ per image happens in the training loop.
 import hashlib
 import logging
 import math
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -127,7 +128,7 @@ def _cached_decode(root: Path, split: str, paths: list[str]) -> torch.Tensor:
     images = _decode(paths)
     try:
         cache.parent.mkdir(exist_ok=True)
-        tmp = cache.with_suffix(".tmp")
+        tmp = cache.with_suffix(f".{os.getpid()}.tmp")  # parallel sweep jobs may build the same cache
         torch.save(images, tmp)
         tmp.replace(cache)
         log.info("made image cache %s", cache)

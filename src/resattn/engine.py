@@ -170,7 +170,8 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
         "pattern": cfg.pattern.name, "placement": cfg.pattern.placement, "controlled": model.block1.controlled,
         "lam_init": float(cfg.pattern.lam_init), "lam_learnable": cfg.pattern.lam_learnable,
         "reduction": cfg.pattern.reduction, "spatial_kernel": cfg.pattern.spatial_kernel, "width": cfg.model.width,
-        "data": cfg.data.name, "seed": cfg.seed, "epochs": t.epochs, "epochs_completed": 0, "step": 0,
+        "data": cfg.data.name, "seed": cfg.seed, "device": str(device), "num_threads": torch.get_num_threads(),
+        "epochs": t.epochs, "epochs_completed": 0, "step": 0,
         "best_test_acc": 0.0, "final_test_acc": 0.0, "final_lambda": {}, "wall_time_s": 0.0, "status": "running",
     }
 
@@ -226,8 +227,9 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
         tracker.scalars({f"lambda/{k}": v for k, v in lambdas().items()}, 0)
     try:
         with stop_on_signals() as signals:
-            log.info("training %s on %s (%s, %d steps an epoch, %s)", cfg.pattern.name, device,
-                     "bf16" if bf16 else "fp32", steps_per_epoch, "compiled" if compiled else "eager")
+            log.info("training %s on %s (%s, %d steps an epoch, %s, %d CPU threads)", cfg.pattern.name, device,
+                     "bf16" if bf16 else "fp32", steps_per_epoch, "compiled" if compiled else "eager",
+                     torch.get_num_threads())
             model.train()
             while epoch < t.epochs:
                 epoch_rng = gen.get_state()

@@ -26,6 +26,7 @@ LAUNCHERS = {
     "joblib": ("hydra_plugins.hydra_joblib_launcher", "parallel"),
     "submitit_local": ("hydra_plugins.hydra_submitit_launcher", "slurm"),
     "submitit_slurm": ("hydra_plugins.hydra_submitit_launcher", "slurm"),
+    "slurm": ("hydra_plugins.hydra_submitit_launcher", "slurm"),  # configs/hydra/launcher/slurm.yaml
 }
 
 
@@ -55,6 +56,11 @@ def check_choices(argv: list[str] | None = None) -> None:
                     usage_error(f"{key}={choice} is not a {key} config; choose one of {', '.join(allowed)}")
 
 
+def available_cores() -> int:
+    """Cores this process may use: a container's or SLURM's CPU set, not the whole node."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
 def threads_per_job(cores: int, parallel_jobs: int) -> int:
     return max(1, cores // max(1, parallel_jobs))
 
@@ -75,7 +81,7 @@ def place(cfg: DictConfig, hc) -> None:
     t = cfg.trainer
     with open_dict(cfg):
         if t.num_threads == "auto" and hc.mode == RunMode.MULTIRUN:
-            threads = cpu_threads(hc.launcher, os.cpu_count() or 1)
+            threads = cpu_threads(hc.launcher, available_cores())
             if threads is not None:
                 t.num_threads = threads
         if t.device == "auto" and hc.mode == RunMode.MULTIRUN and torch.cuda.device_count() > 1:
