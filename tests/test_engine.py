@@ -13,7 +13,7 @@ import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from conftest import ROOT, TINY, run_train
-from resattn import data
+from resattn import checkpoint, data
 from resattn.engine import evaluate
 from resattn.model import SimpleCNN
 
@@ -160,18 +160,20 @@ def test_a_pickle_that_runs_code_is_refused_and_never_run(tmp_path):
 
 
 def test_truncated_or_foreign_checkpoints_are_refused(reference, tmp_path):
-    good = (reference / "checkpoint.pt").read_bytes()
-    (tmp_path / "cut.pt").write_bytes(good[: len(good) // 2])
-    proc = run_train(*LONGER, f"trainer.resume={tmp_path / 'cut.pt'}", f"hydra.run.dir={tmp_path}/a")
-    assert proc.returncode == 2 and "not a readable resattn checkpoint" in proc.stderr, proc.stderr
-    proc = run_train(*LONGER, "pattern=p1", f"trainer.resume={reference / 'checkpoint.pt'}", f"hydra.run.dir={tmp_path}/b")
-    assert proc.returncode == 2 and "pattern.name=p3_controlled" in proc.stderr, proc.stderr
-    proc = run_train(*LONGER, "model.width=0.5", f"trainer.resume={reference / 'checkpoint.pt'}",
-                     f"hydra.run.dir={tmp_path}/c")
-    assert proc.returncode == 2 and "model.width" in proc.stderr, proc.stderr
+    good = reference / "checkpoint.pt"
+    config = torch.load(good, weights_only=True)["config"]
+    (tmp_path / "cut.pt").write_bytes(good.read_bytes()[: good.stat().st_size // 2])
     (tmp_path / "plain.pt").write_text("hello")
-    proc = run_train(*LONGER, f"trainer.resume={tmp_path / 'plain.pt'}", f"hydra.run.dir={tmp_path}/d")
-    assert proc.returncode == 2 and "trainer.resume" in proc.stderr, proc.stderr
+    for path in ("cut.pt", "plain.pt"):
+        with pytest.raises(checkpoint.ConfigError, match="trainer.resume: .* not a readable resattn checkpoint"):
+            checkpoint.load(tmp_path / path, config)
+    torch.save({"model": {}}, tmp_path / "other.pt")
+    with pytest.raises(checkpoint.ConfigError, match="is not a resattn checkpoint"):
+        checkpoint.load(tmp_path / "other.pt", config)
+    for key, value in (("pattern", {**config["pattern"], "name": "p1"}), ("model", {"width": 0.5})):
+        with pytest.raises(checkpoint.ConfigError, match=f"made with {key}.*this run has {key}"):
+            checkpoint.load(good, {**config, key: value})
+    assert checkpoint.load(good, config)["step"] == 24
 
 
 def test_resume_false_starts_fresh(reference, tmp_path):

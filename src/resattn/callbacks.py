@@ -6,7 +6,6 @@ from pathlib import Path
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
-from resattn.report import write_report
 from resattn.tracking import read_summary
 
 
@@ -16,6 +15,8 @@ class SweepEnd(Callback):
     def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)
         try:  # a broken report must not hide the sweep's own status below
+            from resattn.report import write_report  # matplotlib and scipy: only at the end of a sweep
+
             write_report([sweep_dir])
         except Exception as err:
             print(f"warning: no sweep report: {type(err).__name__}: {err}", file=sys.stderr)
