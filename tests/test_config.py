@@ -75,6 +75,9 @@ def test_data_config_composes_and_builds(name, tmp_path):
     ("optim.schedule=step", "optim.schedule"),
     ("trainer.precision=fp16", "trainer.precision"),
     ("model.width=0", "model.width"),
+    ("trainer.resume=true", "trainer.resume"),
+    ("trainer.num_threads=0", "trainer.num_threads"),
+    ("tracking.attention_maps_every=-1", "tracking.attention_maps_every"),
 ])
 def test_bad_values_name_their_key(override, key):
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")) as err:

@@ -56,6 +56,10 @@ def validate(cfg: DictConfig) -> None:
     for key in ("train_size", "test_size"):
         if cfg.data.get(key) is not None:
             _at_least_one(cfg, f"data.{key}")
+    resume = cfg.trainer.resume
+    if resume is True or (resume not in ("auto", False, None) and not isinstance(resume, str)):
+        raise ConfigError(f"trainer.resume must be auto, false or a checkpoint path, got {resume!r}")
+    _one_of("data.augment", cfg.data.augment, (True, False))
     threads = cfg.trainer.num_threads
     if threads != "auto":
         _at_least_one(cfg, "trainer.num_threads")
