@@ -131,3 +131,13 @@ def test_folder_without_splits_or_images_is_refused(tmp_path):
     (tmp_path / "test" / "a").mkdir(parents=True)
     with pytest.raises(data.ConfigError, match="data.root: no images"):
         data.load(folder_cfg(tmp_path))
+
+
+def test_training_loader_drops_the_last_partial_batch():
+    images = torch.zeros(50, 3, 32, 32, dtype=torch.uint8)
+    mean, std = torch.zeros(3), torch.ones(3)
+    train = Loader(Split(images, torch.arange(50)), 16, mean, std, "cpu", generator=torch.Generator(), drop_last=True)
+    assert len(train) == 3 and [len(y) for _, y in train.batches()] == [16, 16, 16]
+    small = Loader(Split(images[:10], torch.arange(10)), 16, mean, std, "cpu", generator=torch.Generator(),
+                   drop_last=True)
+    assert [len(y) for _, y in small.batches()] == [10]

@@ -185,16 +185,19 @@ class Loader:
     """
 
     def __init__(self, split: Split, batch_size: int, mean, std, device, dtype=torch.float32,
-                 channels_last: bool = True, augment: bool = False, generator: torch.Generator | None = None):
+                 channels_last: bool = True, augment: bool = False, generator: torch.Generator | None = None,
+                 drop_last: bool = False):
         self.images = split.images.to(device)
         self.labels = split.labels.to(device)
-        self.batch_size, self.augment, self.generator = batch_size, augment, generator
+        self.batch_size, self.augment, self.generator, self.drop_last = batch_size, augment, generator, drop_last
         self.mean = (mean * 255).to(device, dtype).view(1, 3, 1, 1)
         self.std = (std * 255).to(device, dtype).view(1, 3, 1, 1)
         self.dtype = dtype
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
 
     def __len__(self) -> int:
+        if self.drop_last:  # a split smaller than one batch still gives one
+            return max(1, len(self.labels) // self.batch_size)
         return math.ceil(len(self.labels) / self.batch_size)
 
     def batches(self, skip: int = 0):
@@ -206,7 +209,7 @@ class Loader:
         if self.augment:
             offsets = torch.randint(0, 2 * PAD + 1, (n, 2), generator=self.generator).to(device)
             flips = torch.randint(0, 2, (n,), generator=self.generator, dtype=torch.bool).to(device)
-        for start in range(skip * self.batch_size, n, self.batch_size):
+        for start in range(skip * self.batch_size, len(self) * self.batch_size, self.batch_size):
             idx = order[start : start + self.batch_size]
             x = self.images[idx]
             if self.augment:

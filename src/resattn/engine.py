@@ -4,6 +4,7 @@ import logging
 import math
 import os
 import random
+import shutil
 import signal
 import time
 from contextlib import contextmanager
@@ -17,7 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 from resattn import checkpoint, data
 from resattn.config import ConfigError, validate
 from resattn.model import SimpleCNN
-from resattn.tracking import Tracker, read_summary, write_json
+from resattn.tracking import Tracker, write_json
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +63,16 @@ def use_bf16(precision: str, device: torch.device) -> bool:
     if device.type == "cpu":  # native bf16 (AVX512-BF16, AMX): about 1.8x fp32 here, see docs/benchmarks.md
         return bool(getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: False)())
     return False
+
+
+def use_compile(setting, device: torch.device, total_steps: int) -> bool:
+    if setting != "auto":
+        return setting
+    if device.type == "cuda":
+        return True
+    # On CPU, compiling costs about 30 s once and then saves a third of every step
+    # (docs/benchmarks.md): it pays for long runs only, and needs a C++ compiler.
+    return device.type == "cpu" and total_steps >= 500 and shutil.which("g++") is not None
 
 
 def build_model(cfg: DictConfig, num_classes: int) -> SimpleCNN:
@@ -149,6 +160,9 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
     if t.num_threads != "auto":
         torch.set_num_threads(int(t.num_threads))
     bf16 = use_bf16(t.precision, device)
+    if device.type == "cuda":  # fixed shapes: let cuDNN pick its fastest kernels; TF32 where fp32 runs
+        torch.backends.cudnn.benchmark = True
+        torch.set_float32_matmul_precision("high")
     seed_everything(cfg.seed)
 
     ds = data.load(cfg.data)
@@ -156,7 +170,7 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
     gen = torch.Generator().manual_seed(cfg.seed)
     dtype = torch.bfloat16 if bf16 else torch.float32
     train_loader = data.Loader(ds.train, t.batch_size, mean, std, device, dtype, t.channels_last,
-                               augment=cfg.data.augment, generator=gen)
+                               augment=cfg.data.augment, generator=gen, drop_last=True)  # one shape to compile
     test_loader = data.Loader(ds.test, t.eval_batch_size, mean, std, device, dtype, t.channels_last)
 
     model = build_model(cfg, len(ds.classes)).to(device)
@@ -164,7 +178,7 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
         model = model.to(memory_format=torch.channels_last)
     steps_per_epoch = len(train_loader)
     optimizer, scheduler = build_optimizer(cfg, model, t.epochs * steps_per_epoch)
-    compiled = t.compile if t.compile != "auto" else device.type == "cuda"
+    compiled = use_compile(t.compile, device, t.epochs * steps_per_epoch)
     forward = torch.compile(model) if compiled else model
 
     config = OmegaConf.to_container(cfg, resolve=True)

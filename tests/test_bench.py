@@ -1,0 +1,20 @@
+import json
+import subprocess
+import sys
+
+from conftest import ROOT
+
+
+def test_bench_runs_offline_and_writes_its_figures(tmp_path):
+    out = tmp_path / "bench.json"
+    proc = subprocess.run([sys.executable, "scripts/bench.py", "--width", "0.25", "--images", "256",
+                           "--batch-size", "32", "--steps", "2", "--warmup", "1", "--workers", "0",
+                           "--eval-images", "64", "--json", str(out)],
+                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(out.read_text())
+    for key in ("plain_img_s", "resattn_img_s", "speedup", "resattn_gflops", "peak_gflops", "eval_img_s"):
+        assert result[key] > 0, key
+    assert result["speedup"] == result["resattn_img_s"] / result["plain_img_s"]
+    assert 0.05 < result["gflop_per_image"] < 0.2  # width 0.25: about 1.15 / 16 GFLOP per image per step
+    assert "images/s" in proc.stdout and "speed-up" in proc.stdout
