@@ -137,6 +137,9 @@ def test_a_failing_sweep_job_does_not_stop_the_others(tmp_path):
     assert {k: v["status"] for k, v in statuses.items()} == {"0.1": "completed", "7": "failed", "0.5": "completed"}
     assert "pattern.lam_init" in statuses["7"]["error"]
     assert "1 of 3 jobs did not complete" in proc.stderr
+    report = (tmp_path / "report.md").read_text()  # the sweep's report lists the failure
+    failed_lines = [line for line in report.splitlines() if "pattern.lam_init=7" in line]
+    assert failed_lines and "failed" in failed_lines[0]
 
 
 class Exploit:

@@ -32,6 +32,8 @@ def sweep(tmp_path_factory):
                      cwd=tmp_path_factory.mktemp("cwd"))
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert set(jobs(sweep_dir)) == {(p, s) for p in PATTERNS for s in SEEDS}
+    # the SweepEnd callback wrote the report into the sweep folder
+    assert {"report.md", "groups.csv", "runs.csv", "acc_test.png"} <= {p.name for p in sweep_dir.iterdir()}
     return sweep_dir
 
 

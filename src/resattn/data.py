@@ -58,18 +58,23 @@ def synthetic(cfg: DictConfig) -> Dataset:
     k = cfg.num_classes
     g = torch.Generator().manual_seed(cfg.subset_seed)
 
-    def make(n: int) -> Split:
-        labels = torch.arange(n) % k
-        labels = labels[torch.randperm(n, generator=g)]
+    yy, xx = torch.meshgrid(torch.arange(32.0), torch.arange(32.0), indexing="ij")
+
+    def draw(labels: torch.Tensor) -> torch.Tensor:
         angle = labels.float() * math.pi / k
-        yy, xx = torch.meshgrid(torch.arange(32.0), torch.arange(32.0), indexing="ij")
-        phase = torch.rand(n, 1, 1, generator=g) * 2 * math.pi
+        phase = torch.rand(len(labels), 1, 1, generator=g) * 2 * math.pi
         coord = xx * torch.cos(angle)[:, None, None] + yy * torch.sin(angle)[:, None, None]
         stripes = torch.sin(coord * 0.8 + phase)  # (n, 32, 32)
         hue = labels.float()[:, None] / k * 2 * math.pi + torch.tensor([0.0, 2.1, 4.2])
         colour = 0.5 + 0.35 * torch.cos(hue)  # (n, 3)
-        img = colour[:, :, None, None] + 0.25 * stripes[:, None] + 0.2 * torch.randn(n, 3, 32, 32, generator=g)
-        return Split((img.clamp(0, 1) * 255).round().to(torch.uint8), labels)
+        img = colour[:, :, None, None] + 0.25 * stripes[:, None] + 0.2 * torch.randn(len(labels), 3, 32, 32, generator=g)
+        return (img.clamp(0, 1) * 255).round().to(torch.uint8)
+
+    def make(n: int) -> Split:
+        labels = torch.arange(n) % k
+        labels = labels[torch.randperm(n, generator=g)]
+        # in chunks: float images of a CIFAR-sized set would take GBs for a moment
+        return Split(torch.cat([draw(chunk) for chunk in labels.split(4096)]), labels)
 
     return Dataset(make(cfg.train_size), make(cfg.test_size), [f"class{i}" for i in range(k)])
 
