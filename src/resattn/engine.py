@@ -256,7 +256,7 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
                 else:
                     loss_sum, correct, seen = (torch.tensor(train_sums[0], device=device),
                                                torch.tensor(train_sums[1], device=device), train_sums[2])
-                epoch_start = time.perf_counter()
+                epoch_start, seen_before = time.perf_counter(), seen  # a resumed epoch counts from here
                 for i, (x, y) in enumerate(train_loader.batches(skip), start=skip):
                     loss, out = train_step(forward, optimizer, scheduler, x, y, bf16, cfg.optim.label_smoothing)
                     step += 1
@@ -273,7 +273,7 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
                         tracker.show(f"epoch {epoch + 1}/{t.epochs}", i + 1, steps_per_epoch,
                                      f"loss {train_loss:.3f} acc {correct.item() / seen:.3f} "
                                      + " ".join(f"λ{k[-1]} {v:.3f}" for k, v in lam.items())
-                                     + f" {seen / (time.perf_counter() - epoch_start):.0f} img/s")
+                                     + f" {(seen - seen_before) / (time.perf_counter() - epoch_start):.0f} img/s")
                     if signals:
                         save(epoch_rng, i + 1, [loss_sum.item(), correct.item(), seen])
                         raise Interrupted(signals[0])
@@ -288,7 +288,7 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
                 tracker.scalars({
                     "acc/train": correct.item() / seen, "acc/test": test_acc, "loss/train": train_loss,
                     "loss/test": test_loss, "lr": scheduler.get_last_lr()[0],
-                    "throughput/train_img_s": seen / train_time,
+                    "throughput/train_img_s": (seen - seen_before) / train_time,
                     **({f"lambda/{k}": v for k, v in lam.items()} if step % t.log_every_n_steps else {}),
                 }, step)
                 every = cfg.tracking.attention_maps_every
