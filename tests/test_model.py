@@ -40,3 +40,14 @@ def test_fixed_lambda_model_has_no_lambda_parameter():
 def test_unknown_pattern_is_refused():
     with pytest.raises(ValueError, match="pattern must be one of"):
         SimpleCNN("p4")
+
+
+def test_loads_the_notebooks_state_dict_names():
+    torch.manual_seed(0)
+    source = SimpleCNN("p3_controlled")
+    notebook_sd = {k.replace("block1.", "p3_1.").replace("block2.", "p3_2."): v for k, v in source.state_dict().items()}
+    target = SimpleCNN("p3_controlled")
+    target.load_state_dict(notebook_sd)  # strict: every key found under its new name
+    source.eval(), target.eval()
+    x = torch.randn(2, 3, 32, 32)
+    assert torch.equal(source(x), target(x))

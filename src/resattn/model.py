@@ -24,6 +24,17 @@ def conv_bn_relu(in_ch: int, out_ch: int) -> nn.Sequential:
     )
 
 
+NOTEBOOK_NAMES = {"p3_1.": "block1.", "p3_2.": "block2."}
+
+
+def _accept_notebook_names(module, state_dict, prefix, *args) -> None:
+    """Load the seed notebook's SimpleCNN_P3_Controlled weights as they are: its blocks are p3_1, p3_2."""
+    for key in list(state_dict):
+        for old, new in NOTEBOOK_NAMES.items():
+            if key.startswith(prefix + old):
+                state_dict[prefix + new + key[len(prefix + old):]] = state_dict.pop(key)
+
+
 class SimpleCNN(nn.Module):
     """stem -> conv1 -> block1 -> block2 (stride 2) -> conv2 -> head.
 
@@ -64,6 +75,7 @@ class SimpleCNN(nn.Module):
         self.block2 = block(c2, c3, stride=2)
         self.conv2 = conv_bn_relu(c3, c3)
         self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(c3, num_classes))
+        self.register_load_state_dict_pre_hook(_accept_notebook_names)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.conv1(self.stem(x))
