@@ -76,10 +76,20 @@ def test_data_config_composes_and_builds(name, tmp_path):
     ("trainer.precision=fp16", "trainer.precision"),
     ("model.width=0", "model.width"),
     ("trainer.resume=true", "trainer.resume"),
+    ("trainer.batch_size=64.0", "trainer.batch_size"),
+    ("pattern.placement=inside", "pattern.placement"),
+    ("seed=-1", "seed"),
+    ("seed=abc", "seed"),
+    ("optim.warmup_frac=1", "optim.warmup_frac"),
+    ("optim.warmup_frac=0", "optim.warmup_frac"),
+    ("optim.label_smoothing=1.5", "optim.label_smoothing"),
+    ("model.width=inf", "model.width"),
+    ("data=folder", "data.root"),
+    ("data=synthetic data.train_size=null", "data.train_size"),
     ("trainer.num_threads=0", "trainer.num_threads"),
     ("tracking.attention_maps_every=-1", "tracking.attention_maps_every"),
 ])
 def test_bad_values_name_their_key(override, key):
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")) as err:
-        validate(make(override))
+        validate(make(*override.split()))
     assert "\n" not in str(err.value)

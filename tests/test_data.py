@@ -39,8 +39,10 @@ def test_crop_offsets_stay_within_pad_and_cover_the_range_and_flips_are_fair():
     assert torch.equal(flipped, flips)
     assert torch.equal(dy, offsets[:, 0] - PAD)
     assert set(dy.tolist()) == set(range(-PAD, PAD + 1))
-    shift = torch.where(flipped, -(dx_left + dx_right) // 2, dx_left)
-    assert shift.abs().max() <= PAD and len(set(shift.tolist())) == 2 * PAD + 1
+    # Unflipped, output column 15 shows source column 15 + dx; flipped, output column 16 shows 15 + dx.
+    dx = torch.where(flipped, dx_right + 1, dx_left)
+    assert torch.equal(dx, offsets[:, 1] - PAD)
+    assert set(dx.tolist()) == set(range(-PAD, PAD + 1))
     # About half flipped: binomial(4000, 0.5) lies within 4 sigma (±126) of 2000.
     assert abs(int(flips.sum()) - n // 2) < 126
     # Padding is zeros, where the crop reaches past the edge.

@@ -172,18 +172,29 @@ def test_truncated_or_foreign_checkpoints_are_refused(reference, tmp_path):
     torch.save({"model": {}}, tmp_path / "other.pt")
     with pytest.raises(checkpoint.ConfigError, match="is not a resattn checkpoint"):
         checkpoint.load(tmp_path / "other.pt", config)
-    for key, value in (("pattern", {**config["pattern"], "name": "p1"}), ("model", {"width": 0.5})):
+    for key, value in (("pattern", {**config["pattern"], "name": "p1"}), ("model", {"width": 0.5}),
+                       ("trainer", {**config["trainer"], "epochs": 5}), ("optim", {**config["optim"], "lr": 0.5})):
         with pytest.raises(checkpoint.ConfigError, match=f"made with {key}.*this run has {key}"):
             checkpoint.load(good, {**config, key: value})
+    # where and how fast it runs may change
+    assert checkpoint.load(good, {**config, "trainer": {**config["trainer"], "device": "cpu", "compile": True}})
     assert checkpoint.load(good, config)["step"] == 24
 
 
-def test_resume_false_starts_fresh(reference, tmp_path):
-    import shutil
-    shutil.copytree(reference, tmp_path / "run")
-    proc = run_train(*LONGER, "trainer.resume=false", "trainer.epochs=1", f"hydra.run.dir={tmp_path}/run")
+def test_resume_false_starts_fresh_and_a_refused_relaunch_keeps_the_result(reference, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(reference, run)
+    # a relaunch with a value that does not fit the checkpoint is refused, and the completed summary stays
+    proc = run_train(*LONGER, "trainer.epochs=4", f"hydra.run.dir={run}")
+    assert proc.returncode == 2 and "trainer.epochs" in proc.stderr
+    assert summary(run) == summary(reference)
+    proc = run_train(*LONGER, "trainer.resume=false", "trainer.epochs=1", f"hydra.run.dir={run}")
     assert proc.returncode == 0 and "resuming" not in proc.stdout
-    assert summary(tmp_path / "run")["epochs_completed"] == 1
+    assert summary(run)["epochs_completed"] == 1
+    acc = EventAccumulator(str(run))
+    acc.Reload()
+    assert [e.step for e in acc.Scalars("acc/test")] == [8]  # the old run's events are purged, not doubled
+    assert len(acc.Scalars("hparams/best_test_acc")) == 1
 
 
 def test_compile_by_default_on_cuda_and_for_long_cpu_runs_only():

@@ -10,9 +10,10 @@ import torch
 from resattn.config import ConfigError
 
 FORMAT = "resattn-checkpoint-1"
-# Config keys that fix the model's shape and meaning: a checkpoint must agree on all of them.
-MODEL_KEYS = ("pattern.name", "pattern.placement", "pattern.controlled", "pattern.lam_learnable",
-              "pattern.reduction", "pattern.spatial_kernel", "model.width", "data.name")
+# What a resumed run may change: where and how fast it runs, and what it logs. Any other key
+# (model, data, optimizer, schedule, epochs, seed) must match, or resuming would not continue the run.
+MAY_CHANGE = ("trainer.device", "trainer.resume", "trainer.num_threads", "trainer.compile",
+              "trainer.eval_batch_size", "trainer.log_every_n_steps", "tracking", "data.root", "data.download")
 
 
 def rng_state() -> dict:
@@ -43,10 +44,11 @@ def save(path: Path, state: dict) -> None:
     os.replace(tmp, path)
 
 
-def _get(cfg: dict, key: str):
-    for part in key.split("."):
-        cfg = cfg.get(part) if isinstance(cfg, dict) else None
-    return cfg
+def _flatten(tree: dict, prefix: str = "") -> dict:
+    out = {}
+    for key, value in tree.items():
+        out.update(_flatten(value, f"{prefix}{key}.") if isinstance(value, dict) else {f"{prefix}{key}": value})
+    return out
 
 
 def load(path: Path, config: dict, key: str = "trainer.resume") -> dict:
@@ -61,8 +63,9 @@ def load(path: Path, config: dict, key: str = "trainer.resume") -> dict:
         raise ConfigError(f"{key}: '{path}' is not a readable resattn checkpoint ({reason})") from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise ConfigError(f"{key}: '{path}' is not a resattn checkpoint")
-    for k in MODEL_KEYS:
-        theirs, ours = _get(state["config"], k), _get(config, k)
-        if theirs != ours:
-            raise ConfigError(f"{key}: '{path}' was made with {k}={theirs}, this run has {k}={ours}")
+    theirs, ours = _flatten(state["config"]), _flatten(config)
+    for k in dict.fromkeys([*ours, *theirs]):
+        if not any(k == m or k.startswith(m + ".") for m in MAY_CHANGE) and theirs.get(k) != ours.get(k):
+            raise ConfigError(f"{key}: '{path}' was made with {k}={theirs.get(k)}, this run has {k}={ours.get(k)} "
+                              "(trainer.resume=false starts afresh)")
     return state

@@ -145,8 +145,6 @@ def _cached_decode(root: Path, split: str, paths: list[str]) -> torch.Tensor:
 def folder(cfg: DictConfig) -> Dataset:
     from torchvision.datasets import ImageFolder
 
-    if cfg.root is None or str(cfg.root) in ("", "???"):
-        raise ConfigError("data.root is required for data=folder: data.root=/path holding train/ and test/")
     root = Path(cfg.root)
     splits, classes = [], None
     for split, size in (("train", cfg.train_size), ("test", cfg.test_size)):

@@ -5,9 +5,11 @@ summary.json and the sweep goes on; `resattn.callbacks.SweepEnd` sets the exit c
 """
 
 import importlib.util
+import signal
 import logging
 import os
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -88,8 +90,31 @@ def place(cfg: DictConfig, hc) -> None:
             t.device = f"cuda:{hc.job.num % torch.cuda.device_count()}"
 
 
+@contextmanager
+def stop_on_signals():
+    """First SIGINT/SIGTERM: ask the training loop to stop after its current step. Second: exit at once."""
+    received: list[int] = []
+
+    def handler(signum, frame):
+        if received:
+            os._exit(128 + signum)
+        received.append(signum)
+
+    previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield received
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+
+
 def record_failure(run_dir: Path, cfg: DictConfig, error: str) -> None:
-    summary = read_summary(run_dir) or {
+    """Mark the run failed, unless its folder holds an earlier run's outcome (a relaunch refused
+    for a bad value must not turn a completed or interrupted run into a failed one)."""
+    summary = read_summary(run_dir)
+    if summary is not None and summary.get("status") != "running":
+        return
+    summary = summary or {
         "pattern": cfg.pattern.get("name"), "controlled": cfg.pattern.get("controlled"),
         "lam_init": cfg.pattern.get("lam_init"), "lam_learnable": cfg.pattern.get("lam_learnable"),
         "seed": cfg.get("seed"), "epochs": cfg.trainer.get("epochs"), "epochs_completed": 0,
@@ -104,13 +129,11 @@ def run(cfg: DictConfig) -> None:
     multirun = hc.mode == RunMode.MULTIRUN
     place(cfg, hc)
     try:
-        train(cfg, run_dir)
+        with stop_on_signals() as stop:
+            train(cfg, run_dir, stop)
     except Interrupted as err:
         print(f"interrupted by {err}: checkpoint saved in {run_dir}; run the same command to resume", file=sys.stderr)
         sys.exit(128 + err.signum)  # a stop request ends a sweep too
-    except KeyboardInterrupt:  # before training started: nothing to save
-        print("interrupted before training started", file=sys.stderr)
-        sys.exit(130)
     except (ConfigError, Diverged) as err:
         if isinstance(err, ConfigError):
             record_failure(run_dir, cfg, str(err))
