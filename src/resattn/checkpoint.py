@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from resattn.config import ConfigError
+from resattn.config import ConfigError, flatten
 
 FORMAT = "resattn-checkpoint-1"
 # What a resumed run may change: where and how fast it runs, and what it logs. Any other key
@@ -44,13 +44,6 @@ def save(path: Path, state: dict) -> None:
     os.replace(tmp, path)
 
 
-def _flatten(tree: dict, prefix: str = "") -> dict:
-    out = {}
-    for key, value in tree.items():
-        out.update(_flatten(value, f"{prefix}{key}.") if isinstance(value, dict) else {f"{prefix}{key}": value})
-    return out
-
-
 def load(path: Path, config: dict, key: str = "trainer.resume") -> dict:
     """The checkpoint at `path`, refused with a ConfigError naming `key` unless it is one of ours
     for the same model as `config`."""
@@ -63,7 +56,7 @@ def load(path: Path, config: dict, key: str = "trainer.resume") -> dict:
         raise ConfigError(f"{key}: '{path}' is not a readable resattn checkpoint ({reason})") from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise ConfigError(f"{key}: '{path}' is not a resattn checkpoint")
-    theirs, ours = _flatten(state["config"]), _flatten(config)
+    theirs, ours = flatten(state["config"]), flatten(config)
     for k in dict.fromkeys([*ours, *theirs]):
         if not any(k == m or k.startswith(m + ".") for m in MAY_CHANGE) and theirs.get(k) != ours.get(k):
             raise ConfigError(f"{key}: '{path}' was made with {k}={theirs.get(k)}, this run has {k}={ours.get(k)} "

@@ -1,10 +1,22 @@
 """Checks of the composed config, so every bad value fails at once with one line naming its key."""
 
+import json
 import math
 
 from omegaconf import DictConfig, OmegaConf
 
 from resattn.model import PATTERNS
+
+
+def flatten(tree: dict, prefix: str = "") -> dict:
+    """{"a": {"b": 1}} -> {"a.b": 1}; lists become JSON text, so every value can be compared and hashed."""
+    out = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            out.update(flatten(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = json.dumps(value) if isinstance(value, list) else value
+    return out
 
 
 class ConfigError(ValueError):

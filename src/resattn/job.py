@@ -134,11 +134,12 @@ def run(cfg: DictConfig) -> None:
     except Interrupted as err:
         print(f"interrupted by {err}: checkpoint saved in {run_dir}; run the same command to resume", file=sys.stderr)
         sys.exit(128 + err.signum)  # a stop request ends a sweep too
-    except (ConfigError, Diverged) as err:
-        if isinstance(err, ConfigError):
-            record_failure(run_dir, cfg, str(err))
-        if not multirun and isinstance(err, ConfigError):
+    except ConfigError as err:
+        record_failure(run_dir, cfg, str(err))
+        if not multirun:
             usage_error(str(err))
+        print(f"error: {err}", file=sys.stderr)
+    except Diverged as err:  # its summary already says so
         print(f"error: {err}", file=sys.stderr)
         if not multirun:
             sys.exit(1)

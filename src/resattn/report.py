@@ -30,6 +30,8 @@ from rich.table import Table
 from scipy import stats
 from tensorboard.backend.event_processing import event_accumulator
 
+from resattn.config import flatten
+
 NAN = float("nan")
 ACC_METRICS = ("best_test_acc", "final_test_acc")
 # Config keys that say where or how a run ran, not what was run: runs differing only in these are
@@ -79,16 +81,6 @@ def find_run_dirs(paths) -> list[Path]:
             else:
                 dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
     return sorted(found.values())
-
-
-def flatten(tree: dict, prefix: str = "") -> dict:
-    out = {}
-    for key, value in tree.items():
-        if isinstance(value, dict):
-            out.update(flatten(value, f"{prefix}{key}."))
-        else:  # lists become text so that every value can be a dict key when grouping
-            out[f"{prefix}{key}"] = json.dumps(value) if isinstance(value, list) else value
-    return out
 
 
 def read_config(run_dir: Path) -> dict:
