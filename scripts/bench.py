@@ -2,12 +2,13 @@
 
     python scripts/bench.py                      # defaults of the current device
     python scripts/bench.py --steps 30 --json bench.json
+    python scripts/bench.py --model resnet --depth 20 --attention se --pattern p4 --batch-size 128
 
 (a) plain: a CIFAR10-style dataset of PIL images with torchvision transforms (RandomCrop(32, 4),
     RandomHorizontalFlip, ToTensor, Normalize) through a DataLoader, float32, NCHW.
 (b) resattn: uint8 images on the device, batched crop/flip, channels_last, and the trainer's
     precision and compile defaults (engine.train_step, the same step the trainer runs).
-Both train the same model and pattern at the same batch size on synthetic data of CIFAR shape,
+Both train the same model, attention and pattern at the same batch size on synthetic data of CIFAR shape,
 so it runs offline. Reported: images/s, the ratio b/a, achieved GFLOP/s (torch.utils.flop_counter),
 its share of the machine's peak measured on the spot (float32 matmul on CPU, bf16 on CUDA) and
 peak memory.
@@ -18,19 +19,29 @@ import json
 import platform
 import resource
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from rich.console import Console
 from rich.table import Table
+from omegaconf import OmegaConf
 from torch.utils.flop_counter import FlopCounterMode
 
 from resattn import data
+from resattn.attention import ATTENTIONS
 from resattn.engine import build_optimizer, evaluate, pick_device, train_step, use_bf16, use_compile
-from resattn.model import SimpleCNN
+from resattn.model import PATTERNS, SimpleCNN
+from resattn.resnet import DEPTHS, SHORTCUTS, CifarResNet
 
-from omegaconf import OmegaConf
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+
+
+def make_model(args) -> torch.nn.Module:
+    if args.model == "resnet":
+        return CifarResNet(args.depth, args.pattern, args.attention, shortcut=args.shortcut, width=args.width)
+    return SimpleCNN(args.pattern, attention=args.attention, width=args.width)
 
 
 def sync(device: torch.device) -> None:
@@ -107,7 +118,7 @@ def plain(args, images, labels, mean, std, device) -> float:
                                          batch_size=args.batch_size, shuffle=True, num_workers=args.workers,
                                          drop_last=True, persistent_workers=args.workers > 0)
     torch.manual_seed(0)
-    model = SimpleCNN(args.pattern, width=args.width).to(device)
+    model = make_model(args).to(device)
     opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, nesterov=True, weight_decay=5e-4)
     batches = endless(lambda: iter(loader))
 
@@ -125,9 +136,9 @@ def plain(args, images, labels, mean, std, device) -> float:
 
 def project(args, images, labels, mean, std, device, bf16: bool, compiled: bool) -> tuple[float, dict]:
     torch.manual_seed(0)
-    model = SimpleCNN(args.pattern, width=args.width).to(device, memory_format=torch.channels_last)
-    cfg = OmegaConf.create({"optim": {"lr": 0.05, "momentum": 0.9, "weight_decay": 5e-4, "schedule": "onecycle",
-                                      "warmup_frac": 0.2}})
+    model = make_model(args).to(device, memory_format=torch.channels_last)
+    # the trainer's own optimizer config, at a learning rate that keeps a long benchmark from diverging
+    cfg = OmegaConf.create({"optim": {**OmegaConf.load(CONFIGS / "optim" / "sgd.yaml"), "lr": 0.05}})
     opt, sched = build_optimizer(cfg, model, total_steps=10**6)
     forward = torch.compile(model) if compiled else model
     loader = data.Loader(data.Split(images, labels), args.batch_size, mean, std, device,
@@ -154,7 +165,11 @@ def project(args, images, labels, mean, std, device, bf16: bool, compiled: bool)
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--pattern", default="p3_controlled")
+    parser.add_argument("--model", default="simplecnn", choices=["simplecnn", "resnet"])
+    parser.add_argument("--depth", type=int, default=20, choices=DEPTHS, help="resnet: 6n+2")
+    parser.add_argument("--shortcut", default="A", choices=list(SHORTCUTS), help="resnet: zero-padding or projection")
+    parser.add_argument("--attention", default="cbam", choices=list(ATTENTIONS))
+    parser.add_argument("--pattern", default="p3_controlled", choices=list(PATTERNS))
     parser.add_argument("--width", type=float, default=1.0)
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--steps", type=int, default=20, help="timed steps, after --warmup steps")
@@ -179,14 +194,15 @@ def main() -> None:
     labels = torch.randint(0, 10, (args.images,), generator=g)
     mean, std = data.channel_stats(images[:5000])
 
-    probe = SimpleCNN(args.pattern, width=args.width).to(device)
+    probe = make_model(args).to(device)
     flops = step_flops(probe, torch.randn(8, 3, 32, 32, device=device), torch.zeros(8, dtype=torch.long, device=device))
     peak_dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     peak = matmul_peak(device, peak_dtype)
 
     result = {"device": str(torch.cuda.get_device_name() if device.type == "cuda" else platform.processor() or "cpu"),
-              "threads": torch.get_num_threads(), "torch": torch.__version__, "pattern": args.pattern,
-              "width": args.width, "batch_size": args.batch_size, "steps": args.steps,
+              "threads": torch.get_num_threads(), "torch": torch.__version__, "model": args.model,
+              "depth": args.depth if args.model == "resnet" else None, "attention": args.attention,
+              "pattern": args.pattern, "width": args.width, "batch_size": args.batch_size, "steps": args.steps,
               "gflop_per_image": flops / 1e9, "peak_gflops": peak, "peak_dtype": str(peak_dtype).split(".")[-1],
               "resattn_precision": "bf16" if bf16 else "fp32", "resattn_compiled": compiled}
     if not args.skip_plain:
@@ -205,7 +221,9 @@ def main() -> None:
         result["speedup"] = speed / result["plain_img_s"]
         result["plain_share_of_peak"] = result["plain_img_s"] * flops / 1e9 / peak
 
-    table = Table(title=f"resattn bench: {result['device']}, {result['threads']} threads, batch {args.batch_size}")
+    model = f"ResNet-{args.depth}" if args.model == "resnet" else "SimpleCNN"
+    table = Table(title=f"resattn bench: {model}, {args.attention} {args.pattern}, width {args.width:g} on "
+                        f"{result['device']}, {result['threads']} threads, batch {args.batch_size}")
     table.add_column("")
     table.add_column("images/s", justify="right")
     table.add_column("GFLOP/s", justify="right")

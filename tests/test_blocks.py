@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 
 from resattn.attention import CBAM
-from resattn.blocks import ResidualBlock
+from resattn.blocks import ResidualBlock, ZeroPadSkip, zero_pad_skip
 
 torch.manual_seed(0)
 
@@ -40,9 +40,9 @@ def test_cbam_matches_formula(kernel):
     m = CBAM(32, reduction=4, spatial_kernel=kernel)
     v = torch.randn(3, 32, 8, 8)
     torch.testing.assert_close(m(v), cbam_by_formula(m, v))
-    channel, spatial = m.masks(v)
-    assert channel.shape == (3, 32, 1, 1) and spatial.shape == (3, 1, 8, 8)
-    torch.testing.assert_close(spatial * (channel * v), m(v))
+    masks = m.masks(v)
+    assert masks["channel"].shape == (3, 32, 1, 1) and masks["spatial"].shape == (3, 1, 8, 8)
+    torch.testing.assert_close(masks["spatial"] * (masks["channel"] * v), m(v))
 
 
 def test_cbam_hidden_width_has_a_floor_of_four():
@@ -50,9 +50,13 @@ def test_cbam_hidden_width_has_a_floor_of_four():
     assert CBAM(128, reduction=16).ca.mlp[0].out_channels == 8
 
 
-def expected(block: ResidualBlock, x: torch.Tensor, placement: str, controlled: bool, lam: float) -> torch.Tensor:
+def expected(block: ResidualBlock, x: torch.Tensor, placement: str, lam: torch.Tensor | None) -> torch.Tensor:
+    """The block's output by its formula; lam None is the plain gate, a (C,) lam mixes channel by channel."""
     def gate(v):
-        return (1 - lam) * v + lam * cbam_by_formula(block.attn, v) if controlled else cbam_by_formula(block.attn, v)
+        if lam is None:
+            return cbam_by_formula(block.attn, v)
+        mix = lam.reshape(1, -1, 1, 1) if lam.ndim else lam
+        return (1 - mix) * v + mix * cbam_by_formula(block.attn, v)
 
     skip = block.skip(x)
     if placement == "none":
@@ -61,28 +65,56 @@ def expected(block: ResidualBlock, x: torch.Tensor, placement: str, controlled: 
         return F.relu(skip + gate(block.F(x)))
     if placement == "post_add":
         return gate(F.relu(skip + block.F(x)))
+    if placement == "skip":
+        return F.relu(gate(skip) + block.F(x))
     return F.relu(skip + block.F(gate(x)))
 
 
-@pytest.mark.parametrize("placement", ["none", "inside", "post_add", "pre"])
-@pytest.mark.parametrize("controlled", [False, True])
+@pytest.mark.parametrize("placement", ["none", "inside", "post_add", "pre", "skip"])
+@pytest.mark.parametrize("gate", ["plain", "scalar", "channel"])
 @pytest.mark.parametrize("stride,in_ch,out_ch", [(1, 16, 16), (2, 16, 32)])
 @pytest.mark.parametrize("mode", ["train", "eval"])
-def test_block_matches_its_formula(placement, controlled, stride, in_ch, out_ch, mode):
-    block = ResidualBlock(in_ch, out_ch, stride, placement=placement, controlled=controlled, lam_init=0.3)
+def test_block_matches_its_formula(placement, gate, stride, in_ch, out_ch, mode):
+    block = ResidualBlock(in_ch, out_ch, stride, placement=placement, controlled=gate != "plain", lam_init=0.3,
+                          lam_shape="channel" if gate == "channel" else "scalar")
     randomise(block)
+    if gate == "channel" and block.controlled:  # a different λ in every channel, so a wrong broadcast shows
+        block.lam_logit.data.normal_(0, 1)
     getattr(block, mode)()
     twin = copy.deepcopy(block)  # in train mode each pass updates BN statistics: the formula gets its own copy
     x = torch.randn(4, in_ch, 8, 8)
     y = block(x)
     assert y.shape == (4, out_ch, 8 // stride, 8 // stride)
-    torch.testing.assert_close(y, expected(twin, x, placement, controlled and placement != "none", 0.3))
+    lam = torch.sigmoid(twin.lam_logit.detach()) if twin.controlled else None
+    if gate == "scalar" and placement != "none":
+        assert lam.item() == pytest.approx(0.3)
+    torch.testing.assert_close(y, expected(twin, x, placement, lam))
+
+
+def test_zero_pad_shortcut_subsamples_and_pads_without_parameters():
+    x = torch.randn(2, 8, 8, 8)
+    skip = zero_pad_skip(8, 16, 2)
+    assert isinstance(skip, ZeroPadSkip) and not list(skip.parameters())
+    y = skip(x)
+    assert y.shape == (2, 16, 4, 4)
+    torch.testing.assert_close(y[:, :8], x[:, :, ::2, ::2])
+    assert torch.count_nonzero(y[:, 8:]) == 0
+    assert isinstance(zero_pad_skip(8, 8, 1), torch.nn.Identity)
+
+
+@pytest.mark.parametrize("placement", ["inside", "skip"])
+def test_block_with_zero_pad_shortcut_matches_its_formula(placement):
+    block = ResidualBlock(8, 16, 2, placement=placement, skip_layer=zero_pad_skip).eval()
+    randomise(block)
+    x = torch.randn(2, 8, 8, 8)
+    torch.testing.assert_close(block(x), expected(block, x, placement, None))
 
 
 def test_attention_sees_input_channels_in_p3_and_output_channels_in_p1_p2():
     assert ResidualBlock(16, 32, 2, placement="pre").attn.ca.mlp[0].in_channels == 16
     assert ResidualBlock(16, 32, 2, placement="inside").attn.ca.mlp[0].in_channels == 32
     assert ResidualBlock(16, 32, 2, placement="post_add").attn.ca.mlp[0].in_channels == 32
+    assert ResidualBlock(16, 32, 2, placement="skip").attn.ca.mlp[0].in_channels == 32
     assert ResidualBlock(16, 32, 2, placement="none").attn is None
 
 
@@ -127,10 +159,30 @@ def test_fixed_lambda_is_a_buffer_and_does_not_move():
     assert block.lam.item() == pytest.approx(0.3, abs=1e-6)
 
 
+@pytest.mark.parametrize("placement,channels", [("pre", 8), ("inside", 16), ("post_add", 16), ("skip", 16)])
+@pytest.mark.parametrize("learnable", [True, False])
+def test_channel_lambda_has_one_entry_per_gated_channel_all_at_lam_init(placement, channels, learnable):
+    block = ResidualBlock(8, 16, 2, placement=placement, controlled=True, lam_init=0.2, lam_learnable=learnable,
+                          lam_shape="channel")
+    assert block.lam.shape == (channels,)
+    torch.testing.assert_close(block.lam, torch.full((channels,), 0.2))
+    assert any(p is block.lam_logit for p in block.parameters()) == learnable
+
+
+def test_each_channel_lambda_gets_its_own_gradient():
+    torch.manual_seed(2)
+    block = ResidualBlock(8, 8, placement="inside", controlled=True, lam_init=0.1, lam_shape="channel")
+    F.mse_loss(block(torch.randn(8, 8, 6, 6)), torch.randn(8, 8, 6, 6)).backward()
+    grad = block.lam_logit.grad
+    assert grad.shape == (8,) and grad.abs().min() > 0 and grad.std() > 1e-3 * grad.abs().mean()
+
+
 def test_bad_block_arguments_are_refused():
     with pytest.raises(ValueError, match="placement"):
         ResidualBlock(8, 8, placement="after")
     with pytest.raises(ValueError, match="lam_init"):
         ResidualBlock(8, 8, controlled=True, lam_init=1.5)
+    with pytest.raises(ValueError, match="lam_shape"):
+        ResidualBlock(8, 8, controlled=True, lam_shape="vector")
     with pytest.raises(ValueError, match="spatial_kernel"):
         CBAM(8, spatial_kernel=5)

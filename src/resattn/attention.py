@@ -1,8 +1,21 @@
-"""CBAM (Woo et al., 2018): channel attention, then spatial attention.
+"""Attention modules, each mapping v to A(v) * v, the gated feature map.
 
-`CBAM(v)` returns A(v) * v, the gated feature map, as in the seed notebook.
-`CBAM.masks(v)` returns the two masks themselves, for visualisation.
+    cbam          CBAM (Woo et al., 2018): channel attention, then spatial attention (the seed notebook's)
+    cbam_channel  CBAM's channel half alone
+    cbam_spatial  CBAM's spatial half alone
+    se            squeeze-and-excitation (Hu et al., 2018)
+    eca           efficient channel attention (Wang et al., 2020)
+
+Each is built from the channel count and its own keys (`ATTENTIONS[name](channels, **keys)`);
+`attention_layer(name, **keys)` gives the `channels -> module` factory a residual block takes.
+`module.masks(v)` returns the masks themselves for visualisation: {"channel": (B, C, 1, 1)} and/or
+{"spatial": (B, 1, H, W)}, whichever the module has.
 """
+
+import inspect
+import math
+from functools import partial
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -49,7 +62,108 @@ class CBAM(nn.Module):
         x = self.ca(x) * x
         return self.sa(x) * x
 
-    def masks(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(channel mask (B, C, 1, 1), spatial mask (B, 1, H, W)) for input x."""
+    def masks(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         channel = self.ca(x)
-        return channel, self.sa(channel * x)
+        return {"channel": channel, "spatial": self.sa(channel * x)}  # the spatial mask sees the channel-gated x
+
+
+class CBAMChannel(nn.Module):
+    """CBAM's channel attention alone: sigmoid(MLP(avgpool v) + MLP(maxpool v)) * v."""
+
+    def __init__(self, channels: int, reduction: int = 16):
+        super().__init__()
+        self.ca = ChannelAttention(channels, reduction)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.ca(x) * x
+
+    def masks(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {"channel": self.ca(x)}
+
+
+class CBAMSpatial(nn.Module):
+    """CBAM's spatial attention alone: sigmoid(conv([mean_c v, max_c v])) * v. It has no per-channel weights."""
+
+    def __init__(self, channels: int, spatial_kernel: int = 7):
+        super().__init__()
+        self.sa = SpatialAttention(spatial_kernel)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.sa(x) * x
+
+    def masks(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {"spatial": self.sa(x)}
+
+
+class SE(nn.Module):
+    """Squeeze-and-excitation: sigmoid(W2 relu(W1 avgpool(v) + b1) + b2) * v, hidden = max(C // reduction, 4).
+
+    `bias=False` drops the two biases (the SE paper's journal version finds that better on ResNets)."""
+
+    def __init__(self, channels: int, reduction: int = 16, bias: bool = True):
+        super().__init__()
+        hidden = max(channels // reduction, 4)
+        self.fc1 = nn.Conv2d(channels, hidden, 1, bias=bias)
+        self.act = nn.ReLU(inplace=True)
+        self.fc2 = nn.Conv2d(hidden, channels, 1, bias=bias)
+
+    def channel_mask(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(self.fc2(self.act(self.fc1(F.adaptive_avg_pool2d(x, 1)))))  # (B, C, 1, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.channel_mask(x) * x
+
+    def masks(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {"channel": self.channel_mask(x)}
+
+
+def eca_kernel_size(channels: int, gamma: float = 2, beta: float = 1) -> int:
+    """ECA's adaptive kernel: t = int(|(log2 C + beta) / gamma|), the odd number t or t + 1, at least 3."""
+    if not gamma > 0:
+        raise ValueError(f"gamma must be > 0, got {gamma}")
+    t = int(abs((math.log2(channels) + beta) / gamma))
+    return max(t if t % 2 else t + 1, 3)
+
+
+class ECA(nn.Module):
+    """Efficient channel attention: sigmoid(conv1d_k(avgpool v across channels)) * v, no bias, k adaptive."""
+
+    def __init__(self, channels: int, gamma: float = 2, beta: float = 1):
+        super().__init__()
+        k = eca_kernel_size(channels, gamma, beta)
+        self.conv = nn.Conv1d(1, 1, k, padding=k // 2, bias=False)
+
+    def channel_mask(self, x: torch.Tensor) -> torch.Tensor:
+        squeezed = F.adaptive_avg_pool2d(x, 1).flatten(1).unsqueeze(1)  # (B, 1, C): channels as a sequence
+        return torch.sigmoid(self.conv(squeezed)).transpose(1, 2).unsqueeze(-1)  # (B, C, 1, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.channel_mask(x) * x
+
+    def masks(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {"channel": self.channel_mask(x)}
+
+
+# name (configs/attention/<name>.yaml) -> module class
+ATTENTIONS: dict[str, type[nn.Module]] = {
+    "cbam": CBAM,
+    "cbam_channel": CBAMChannel,
+    "cbam_spatial": CBAMSpatial,
+    "se": SE,
+    "eca": ECA,
+}
+
+
+def attention_keys(name: str) -> tuple[str, ...]:
+    """The keys an attention takes besides the channel count, e.g. ("reduction", "bias") for se."""
+    return tuple(inspect.signature(ATTENTIONS[name]).parameters)[1:]
+
+
+def attention_layer(name: str, **keys) -> Callable[[int], nn.Module]:
+    """The `channels -> module` factory for attention `name` with its keys (the rest keep their defaults)."""
+    if name not in ATTENTIONS:
+        raise ValueError(f"attention must be one of {', '.join(ATTENTIONS)}, got {name!r}")
+    unknown = set(keys) - set(attention_keys(name))
+    if unknown:
+        raise ValueError(f"attention {name} takes {', '.join(attention_keys(name))}, not {', '.join(sorted(unknown))}")
+    return partial(ATTENTIONS[name], **keys)

@@ -1,23 +1,30 @@
-"""The residual block with the attention at one of four placements.
+"""The residual block with the attention at one of five placements.
 
     none          y = relu(skip(x) + F(x))
     inside   (p1) y = relu(skip(x) + gate(F(x)))
     post_add (p2) z = relu(skip(x) + F(x)); y = gate(z)
     pre      (p3) y = relu(skip(x) + F(gate(x)))
+    skip     (p4) y = relu(gate(skip(x)) + F(x))      the SE paper's SE-Identity
 
-gate(v) = A(v) * v, or with the controlled gate (1 - lam) * v + lam * A(v) * v,
-lam = sigmoid(lam_logit), one scalar per block.
+gate(v) = A(v) * v, or with the controlled gate (1 - lam) * v + lam * A(v) * v, lam = sigmoid(lam_logit):
+one scalar per block (lam_shape "scalar") or one per channel of v (lam_shape "channel", LayerScale-like).
+
+skip(x) is the identity when the shape stays; otherwise `skip_layer` decides: a 1x1 conv + BN
+projection (`projection_skip`, the seed notebook's, He et al.'s option B) or the parameter-free
+subsampling with zero-padded channels (`zero_pad_skip`, option A of the CIFAR ResNets).
 """
 
 import math
 from typing import Callable
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from resattn.attention import CBAM
 
-PLACEMENTS = ("none", "inside", "post_add", "pre")
+PLACEMENTS = ("none", "inside", "post_add", "pre", "skip")
+LAM_SHAPES = ("scalar", "channel")
 
 
 class Branch(nn.Module):
@@ -35,10 +42,27 @@ class Branch(nn.Module):
         return self.bn2(self.conv2(self.act(self.bn1(self.conv1(x)))))
 
 
-def make_skip(in_ch: int, out_ch: int, stride: int) -> nn.Module:
+def projection_skip(in_ch: int, out_ch: int, stride: int) -> nn.Module:
     if stride != 1 or in_ch != out_ch:
         return nn.Sequential(nn.Conv2d(in_ch, out_ch, 1, stride=stride, bias=False), nn.BatchNorm2d(out_ch))
     return nn.Identity()
+
+
+class ZeroPadSkip(nn.Module):
+    """x subsampled by `stride`, with out_ch - in_ch zero channels appended: no parameters."""
+
+    def __init__(self, in_ch: int, out_ch: int, stride: int):
+        super().__init__()
+        if out_ch < in_ch:
+            raise ValueError(f"a zero-padding shortcut cannot reduce channels ({in_ch} -> {out_ch})")
+        self.extra_channels, self.stride = out_ch - in_ch, stride
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.pad(x[:, :, :: self.stride, :: self.stride], (0, 0, 0, 0, 0, self.extra_channels))
+
+
+def zero_pad_skip(in_ch: int, out_ch: int, stride: int) -> nn.Module:
+    return ZeroPadSkip(in_ch, out_ch, stride) if stride != 1 or in_ch != out_ch else nn.Identity()
 
 
 def lam_to_logit(lam_init: float) -> torch.Tensor:
@@ -48,7 +72,8 @@ def lam_to_logit(lam_init: float) -> torch.Tensor:
 
 
 class ResidualBlock(nn.Module):
-    """A basic residual block; `attn_layer(channels)` builds the attention module A."""
+    """A basic residual block; `attn_layer(channels)` builds the attention module A and
+    `skip_layer(in_ch, out_ch, stride)` the shortcut."""
 
     def __init__(
         self,
@@ -60,27 +85,36 @@ class ResidualBlock(nn.Module):
         lam_init: float = 0.1,
         lam_learnable: bool = True,
         attn_layer: Callable[[int], nn.Module] = CBAM,
+        lam_shape: str = "scalar",
+        skip_layer: Callable[[int, int, int], nn.Module] = projection_skip,
     ):
         super().__init__()
         if placement not in PLACEMENTS:
             raise ValueError(f"placement must be one of {', '.join(PLACEMENTS)}, got {placement!r}")
+        if lam_shape not in LAM_SHAPES:
+            raise ValueError(f"lam_shape must be one of {', '.join(LAM_SHAPES)}, got {lam_shape!r}")
         if not 0.0 <= lam_init <= 1.0 or math.isnan(lam_init):
             raise ValueError(f"lam_init must be in [0, 1], got {lam_init}")
         self.placement = placement
         self.controlled = controlled and placement != "none"
+        # The gated tensor: the block's input in p3, its output (or shortcut) everywhere else.
+        gated_channels = in_ch if placement == "pre" else out_ch
         if self.controlled:
+            logit = lam_to_logit(lam_init)
+            if lam_shape == "channel":
+                logit = logit.repeat(gated_channels)
             if lam_learnable:
-                self.lam_logit = nn.Parameter(lam_to_logit(lam_init))
+                self.lam_logit = nn.Parameter(logit)
             else:
-                self.register_buffer("lam_logit", lam_to_logit(lam_init))
-        # A sees the block's input in p3 and its output in p1 and p2.
-        self.attn = None if placement == "none" else attn_layer(in_ch if placement == "pre" else out_ch)
+                self.register_buffer("lam_logit", logit)
+        self.attn = None if placement == "none" else attn_layer(gated_channels)
         self.F = Branch(in_ch, out_ch, stride)
-        self.skip = make_skip(in_ch, out_ch, stride)
+        self.skip = skip_layer(in_ch, out_ch, stride)
         self.out_act = nn.ReLU(inplace=True)
 
     @property
     def lam(self) -> torch.Tensor | None:
+        """sigmoid(lam_logit): 0-d for one λ per block, (C,) for one per channel; None without a controlled gate."""
         return torch.sigmoid(self.lam_logit) if self.controlled else None
 
     def gate(self, v: torch.Tensor) -> torch.Tensor:
@@ -88,6 +122,8 @@ class ResidualBlock(nn.Module):
         if not self.controlled:
             return v_att
         lam = torch.sigmoid(self.lam_logit)
+        if lam.ndim:  # per channel: broadcast over (B, C, H, W)
+            lam = lam.view(1, -1, 1, 1)
         return (1.0 - lam) * v + lam * v_att
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -97,5 +133,7 @@ class ResidualBlock(nn.Module):
         f = self.F(x)
         if self.placement == "inside":
             f = self.gate(f)
+        elif self.placement == "skip":
+            identity = self.gate(identity)
         y = self.out_act(identity + f)
         return self.gate(y) if self.placement == "post_add" else y

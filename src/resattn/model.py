@@ -1,12 +1,13 @@
-"""SimpleCNN from the seed notebook, with the attention placement as a parameter."""
+"""SimpleCNN from the seed notebook, with the attention placement as a parameter, and what every backbone shares."""
 
 from functools import partial
+from typing import Callable
 
 import torch
 from torch import nn
 
-from resattn.attention import CBAM
-from resattn.blocks import ResidualBlock
+from resattn.attention import attention_layer
+from resattn.blocks import ResidualBlock, projection_skip
 
 # pattern name -> (placement, controlled gate)
 PATTERNS = {
@@ -15,7 +16,44 @@ PATTERNS = {
     "p2": ("post_add", False),
     "p3": ("pre", False),
     "p3_controlled": ("pre", True),
+    "p4": ("skip", False),  # the SE paper's SE-Identity
 }
+
+AttentionArg = str | Callable[[int], nn.Module]
+
+
+def block_layer(pattern: str, attention: AttentionArg, controlled: bool | None, lam_init: float, lam_learnable: bool,
+                lam_shape: str, skip_layer=projection_skip) -> Callable[..., ResidualBlock]:
+    """`(in_ch, out_ch, stride) -> ResidualBlock` with the pattern's placement and gate.
+
+    `attention` is a name in resattn.attention.ATTENTIONS (with its default keys) or a `channels -> module`
+    factory such as `attention_layer("se", reduction=8)`. `controlled=None` takes the pattern's own gate."""
+    if pattern not in PATTERNS:
+        raise ValueError(f"pattern must be one of {', '.join(PATTERNS)}, got {pattern!r}")
+    placement, default_controlled = PATTERNS[pattern]
+    return partial(
+        ResidualBlock,
+        placement=placement,
+        controlled=default_controlled if controlled is None else controlled,
+        lam_init=lam_init,
+        lam_learnable=lam_learnable,
+        attn_layer=attention_layer(attention) if isinstance(attention, str) else attention,
+        lam_shape=lam_shape,
+        skip_layer=skip_layer,
+    )
+
+
+class ResidualNet(nn.Module):
+    """What the trainer and the tracker read from any backbone: its residual blocks and their λs."""
+
+    @property
+    def blocks(self) -> dict[str, ResidualBlock]:
+        """The residual blocks by their module names, in forward order (they are registered in that order)."""
+        return {name: m for name, m in self.named_modules() if isinstance(m, ResidualBlock)}
+
+    def lambdas(self) -> dict[str, torch.Tensor]:
+        """λ per controlled block: a 0-d tensor, or (C,) with lam_shape "channel" (read them only when logging)."""
+        return {name: b.lam.detach() for name, b in self.blocks.items() if b.controlled}
 
 
 def conv_bn_relu(in_ch: int, out_ch: int) -> nn.Sequential:
@@ -35,7 +73,7 @@ def _accept_notebook_names(module, state_dict, prefix, *args) -> None:
                 state_dict[prefix + new + key[len(prefix + old):]] = state_dict.pop(key)
 
 
-class SimpleCNN(nn.Module):
+class SimpleCNN(ResidualNet):
     """stem -> conv1 -> block1 -> block2 (stride 2) -> conv2 -> head.
 
     `controlled=None` takes the pattern's own gate (controlled only for p3_controlled);
@@ -50,25 +88,14 @@ class SimpleCNN(nn.Module):
         lam_init: float = 0.1,
         lam_learnable: bool = True,
         controlled: bool | None = None,
-        reduction: int = 16,
-        spatial_kernel: int = 7,
+        attention: AttentionArg = "cbam",
+        lam_shape: str = "scalar",
         width: float = 1.0,
     ):
         super().__init__()
-        if pattern not in PATTERNS:
-            raise ValueError(f"pattern must be one of {', '.join(PATTERNS)}, got {pattern!r}")
-        placement, default_controlled = PATTERNS[pattern]
+        block = block_layer(pattern, attention, controlled, lam_init, lam_learnable, lam_shape)
         self.pattern = pattern
         c1, c2, c3 = (max(1, round(c * width)) for c in (32, 64, 128))
-        attn = partial(CBAM, reduction=reduction, spatial_kernel=spatial_kernel)
-        block = partial(
-            ResidualBlock,
-            placement=placement,
-            controlled=default_controlled if controlled is None else controlled,
-            lam_init=lam_init,
-            lam_learnable=lam_learnable,
-            attn_layer=attn,
-        )
         self.stem = conv_bn_relu(3, c1)
         self.conv1 = conv_bn_relu(c1, c2)
         self.block1 = block(c2, c2, stride=1)
@@ -81,11 +108,3 @@ class SimpleCNN(nn.Module):
         x = self.conv1(self.stem(x))
         x = self.block2(self.block1(x))
         return self.head(self.conv2(x))
-
-    @property
-    def blocks(self) -> dict[str, ResidualBlock]:
-        return {"block1": self.block1, "block2": self.block2}
-
-    def lambdas(self) -> dict[str, torch.Tensor]:
-        """lam per controlled block, as 0-d tensors (read them with .item() only when logging)."""
-        return {name: b.lam.detach() for name, b in self.blocks.items() if b.controlled}
