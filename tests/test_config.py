@@ -5,6 +5,7 @@ import torch
 from hydra import compose, initialize_config_dir
 
 from resattn import data
+from resattn.attention import ATTENTIONS
 from resattn.config import ConfigError, validate
 from resattn.engine import build_model
 
@@ -24,8 +25,8 @@ def test_default_is_p3_controlled_on_cifar10():
     assert cfg.data.name == "cifar10" and cfg.data.root == "data" and cfg.data.download is True
 
 
-def test_all_five_patterns_exist():
-    assert PATTERNS == ["baseline", "p1", "p2", "p3", "p3_controlled"]
+def test_all_six_patterns_exist():
+    assert PATTERNS == ["baseline", "p1", "p2", "p3", "p3_controlled", "p4"]
 
 
 @pytest.mark.parametrize("pattern", PATTERNS)
@@ -64,12 +65,74 @@ def test_data_config_composes_and_builds(name, tmp_path):
     assert len(ds.train.labels) == (6 if name == "folder" else 64)
 
 
+@pytest.mark.parametrize("model", ["simplecnn", "resnet"])
+@pytest.mark.parametrize("attention", sorted(p.stem for p in (CONFIGS / "attention").glob("*.yaml")))
+def test_attention_and_model_compose_and_build(attention, model):
+    cfg = make(f"attention={attention}", f"model={model}", "model.width=0.25", "pattern=p1")
+    validate(cfg)
+    net = build_model(cfg, num_classes=10)
+    assert cfg.attention.name == attention and cfg.model.name == model
+    assert len(net.blocks) == (9 if model == "resnet" else 2)
+    assert all(type(b.attn) is ATTENTIONS[attention] for b in net.blocks.values())
+
+
+def test_resnet_brings_its_training_recipe_and_the_command_line_wins():
+    simple, resnet = make(), make("model=resnet")
+    assert (simple.trainer.batch_size, simple.optim.lr, simple.optim.schedule) == (256, 0.2, "onecycle")
+    assert (resnet.trainer.epochs, resnet.trainer.batch_size) == (164, 128)
+    assert (resnet.optim.lr, resnet.optim.weight_decay, resnet.optim.schedule, resnet.optim.label_smoothing) == \
+        (0.1, 1e-4, "cosine", 0.0)
+    assert resnet.trainer.eval_batch_size == simple.trainer.eval_batch_size  # keys it does not set stay
+    for overrides in (["trainer.batch_size=64", "model=resnet", "optim.lr=0.05"],
+                      ["model=resnet", "trainer.batch_size=64", "optim.lr=0.05"],
+                      ["experiment=resnet_placements", "trainer.batch_size=64", "optim.lr=0.05"]):
+        cfg = make(*overrides)
+        assert (cfg.model.name, cfg.trainer.batch_size, cfg.optim.lr, cfg.trainer.epochs) == ("resnet", 64, 0.05, 164)
+
+
+def test_presets_sweep_the_grid():
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(str(CONFIGS), version_base="1.3"):
+        grid = compose("config", overrides=["experiment=placement_grid"], return_hydra_config=True)
+        resnet = compose("config", overrides=["experiment=resnet_placements"], return_hydra_config=True)
+    assert grid.hydra.sweeper.params == {"attention": "cbam,se,eca", "pattern": ",".join(PATTERNS), "seed": "0,1,2"}
+    assert grid.model.name == "simplecnn"
+    assert resnet.hydra.sweeper.params == {"pattern": ",".join(PATTERNS), "seed": "0,1,2"}
+    assert (resnet.model.name, resnet.model.depth, resnet.attention.name) == ("resnet", 20, "se")
+
+
+def test_moved_keys_name_their_new_place(capsys):
+    from resattn.job import check_choices
+
+    with pytest.raises(SystemExit) as exit_:
+        check_choices(["model=resnet", "pattern.reduction=8"])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "attention.reduction" in err and err.startswith("error: pattern.reduction")
+    with pytest.raises(SystemExit):
+        check_choices(["+pattern.spatial_kernel=3"])
+    assert "attention.spatial_kernel" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("override,key", [
     ("pattern.lam_init=1.5", "pattern.lam_init"),
     ("pattern.lam_init=-0.1", "pattern.lam_init"),
     ("pattern.lam_init=abc", "pattern.lam_init"),
-    ("pattern.spatial_kernel=5", "pattern.spatial_kernel"),
-    ("pattern.reduction=0", "pattern.reduction"),
+    ("attention.spatial_kernel=5", "attention.spatial_kernel"),
+    ("attention.reduction=0", "attention.reduction"),
+    ("attention=se attention.reduction=2.5", "attention.reduction"),
+    ("attention=se attention.bias=maybe", "attention.bias"),
+    ("attention=eca attention.gamma=0", "attention.gamma"),
+    ("attention=eca attention.gamma=-1", "attention.gamma"),
+    ("attention=eca attention.beta=nan", "attention.beta"),
+    ("attention.name=se", "attention.name"),
+    ("pattern.lam_shape=vector", "pattern.lam_shape"),
+    ("model=resnet model.depth=21", "model.depth"),
+    ("model=resnet model.depth=20.0", "model.depth"),
+    ("model=resnet model.shortcut=C", "model.shortcut"),
+    ("model=resnet model.width=0", "model.width"),
+    ("model.name=vgg", "model.name"),
     ("trainer.epochs=0", "trainer.epochs"),
     ("trainer.batch_size=0", "trainer.batch_size"),
     ("optim.schedule=step", "optim.schedule"),
@@ -88,6 +151,13 @@ def test_data_config_composes_and_builds(name, tmp_path):
     ("data=synthetic data.train_size=null", "data.train_size"),
     ("trainer.num_threads=0", "trainer.num_threads"),
     ("tracking.attention_maps_every=-1", "tracking.attention_maps_every"),
+    ("optim.lam_lr_scale=0", "optim.lam_lr_scale"),
+    ("eval.corruptions=fog", "eval.corruptions"),
+    ("eval.corruptions=[noise,snow]", "eval.corruptions"),
+    ("eval.severities=[0,1]", "eval.severities"),
+    ("eval.severities=[6]", "eval.severities"),
+    ("eval.corruption_test_size=-5", "eval.corruption_test_size"),
+    ("eval.corruption_every=0", "eval.corruption_every"),
 ])
 def test_bad_values_name_their_key(override, key):
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")) as err:

@@ -5,7 +5,13 @@ import math
 
 from omegaconf import DictConfig, OmegaConf
 
+from resattn.attention import ATTENTIONS, attention_keys
+from resattn.blocks import LAM_SHAPES
 from resattn.model import PATTERNS
+from resattn.resnet import DEPTHS, SHORTCUTS
+
+# keys that moved to another group -> where they are now
+MOVED_KEYS = {"pattern.reduction": "attention.reduction", "pattern.spatial_kernel": "attention.spatial_kernel"}
 
 
 def flatten(tree: dict, prefix: str = "") -> dict:
@@ -23,24 +29,65 @@ class ConfigError(ValueError):
     """A bad config value or input; str(err) is the one line shown to the user."""
 
 
-def _number(cfg: DictConfig, key: str):
+def _number(cfg: DictConfig, key: str, prefix: str = ""):
+    """cfg's value at the dotted key; errors name the key as prefix + key (the path of cfg in the whole config)."""
     value = cfg
     for part in key.split("."):
         value = value[part]
     if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value):
-        raise ConfigError(f"{key} must be a number, got {value!r}")
+        raise ConfigError(f"{prefix}{key} must be a number, got {value!r}")
     return value
 
 
-def _at_least_one(cfg: DictConfig, key: str) -> None:
-    value = _number(cfg, key)
+def _at_least_one(cfg: DictConfig, key: str, prefix: str = "") -> None:
+    value = _number(cfg, key, prefix)
     if not isinstance(value, int) or value < 1:
-        raise ConfigError(f"{key} must be an integer >= 1, got {value!r}")
+        raise ConfigError(f"{prefix}{key} must be an integer >= 1, got {value!r}")
 
 
 def _one_of(key: str, value, allowed) -> None:
     if value not in allowed:
         raise ConfigError(f"{key} must be one of {', '.join(map(str, allowed))}, got {value!r}")
+
+
+def moved_keys(args: list[str]) -> list[str]:
+    """The error line for each command-line override of a key that moved (Hydra would only say "not in struct")."""
+    messages = []
+    for arg in args:
+        key = arg.lstrip("+~").partition("=")[0]
+        if key in MOVED_KEYS:
+            messages.append(f"{key} is now {MOVED_KEYS[key]} (set with the attention that has it, e.g. "
+                            f"attention=cbam {MOVED_KEYS[key]}=...)")
+    return messages
+
+
+def _validate_attention(a: DictConfig) -> None:
+    _one_of("attention.name", a.name, ATTENTIONS)
+    keys, expected = set(a) - {"name"}, set(attention_keys(a.name))
+    if keys != expected:
+        owners = " or ".join(n for n in ATTENTIONS if set(attention_keys(n)) == keys) or "none"
+        raise ConfigError(f"attention.name must be {owners} for the keys {', '.join(sorted(keys)) or '(none)'}; "
+                          f"choose another attention with attention={a.name}, got {a.name!r}")
+    if "reduction" in keys:
+        _at_least_one(a, "reduction", "attention.")
+    if "spatial_kernel" in keys:
+        _one_of("attention.spatial_kernel", a.spatial_kernel, (3, 7))
+    if "bias" in keys:
+        _one_of("attention.bias", a.bias, (True, False))
+    if "gamma" in keys and not 0 < _number(a, "gamma", "attention.") < math.inf:
+        raise ConfigError(f"attention.gamma must be a number > 0, got {a.gamma!r}")
+    if "beta" in keys and not math.isfinite(_number(a, "beta", "attention.")):
+        raise ConfigError(f"attention.beta must be a finite number, got {a.beta!r}")
+
+
+def _validate_model(m: DictConfig) -> None:
+    _one_of("model.name", m.name, ("simplecnn", "resnet"))
+    if not 0 < _number(m, "width", "model.") < math.inf:
+        raise ConfigError(f"model.width must be a number > 0, got {m.width!r}")
+    if m.name == "resnet":
+        if isinstance(m.depth, bool) or not isinstance(m.depth, int) or m.depth not in DEPTHS:
+            raise ConfigError(f"model.depth must be 6n+2, one of {', '.join(map(str, DEPTHS))}, got {m.depth!r}")
+        _one_of("model.shortcut", m.shortcut, SHORTCUTS)
 
 
 def validate(cfg: DictConfig) -> None:
@@ -49,21 +96,22 @@ def validate(cfg: DictConfig) -> None:
     placement = PATTERNS[p.name][0]
     if p.placement != placement:
         raise ConfigError(f"pattern.placement must be {placement} for pattern {p.name} (the placement follows from "
-                          f"the pattern: baseline none, p1 inside, p2 post_add, p3 pre), got {p.placement!r}")
+                          f"the pattern: baseline none, p1 inside, p2 post_add, p3 pre, p4 skip), got {p.placement!r}")
     seed = cfg.seed
     if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**32:
         raise ConfigError(f"seed must be an integer in [0, 2**32), got {seed!r}")
     lam = _number(cfg, "pattern.lam_init")
     if not 0.0 <= lam <= 1.0:
         raise ConfigError(f"pattern.lam_init must be a number in [0, 1], got {lam!r}")
-    _one_of("pattern.spatial_kernel", p.spatial_kernel, (3, 7))
-    _at_least_one(cfg, "pattern.reduction")
     for key in ("controlled", "lam_learnable"):
         _one_of(f"pattern.{key}", p[key], (True, False))
-    if not 0 < _number(cfg, "model.width") < math.inf:
-        raise ConfigError(f"model.width must be a number > 0, got {cfg.model.width!r}")
+    _one_of("pattern.lam_shape", p.lam_shape, LAM_SHAPES)
+    _validate_attention(cfg.attention)
+    _validate_model(cfg.model)
     for key in ("trainer.epochs", "trainer.batch_size", "trainer.eval_batch_size", "trainer.log_every_n_steps"):
         _at_least_one(cfg, key)
+    if not 0 < _number(cfg, "optim.lam_lr_scale") < math.inf:
+        raise ConfigError(f"optim.lam_lr_scale must be a number > 0, got {cfg.optim.lam_lr_scale!r}")
     for key in ("optim.lr", "optim.momentum", "optim.weight_decay", "optim.label_smoothing", "optim.warmup_frac"):
         if _number(cfg, key) < 0:
             raise ConfigError(f"{key} must be >= 0, got {_number(cfg, key)!r}")
@@ -91,3 +139,6 @@ def validate(cfg: DictConfig) -> None:
     every = cfg.tracking.attention_maps_every
     if every is not None and (isinstance(every, bool) or not isinstance(every, int) or every < 0):
         raise ConfigError(f"tracking.attention_maps_every must be null or an integer >= 0, got {every!r}")
+    from resattn.robustness import check_eval_config  # not at the top: robustness imports engine, engine this
+
+    check_eval_config(cfg.eval)

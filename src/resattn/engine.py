@@ -13,12 +13,16 @@ import torch
 import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
 
-from resattn import checkpoint, data
+from resattn import checkpoint, data, robustness
 from resattn.config import ConfigError, validate
-from resattn.model import SimpleCNN
+from resattn.attention import attention_layer
+from resattn.blocks import lam_to_logit
+from resattn.model import ResidualNet, SimpleCNN
+from resattn.resnet import CifarResNet
 from resattn.tracking import Tracker, write_json
 
 log = logging.getLogger(__name__)
+ROBUSTNESS_KEYS = ("corruption_acc", "robust_acc", "corruption_eval_s")  # kept in the checkpoint for a resumed run
 
 
 class Diverged(RuntimeError):
@@ -73,21 +77,38 @@ def use_compile(setting, device: torch.device, total_steps: int) -> bool:
     return device.type == "cpu" and total_steps >= 500 and shutil.which("g++") is not None
 
 
-def build_model(cfg: DictConfig, num_classes: int) -> SimpleCNN:
-    p = cfg.pattern
-    return SimpleCNN(pattern=p.name, num_classes=num_classes, lam_init=float(p.lam_init), lam_learnable=p.lam_learnable,
-                     controlled=p.controlled, reduction=p.reduction, spatial_kernel=p.spatial_kernel, width=cfg.model.width)
+def build_model(cfg: DictConfig, num_classes: int) -> ResidualNet:
+    p, m = cfg.pattern, cfg.model
+    attention = attention_layer(**OmegaConf.to_container(cfg.attention))
+    common = dict(pattern=p.name, num_classes=num_classes, attention=attention, lam_init=float(p.lam_init),
+                  lam_learnable=p.lam_learnable, controlled=p.controlled, lam_shape=p.lam_shape, width=m.width)
+    if m.name == "resnet":
+        return CifarResNet(depth=m.depth, shortcut=m.shortcut, **common)
+    return SimpleCNN(**common)
+
+
+def describe_lambdas(lam: dict[str, float]) -> str:
+    """λ per block for a progress or log line; their range for a deep net, where one each would fill the line."""
+    if len(lam) > 4:
+        return f"λ {min(lam.values()):.3f}..{max(lam.values()):.3f} over {len(lam)} blocks"
+    return " ".join(f"λ {k} {v:.4f}" for k, v in lam.items())
 
 
 def build_optimizer(cfg: DictConfig, model: torch.nn.Module, total_steps: int):
     o = cfg.optim
     # No weight decay on BN parameters or on the lambda logits: decay would pull lambda towards 0.5.
-    decay = [p for n, p in model.named_parameters() if p.ndim > 1]
-    no_decay = [p for n, p in model.named_parameters() if p.ndim <= 1]
-    opt = torch.optim.SGD([{"params": decay, "weight_decay": o.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+    # The logits get their own learning rate (optim.lam_lr_scale): at the base rate lambda barely moves.
+    params = dict(model.named_parameters())
+    lam = [p for n, p in params.items() if n.endswith("lam_logit")]
+    decay = [p for n, p in params.items() if p.ndim > 1]
+    no_decay = [p for n, p in params.items() if p.ndim <= 1 and not n.endswith("lam_logit")]
+    lrs = [o.lr, o.lr, o.lr * o.lam_lr_scale]
+    opt = torch.optim.SGD([{"params": decay, "weight_decay": o.weight_decay, "lr": lrs[0]},
+                           {"params": no_decay, "weight_decay": 0.0, "lr": lrs[1]},
+                           {"params": lam, "weight_decay": 0.0, "lr": lrs[2]}],
                           lr=o.lr, momentum=o.momentum, nesterov=o.momentum > 0)
     if o.schedule == "onecycle":
-        sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=o.lr, total_steps=total_steps,
+        sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lrs, total_steps=total_steps,
                                                     pct_start=float(o.warmup_frac), anneal_strategy="linear",
                                                     cycle_momentum=False)
     else:
@@ -155,6 +176,7 @@ def train(cfg: DictConfig, run_dir: Path, stop: list[int] | None = None) -> dict
     train_loader = data.Loader(ds.train, t.batch_size, mean, std, device, dtype, t.channels_last,
                                augment=cfg.data.augment, generator=gen, drop_last=True)  # one shape to compile
     test_loader = data.Loader(ds.test, t.eval_batch_size, mean, std, device, dtype, t.channels_last)
+    robust_loader = robustness.corruption_loader(cfg, ds.test, test_loader)
 
     model = build_model(cfg, len(ds.classes)).to(device)
     if t.channels_last:
@@ -166,9 +188,13 @@ def train(cfg: DictConfig, run_dir: Path, stop: list[int] | None = None) -> dict
 
     config = OmegaConf.to_container(cfg, resolve=True)
     summary = {
-        "pattern": cfg.pattern.name, "placement": cfg.pattern.placement, "controlled": model.block1.controlled,
+        "pattern": cfg.pattern.name, "placement": cfg.pattern.placement,
+        "controlled": any(b.controlled for b in model.blocks.values()),
         "lam_init": float(cfg.pattern.lam_init), "lam_learnable": cfg.pattern.lam_learnable,
-        "reduction": cfg.pattern.reduction, "spatial_kernel": cfg.pattern.spatial_kernel, "width": cfg.model.width,
+        "lam_shape": cfg.pattern.lam_shape, "attention": cfg.attention.name,
+        "attention_keys": {k: v for k, v in config["attention"].items() if k != "name"},
+        "model": cfg.model.name, "depth": cfg.model.get("depth"), "width": cfg.model.width,
+        "lr": cfg.optim.lr, "lam_lr_scale": cfg.optim.lam_lr_scale,
         "data": cfg.data.name, "seed": cfg.seed, "device": str(device), "num_threads": torch.get_num_threads(),
         "epochs": t.epochs, "epochs_completed": 0, "step": 0,
         "best_test_acc": 0.0, "final_test_acc": 0.0, "final_lambda": {}, "wall_time_s": 0.0, "status": "running",
@@ -196,17 +222,22 @@ def train(cfg: DictConfig, run_dir: Path, stop: list[int] | None = None) -> dict
         train_sums = state["train_sums"]
         prior_time = state["wall_time_s"]
         summary.update(best_test_acc=state["best_test_acc"], final_test_acc=state["final_test_acc"],
-                       epochs_completed=epoch, step=step)
+                       epochs_completed=epoch, step=step, **state.get("robustness", {}))
         log.info("resuming from %s at epoch %d, step %d", resume_from, epoch, step)
 
     map_images = ds.test.images[:8]  # fixed images for the attention maps
     # Purge what a resumed run wrote after its checkpoint; a fresh run purges any older events in its folder.
-    tracker = Tracker(run_dir, purge_step=step + 1 if resume_from else 0, progress=cfg.tracking.progress)
+    tracker = Tracker(run_dir, purge_step=step + 1 if resume_from else 0, progress=cfg.tracking.progress,
+                      blocks=list(model.lambdas()))
     start_step = step
     start = time.perf_counter()
 
     def lambdas() -> dict[str, float]:
-        return {k: v.item() for k, v in model.lambdas().items()}
+        """Mean λ per block (its one λ when lam_shape is scalar)."""
+        return {k: v.mean().item() for k, v in model.lambdas().items()}
+
+    def lambda_channels() -> dict[str, list[float]]:
+        return {k: v.tolist() for k, v in model.lambdas().items() if v.ndim}
 
     def save(epoch_rng: torch.Tensor, batch: int, sums) -> None:
         summary["wall_time_s"] = prior_time + time.perf_counter() - start
@@ -216,11 +247,17 @@ def train(cfg: DictConfig, run_dir: Path, stop: list[int] | None = None) -> dict
             "epoch": epoch, "batch": batch, "step": step, "train_sums": sums,
             "best_test_acc": summary["best_test_acc"], "final_test_acc": summary["final_test_acc"],
             "wall_time_s": summary["wall_time_s"],
+            "robustness": {k: summary[k] for k in ROBUSTNESS_KEYS if k in summary},
         })
 
+    lam_start = torch.sigmoid(lam_to_logit(cfg.pattern.lam_init)).item()  # lam_init as the logit holds it
+
     def finish(status: str, **extra) -> dict:
-        summary.update(status=status, final_lambda=lambdas(), step=step,
+        lam = lambdas()
+        summary.update(status=status, final_lambda=lam, lam_travel={k: v - lam_start for k, v in lam.items()}, step=step,
                        wall_time_s=prior_time + time.perf_counter() - start, **extra)
+        if cfg.pattern.lam_shape == "channel":
+            summary["final_lambda_channels"] = lambda_channels()
         write_json(run_dir / "summary.json", summary)
         return summary
 
@@ -256,7 +293,7 @@ def train(cfg: DictConfig, run_dir: Path, stop: list[int] | None = None) -> dict
                     tracker.scalars({f"lambda/{k}": v for k, v in lam.items()}, step)
                     tracker.show(f"epoch {epoch + 1}/{t.epochs}", i + 1, steps_per_epoch,
                                  f"loss {train_loss:.3f} acc {correct.item() / seen:.3f} "
-                                 + " ".join(f"λ{k[-1]} {v:.3f}" for k, v in lam.items())
+                                 + describe_lambdas(lam)
                                  + f" {(seen - seen_before) / (time.perf_counter() - epoch_start):.0f} img/s")
                 if stop:
                     save(epoch_rng, i + 1, [loss_sum.item(), correct.item(), seen])
@@ -275,21 +312,24 @@ def train(cfg: DictConfig, run_dir: Path, stop: list[int] | None = None) -> dict
                 "throughput/train_img_s": (seen - seen_before) / train_time,
                 **({f"lambda/{k}": v for k, v in lam.items()} if step % t.log_every_n_steps else {}),
             }, step)
+            tracker.histograms({f"lambda_channels/{k}": v for k, v in model.lambdas().items() if v.ndim}, step)
             every = cfg.tracking.attention_maps_every
             if (epoch in (1, t.epochs) if every is None else every and epoch % every == 0):
                 tracker.attention_maps(model, map_images, test_loader.normalise(map_images.to(device)).float(), step)
+            if robust_loader is not None and robustness.due(cfg.eval.corruption_every, epoch, t.epochs):
+                summary.update(robustness.run(forward, robust_loader, cfg, bf16, tracker, step))
             summary.update(epochs_completed=epoch, step=step, final_test_acc=test_acc,
                            best_test_acc=max(summary["best_test_acc"], test_acc), final_lambda=lam)
             log.info("epoch %d/%d: train loss %.4f acc %.4f | test loss %.4f acc %.4f | %s", epoch, t.epochs,
                      train_loss, correct.item() / seen, test_loss, test_acc,
-                     " ".join(f"λ {k} {v:.4f}" for k, v in lam.items()) or "no λ")
+                     describe_lambdas(lam) or "no λ")
             save(gen.get_state(), 0, None)
             finish("running")
         if stop:  # asked to stop during the last evaluation: the checkpoint is saved, say so
             raise Interrupted(stop[0])
         summary = finish("completed")
         if step > start_step:  # a rerun of a finished run adds nothing, not even a second HParams point
-            tracker.hparams(summary)
+            tracker.hparams(summary, cfg)
     except Interrupted as err:
         finish("interrupted", epoch=epoch, signal=str(err))
         raise

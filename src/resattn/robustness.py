@@ -1,0 +1,118 @@
+"""Accuracy under the CIFAR-10-C corruptions, and the checks of the `eval` config that drive it."""
+
+import copy
+import statistics
+import time
+import zlib
+from collections.abc import Sequence
+
+import torch
+
+from resattn import data, engine  # engine imports this module too: use engine.evaluate at call time only
+from resattn.config import ConfigError
+from resattn.corruptions import CORRUPTIONS, FAMILIES, SEVERITIES, corrupt
+
+
+def resolve_names(spec) -> list[str]:
+    """eval.corruptions -> corruption names: null (off) -> []; `all`; a family; a name; or a list of these."""
+    if spec is None:
+        return []
+    items = [spec] if isinstance(spec, str) else spec
+    if not isinstance(items, Sequence):
+        items = [items]  # a number or a mapping: reported as the bad value below
+    names: list[str] = []
+    for item in items:
+        if item == "all":
+            found = list(CORRUPTIONS)
+        elif isinstance(item, str) and item in FAMILIES:
+            found = FAMILIES[item]
+        elif isinstance(item, str) and item in CORRUPTIONS:
+            found = [item]
+        else:
+            raise ConfigError(f"eval.corruptions must be null, all, a family ({', '.join(FAMILIES)}) or a list of "
+                              f"names from {', '.join(CORRUPTIONS)}, got {item!r}")
+        names += [name for name in found if name not in names]
+    return names
+
+
+def resolve_severities(spec) -> list[int]:
+    """eval.severities -> a list of integers in 1..5 (one integer is taken as a list of one)."""
+    items = [spec] if isinstance(spec, int) else spec
+    if not isinstance(items, Sequence) or isinstance(items, str) or not items or any(
+            isinstance(s, bool) or not isinstance(s, int) or s not in SEVERITIES for s in items):
+        shown = list(spec) if isinstance(spec, Sequence) and not isinstance(spec, str) else spec
+        raise ConfigError(f"eval.severities must be a list of integers in 1..5, got {shown!r}")
+    return list(dict.fromkeys(items))
+
+
+def check_eval_config(eval_cfg) -> None:
+    """Raise ConfigError, naming the key, for any bad value under `eval`."""
+    resolve_names(eval_cfg.corruptions)
+    resolve_severities(eval_cfg.severities)
+    for key in ("corruption_test_size", "corruption_every"):
+        value = eval_cfg[key]
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise ConfigError(f"eval.{key} must be null or an integer >= 1, got {value!r}")
+
+
+def corruption_seed(seed: int, name: str, severity: int) -> int:
+    """A seed of its own for each (name, severity), stable across processes (crc32, not hash())."""
+    return zlib.crc32(f"{seed}/{name}/{severity}".encode())
+
+
+def evaluate_corruptions(model, loader: data.Loader, names: list[str], severities: list[int], seed: int = 0,
+                         bf16: bool = False) -> dict[str, dict[int, float]]:
+    """{name: {severity: accuracy}} of `model` on the loader's images under each corruption.
+
+    `loader`: an evaluation loader (no augmentation), e.g. the test loader or one over a subset of the
+    test split. Its uint8 images are corrupted on their device, a whole set at a time, then evaluated
+    in its batches and with its normalisation by engine.evaluate. The noise of each (name, severity)
+    comes from its own CPU generator seeded from (seed, name, severity): every evaluation in a run, and
+    every run with the same seed and images, on any device, sees the same corrupted images, whatever
+    other names are chosen."""
+    corrupted = copy.copy(loader)  # shares labels, batch size and normalisation; only the images change
+    results: dict[str, dict[int, float]] = {}
+    for name in names:
+        results[name] = {}
+        for severity in severities:
+            generator = torch.Generator().manual_seed(corruption_seed(seed, name, severity))
+            corrupted.images = corrupt(loader.images, name, severity, generator)
+            results[name][severity] = engine.evaluate(model, corrupted, bf16)[1]
+    return results
+
+
+def summarise(corruption_acc: dict[str, dict[int, float]]) -> tuple[dict[str, float], float]:
+    """(each corruption's accuracy averaged over its severities, robust_acc: the mean over every (name, severity)).
+
+    `corruption_acc` must hold at least one accuracy (statistics.StatisticsError otherwise)."""
+    per_name = {name: statistics.fmean(by_severity.values()) for name, by_severity in corruption_acc.items()}
+    robust_acc = statistics.fmean(acc for by_severity in corruption_acc.values() for acc in by_severity.values())
+    return per_name, robust_acc
+
+
+def corruption_loader(cfg, test: data.Split, test_loader: data.Loader) -> data.Loader | None:
+    """What eval.corruptions is measured on: a seeded, class-balanced subset of the test split (the same
+    images for every run of a study, chosen by data.subset_seed), batched like the test loader; None when off."""
+    if not resolve_names(cfg.eval.corruptions):
+        return None
+    keep = data.balanced_subset(test.labels, cfg.eval.corruption_test_size, cfg.data.subset_seed,
+                                "eval.corruption_test_size").to(test_loader.images.device)
+    loader = copy.copy(test_loader)
+    loader.images, loader.labels = test_loader.images[keep], test_loader.labels[keep]
+    return loader
+
+
+def due(every: int | None, epoch: int, epochs: int) -> bool:
+    """Evaluate under corruptions after this epoch? Always after the last one."""
+    return epoch == epochs or (every is not None and epoch % every == 0)
+
+
+def run(model, loader: data.Loader, cfg, bf16: bool, tracker, step: int) -> dict:
+    """Evaluate, log acc/corrupt/<name> (mean over severities) and acc/corrupt/mean; the summary's entries."""
+    start = time.perf_counter()
+    acc = evaluate_corruptions(model, loader, resolve_names(cfg.eval.corruptions),
+                               resolve_severities(cfg.eval.severities), seed=cfg.data.subset_seed, bf16=bf16)
+    per_name, robust_acc = summarise(acc)
+    tracker.scalars({**{f"acc/corrupt/{name}": a for name, a in per_name.items()}, "acc/corrupt/mean": robust_acc},
+                    step)
+    return {"corruption_acc": acc, "robust_acc": robust_acc, "corruption_eval_s": time.perf_counter() - start}
