@@ -1,6 +1,7 @@
 """Report on finished runs: python scripts/report.py PATH [PATH ...] [--reference KEY=VALUE ...] [--out DIR]
 
-PATH is a run folder, a sweep folder or any folder above them. Writes report.md, runs.csv, groups.csv,
+PATH is a run folder, a sweep folder or any folder above them. Writes report.md (opening with a verdict
+per comparison: better, worse or no difference detected, Holm-adjusted), runs.csv, groups.csv,
 comparisons.csv and PNG plots into --out (default: the first PATH) and prints the tables.
 """
 
@@ -16,7 +17,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("paths", nargs="*", metavar="PATH", help="run, sweep or parent folders")
     parser.add_argument("--reference", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
                         help="the group to compare against, e.g. pattern=p3 or pattern.lam_init=0.1 "
-                             "(default: pattern=baseline)")
+                             "(default: pattern=baseline); each group meets the reference group that shares "
+                             "its other keys (p1 with se against the baseline with se)")
     parser.add_argument("--out", metavar="DIR", help="where to write the report (default: the first PATH)")
     args = parser.parse_args(argv)
     # `--reference pattern=p1 SWEEP` hands SWEEP to --reference; a reference always holds '=', a path need not.

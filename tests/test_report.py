@@ -144,8 +144,8 @@ def test_comparison_with_baseline_is_paired_by_seed(made, sweep):
         if np.ptp(np.subtract(a, b)) > 0:  # equal differences make a zero-width interval and no p-value
             assert num(r["ci95_low"]) == pytest.approx(ci.low, rel=1e-9)
             assert num(r["ci95_high"]) == pytest.approx(ci.high, rel=1e-9)
-            assert num(r["p"]) == pytest.approx(want.pvalue, rel=1e-9)
-    assert "p3_controlled" in terminal and "Against the reference" in terminal
+            assert num(r["p_value"]) == pytest.approx(want.pvalue, rel=1e-9)
+    assert "p3_controlled" in terminal and "Comparisons" in terminal and "verdict" in terminal
 
 
 def test_report_md_links_real_plots(made):
@@ -217,7 +217,7 @@ def test_welch_when_the_seeds_differ(sweep, tmp_path):
         assert r["test"] == "Welch" and (r["n"], r["n_ref"]) == ("2", "3")
         assert num(r["diff"]) == pytest.approx(np.mean(a) - np.mean(base[r["metric"]]), abs=1e-12)
         assert (num(r["ci95_low"]), num(r["ci95_high"])) == pytest.approx((ci.low, ci.high), rel=1e-9)
-        assert num(r["p"]) == pytest.approx(want.pvalue, rel=1e-9)
+        assert num(r["p_value"]) == pytest.approx(want.pvalue, rel=1e-9)
 
 
 def test_broken_failed_and_unfinished_runs_are_listed_not_averaged(sweep, tmp_path):
@@ -284,30 +284,276 @@ def test_lam_init_sweep_groups_by_lam_init_and_plots_it(sweep, tmp_path):
     for seed in SEEDS:
         run = shutil.copytree(jobs(root)["p3_controlled", seed], root / f"lam05_seed{seed}")
         edit_config(run, "lam_init: 0.1", "lam_init: 0.5")
-        edit_summary(run, lam_init=0.5)
+        edit_summary(run, lam_init=0.5, final_lambda={"block1": 0.40 + 0.01 * seed, "block2": 0.3})
     out = report.write_report([root], tmp_path / "out", console=Console(file=io.StringIO())).parent
     keys = [(r["pattern.name"], r["pattern.lam_init"], r["n"]) for r in rows(out / "groups.csv")]
     assert keys == [("baseline", "0.1", "2"), ("p3_controlled", "0.1", "2"), ("p3_controlled", "0.5", "2")]
     assert len(rows(out / "comparisons.csv")) == 4  # both p3_controlled groups against the one baseline
     img = mpimg.imread(out / "acc_vs_lam_init.png")
     assert img.shape[0] >= 300 and img.shape[1] >= 400 and img[..., :3].std() > 0.01
-    assert "](acc_vs_lam_init.png)" in (out / "report.md").read_text()
+    md = (out / "report.md").read_text()
+    assert "](acc_vs_lam_init.png)" in md
+    # does λ end in the same place whatever its start: the widest gap of final λ means, over blocks
+    s = summaries(sweep)  # the lam_init 0.1 runs, untouched
+    start = {b: np.mean([s["p3_controlled", k]["final_lambda"][b] for k in SEEDS]) for b in ("block1", "block2")}
+    gaps = {"block1": 0.405 - start["block1"], "block2": 0.3 - start["block2"]}
+    widest = max(gaps, key=gaps.get)
+    assert (f"pattern=p3_controlled: started 0.4 apart (lam_init 0.1 to 0.5), λ ends at most {gaps[widest]:.3g} "
+            f"apart ({widest}, means over seeds)") in md.split("## Groups")[0]
 
 
-def test_statistics_against_scipy():
-    d = report.describe([0.5, 0.7, 0.65, None])  # None: a metric a run doesn't have
-    lo, hi = stats.t.interval(0.95, 2, loc=np.mean([0.5, 0.7, 0.65]), scale=stats.sem([0.5, 0.7, 0.65]))
-    assert d["n"] == 3 and (d["ci95_low"], d["ci95_high"]) == pytest.approx((lo, hi), rel=1e-12)
-    one = report.describe([0.4])
-    assert one["mean"] == 0.4 and all(math.isnan(one[k]) for k in ("std", "ci95_low", "ci95_high"))
+# ---------------------------------------------------------------- made-up runs, read by the real reading code
+# summary.json, .hydra/config.yaml and TensorBoard events written here with chosen numbers, so the
+# statistics, verdicts and tables can be checked against values computed independently in the test.
 
-    a, b = {0: 0.6, 1: 0.7, 2: 0.62}, {0: 0.5, 1: 0.64, 2: 0.6}
-    got, want = report.compare(a, b), stats.ttest_rel(list(a.values()), list(b.values()))
-    assert got["test"] == "paired" and got["p"] == pytest.approx(want.pvalue, rel=1e-9)
-    assert (got["ci95_low"], got["ci95_high"]) == pytest.approx(tuple(want.confidence_interval()), rel=1e-9)
-    b = {3: 0.5, 4: 0.64, 5: 0.6, 6: 0.55}
-    got, want = report.compare(a, b), stats.ttest_ind(list(a.values()), list(b.values()), equal_var=False)
-    assert got["test"] == "Welch" and got["p"] == pytest.approx(want.pvalue, rel=1e-9)
-    assert (got["ci95_low"], got["ci95_high"]) == pytest.approx(tuple(want.confidence_interval()), rel=1e-9)
-    single = report.compare({0: 0.6}, {0: 0.5})
-    assert single["diff"] == pytest.approx(0.1) and math.isnan(single["ci95_low"]) and math.isnan(single["p"])
+def fake_run(path, pattern="baseline", seed=0, final=0.6, status="completed", summary=None, lam=None, config=None):
+    """A run folder as train writes it; config: {dotted key: value} set on a minimal config."""
+    from omegaconf import OmegaConf
+    from torch.utils.tensorboard import SummaryWriter
+
+    controlled = pattern.endswith("controlled")
+    cfg = OmegaConf.create({"pattern": {"name": pattern, "placement": "none" if pattern == "baseline" else "pre",
+                                        "controlled": controlled, "lam_init": 0.1, "lam_learnable": True},
+                            "attention": {"name": "cbam"}, "model": {"name": "simplecnn", "width": 0.25},
+                            "optim": {"lr": 0.1}, "seed": seed})
+    for key, value in (config or {}).items():
+        OmegaConf.update(cfg, key, value)
+    (path / ".hydra").mkdir(parents=True)
+    OmegaConf.save(cfg, path / ".hydra" / "config.yaml")
+    lam = lam if lam is not None else ({"block1": 0.1 + 0.01 * seed, "block2": 0.2} if controlled else {})
+    (path / "summary.json").write_text(json.dumps({
+        "status": status, "seed": seed, "pattern": pattern, "controlled": controlled,
+        "lam_init": cfg.pattern.lam_init, "lam_learnable": cfg.pattern.lam_learnable,
+        "best_test_acc": final + 0.01, "final_test_acc": final, "wall_time_s": 1.0, "final_lambda": lam,
+        "epochs": 2, "epochs_completed": 2, **(summary or {})}))
+    if status == "completed":
+        with SummaryWriter(str(path)) as writer:
+            for epoch, acc in enumerate((final - 0.1, final)):
+                writer.add_scalar("acc/test", acc, epoch + 1)
+            for block, value in lam.items():
+                for step, v in ((0, cfg.pattern.lam_init), (4, value)):
+                    writer.add_scalar(f"lambda/{block}", v, step)
+    return path
+
+
+BASE = [0.60, 0.62, 0.61, 0.63]
+SHIFTS = {"p1": [0.020, 0.022, 0.019, 0.021], "p2": [-0.030, -0.028, -0.031, -0.029],
+          "p3": [0.010, -0.012, 0.003, -0.002]}
+
+
+def holm_by_hand(p: list[float]) -> list[float]:
+    order = sorted(range(len(p)), key=p.__getitem__)
+    steps = [min(1.0, (len(p) - rank) * p[i]) for rank, i in enumerate(order)]
+    return [max(steps[:order.index(i) + 1]) for i in range(len(p))]
+
+
+def power_by_hand(delta: float, se: float, df: float) -> float:
+    crit = stats.t.ppf(0.975, df)
+    return stats.nct.sf(crit, df, delta / se) + stats.nct.cdf(-crit, df, delta / se)
+
+
+@pytest.fixture(scope="module")
+def verdict_report(tmp_path_factory):
+    root = tmp_path_factory.mktemp("verdicts")
+    for seed, base in enumerate(BASE):
+        fake_run(root / f"baseline_{seed}", "baseline", seed, base)
+        for pattern, shift in SHIFTS.items():
+            fake_run(root / f"{pattern}_{seed}", pattern, seed, base + shift[seed])
+    out = report.write_report([root], console=Console(file=io.StringIO()))
+    return root, rows(root / "comparisons.csv"), out.read_text()
+
+
+def test_verdicts_holm_and_power_from_the_numbers(verdict_report):
+    _, comp, md = verdict_report
+    final = [r for r in comp if r["metric"] == "final_test_acc"]
+    assert [r["group"] for r in final] == ["pattern=p1", "pattern=p2", "pattern=p3"]
+    p_values = [stats.ttest_rel(np.add(BASE, SHIFTS[p]), BASE).pvalue for p in SHIFTS]
+    for r, pattern, p, p_holm in zip(final, SHIFTS, p_values, holm_by_hand(p_values)):
+        d = np.array(SHIFTS[pattern])
+        assert r["test"] == "paired" and num(r["diff"]) == pytest.approx(d.mean(), abs=1e-12)
+        assert num(r["p_value"]) == pytest.approx(p, rel=1e-6) and num(r["p_holm"]) == pytest.approx(p_holm, rel=1e-6)
+        mde = num(r["mde_pts"]) / 100
+        assert power_by_hand(mde, d.std(ddof=1) / 2, 3) == pytest.approx(0.8, abs=1e-6)
+        need = int(r["seeds_for_0.5pts"])
+        se = lambda n: d.std(ddof=1) / math.sqrt(n)  # noqa: E731
+        assert power_by_hand(0.005, se(need), need - 1) >= 0.8 > power_by_hand(0.005, se(need - 1), need - 2)
+    assert [r["verdict"] for r in final] == ["better", "worse", "no difference detected"]
+    # report.md opens with the answer, in sentences made from these numbers, before the tables
+    answer_part = md.split("## Groups")[0]
+    p1 = final[0]
+    diff, low, high = (num(p1[k]) * 100 for k in ("diff", "ci95_low", "ci95_high"))
+    sentence = (f"pattern=p1 vs pattern=baseline: {diff:+.2f} points [{low:+.2f}, {high:+.2f}], "
+                f"better (Holm p = {num(p1['p_holm']):.3g}")
+    assert sentence in answer_part
+    assert "pattern=p2 vs pattern=baseline" in answer_part and ", worse (Holm p" in answer_part
+    assert f"4 seed pairs detect {num(final[2]['mde_pts']):.2f} points" in answer_part
+    assert f"0.5 points would need {final[2]['seeds_for_0.5pts']} seeds per group" in answer_part
+
+
+def test_one_seed_or_one_group_gives_no_verdict(verdict_report, tmp_path):
+    root, _, _ = verdict_report
+    one_seed = tmp_path / "one_seed"
+    for name in ("baseline_0", "p1_0"):
+        shutil.copytree(root / name, one_seed / name)
+    md = report.write_report([one_seed], tmp_path / "a", console=Console(file=io.StringIO())).read_text()
+    (r, *_) = [r for r in rows(tmp_path / "a" / "comparisons.csv") if r["metric"] == "final_test_acc"]
+    assert r["verdict"] == "not testable" and r["p_value"] == r["p_holm"] == r["mde_pts"] == ""
+    assert "n = 1 / 1: one seed on a side, no verdict possible" in md.split("## Groups")[0]
+    md = report.write_report([root / "p1_0", root / "p1_1"], tmp_path / "b", console=Console(file=io.StringIO())
+                             ).read_text()
+    assert "Only one group of completed runs (all runs): nothing to compare, so no verdict." in md
+    no_baseline = tmp_path / "no_baseline"
+    for name in ("p1_0", "p1_1", "p3_0", "p3_1"):
+        shutil.copytree(root / name, no_baseline / name)
+    md = report.write_report([no_baseline], console=Console(file=io.StringIO())).read_text()
+    assert "no pattern=baseline group, so no reference" in md.split("## Groups")[0]
+    assert rows(no_baseline / "comparisons.csv") == []
+
+
+def test_diverged_runs_are_counted_per_group_never_averaged(tmp_path):
+    root = tmp_path / "lr_stress"
+    for lr in (0.1, 1.6):
+        for pattern in ("baseline", "p1"):
+            for seed in (0, 1, 2):
+                diverges = lr == 1.6 and (pattern == "baseline" or seed == 2)
+                fake_run(root / f"{pattern}_{lr}_{seed}", pattern, seed, 0.5 + 0.01 * seed + (pattern == "p1") * 0.02,
+                         status="diverged" if diverges else "completed", config={"optim.lr": lr},
+                         summary={"error": "non-finite training loss at step 3", "final_test_acc": 0.1} if diverges
+                         else None)
+    md = report.write_report([root], console=Console(file=io.StringIO())).read_text()
+    groups = {(r["optim.lr"], r["pattern.name"]): r for r in rows(root / "groups.csv")}
+    assert {k: (g["n"], g["diverged"], g["diverged_seeds"]) for k, g in groups.items()} == {
+        ("0.1", "baseline"): ("3", "0", ""), ("0.1", "p1"): ("3", "0", ""),
+        ("1.6", "baseline"): ("0", "3", "0 1 2"), ("1.6", "p1"): ("2", "1", "2")}
+    # the diverged run's 0.1 is not in p1's mean at lr 1.6; an all-diverged group has no mean at all
+    assert num(groups["1.6", "p1"]["final_test_acc_mean"]) == pytest.approx(np.mean([0.52, 0.53]), abs=1e-12)
+    assert groups["1.6", "baseline"]["final_test_acc_mean"] == ""
+    comp = {(r["group"], r["metric"]): r for r in rows(root / "comparisons.csv")}
+    assert {g for g, _ in comp} == {"pattern=p1, optim.lr=0.1"}  # the lr-1.6 reference has nothing to compare
+    answer_part = md.split("## Groups")[0]
+    assert "pattern=baseline, optim.lr=1.6: 3 of 3 runs diverged (seed 0 1 2)" in answer_part
+    assert "pattern=p1, optim.lr=1.6: 1 of 3 runs diverged (seed 2)" in answer_part
+    assert "every run of its reference pattern=baseline, optim.lr=1.6 diverged" in answer_part
+    assert "| p1 | 1.6 | 2 | 0 1 | 1 (seed 2) |" in md
+
+
+RESNET32_BLOCKS = [f"stage{s}.block{b}" for s in (1, 2, 3) for b in range(5)]
+CORRUPTIONS = {"gaussian_noise": 0.50, "shot_noise": 0.54, "gaussian_blur": 0.58, "contrast": 0.46}
+
+
+def corruption_acc(offset: float) -> dict:
+    """{name: {severity: acc}} as summary.json holds it (JSON keys are text), falling with severity."""
+    return {name: {str(s): base + offset - 0.02 * s for s in range(1, 6)} for name, base in CORRUPTIONS.items()}
+
+
+@pytest.fixture(scope="module")
+def resnet_groups(tmp_path_factory):
+    """baseline and p3_controlled ResNet-32 runs with λ for 15 blocks and corruption accuracies, 3 seeds each."""
+    from resattn.report.runs import group_runs, grouping_keys, read_run
+
+    root = tmp_path_factory.mktemp("resnet")
+    for pattern in ("baseline", "p3_controlled"):
+        for seed in (0, 1, 2):
+            offset = 0.01 * seed + (0.03 + 0.002 * seed ** 2 if pattern == "p3_controlled" else 0.0)
+            acc = corruption_acc(offset)
+            lam = {b: 0.1 + 0.001 * i + 0.01 * seed for i, b in enumerate(RESNET32_BLOCKS)} \
+                if pattern == "p3_controlled" else {}
+            fake_run(root / f"{pattern}_{seed}", pattern, seed, 0.7 + offset, lam=lam,
+                     config={"model.name": "resnet", "model.depth": 32},
+                     summary={"corruption_acc": acc, "robust_acc": float(np.mean([v for a in acc.values()
+                                                                                  for v in a.values()])),
+                              "lam_travel": {b: v - 0.1 for b, v in lam.items()}})
+    runs = [read_run(d) for d in sorted(root.iterdir())]
+    keys = grouping_keys(runs)
+    return root, group_runs(runs, keys), keys
+
+
+def test_robust_acc_corruption_families_and_lambda_per_block(resnet_groups):
+    from resattn.report import plots
+
+    root, groups, _ = resnet_groups
+    md = report.write_report([root], console=Console(file=io.StringIO())).read_text()
+    p3 = {r["pattern.name"]: r for r in rows(root / "groups.csv")}["p3_controlled"]
+    offsets = [0.01 * s + 0.03 + 0.002 * s ** 2 for s in (0, 1, 2)]
+    robust = [np.mean([v for a in corruption_acc(o).values() for v in a.values()]) for o in offsets]
+    assert num(p3["robust_acc_mean"]) == pytest.approx(np.mean(robust), abs=1e-12)
+    assert num(p3["lam_travel_stage3.block4_mean"]) == pytest.approx(0.014 + 0.01, abs=1e-9)
+    assert num(p3["final_lambda_stage2.block0_mean"]) == pytest.approx(0.105 + 0.01, abs=1e-9)
+    assert {r["metric"] for r in rows(root / "comparisons.csv")} == {"best_test_acc", "final_test_acc", "robust_acc"}
+    assert "**robust accuracy**" in md.split("## Groups")[0]
+
+    # per family: mean over its corruptions and severities, then mean ± sd over seeds (noise: gaussian + shot)
+    noise = [np.mean([0.50 + o - 0.02 * s for s in range(1, 6)] + [0.54 + o - 0.02 * s for s in range(1, 6)])
+             for o in offsets]
+    table = md.split("## Accuracy under corruptions")[1].split("##")[0]
+    assert "| group | n | noise % | blur % | digital % | all (robust acc) % |" in table
+    assert f"| pattern=p3_controlled | 3 | {np.mean(noise) * 100:.2f} ± {np.std(noise, ddof=1) * 100:.2f} |" in table
+    fig = plots.corruption_severity(groups)
+    assert [ax.get_title().split(":")[0] for ax in fig.axes] == ["noise", "blur", "digital"]
+    assert "](corruption_severity.png)" in md and (root / "corruption_severity.png").exists()
+
+    # λ: 15 blocks are more than groups, so blocks run down the table, in the network's order
+    lam_table = md.split("## λ per block")[1].split("##")[0]
+    assert [line.split(" | ")[0].lstrip("| ") for line in lam_table.strip().splitlines()[4:]] == RESNET32_BLOCKS
+    ax, = plots.lambdas(groups).axes  # too many blocks for a panel each: final λ against block
+    assert [t.get_text() for t in ax.get_xticklabels()] == RESNET32_BLOCKS
+
+
+def test_lambda_legend_names_fixed_lambda_only_when_a_run_had_one(resnet_groups, tmp_path):
+    from resattn.report import plots
+    from resattn.report.runs import group_runs, grouping_keys, read_run
+
+    def legend_texts(groups) -> list[str]:
+        fig = plots.lambdas(groups)
+        return [t.get_text() for ax in fig.axes if ax.get_legend() for t in ax.get_legend().get_texts()]
+
+    _, groups, _ = resnet_groups
+    assert not any("fixed" in text for text in legend_texts(groups))
+    lam = {"block1": 0.3, "block2": 0.3}
+    for lam_init in (0.1, 0.5):  # lam_init varies: colour says lam_init, line style learnable or fixed
+        fake_run(tmp_path / f"learnable_{lam_init}", "p3_controlled", lam=lam, config={"pattern.lam_init": lam_init})
+    runs = [read_run(d) for d in sorted(tmp_path.iterdir())]
+    assert not any("fixed" in text for text in legend_texts(group_runs(runs, grouping_keys(runs))))
+    fake_run(tmp_path / "fixed", "p3_controlled", lam={"block1": 0.1, "block2": 0.1},
+             config={"pattern.lam_learnable": False}, summary={"lam_learnable": False})
+    runs = [read_run(d) for d in sorted(tmp_path.iterdir())]
+    texts = legend_texts(group_runs(runs, grouping_keys(runs)))
+    assert "fixed λ (lam_learnable=false)" in texts and "learnable λ" in texts
+
+
+def test_grid_heatmap_compares_each_cell_with_the_baseline_of_its_attention(tmp_path):
+    from resattn.report import comparisons, plots
+    from resattn.report.runs import group_runs, grouping_keys, metric_names, read_run
+
+    gain = {("p1", "cbam"): 0.010, ("p1", "se"): 0.020, ("p3", "cbam"): -0.010, ("p3", "se"): 0.005,
+            ("p1", "eca"): 0.030}
+    for seed, base in enumerate(BASE):
+        for attention in ("cbam", "se"):  # the baseline has no attention: the same numbers under each name
+            fake_run(tmp_path / f"baseline_{attention}_{seed}", "baseline", seed, base,
+                     config={"attention.name": attention})
+        for (pattern, attention), g in gain.items():
+            fake_run(tmp_path / f"{pattern}_{attention}_{seed}", pattern, seed, base + g + 0.001 * seed,
+                     config={"attention.name": attention})
+    md = report.write_report([tmp_path], console=Console(file=io.StringIO())).read_text()
+    comp = {r["group"]: r for r in rows(tmp_path / "comparisons.csv") if r["metric"] == "final_test_acc"}
+    assert comp["pattern=p1, attention=se"]["reference"] == "pattern=baseline, attention=se"
+    assert comp["pattern=p3, attention=cbam"]["reference"] == "pattern=baseline, attention=cbam"
+    # no eca baseline: the cbam and se baselines fit equally well and hold the same numbers, so either serves
+    assert comp["pattern=p1, attention=eca"]["reference"] == "pattern=baseline, attention=cbam"
+    assert "hold the same numbers (the same computation)" in md
+    assert "](grid_heatmap.png)" in md and mpimg.imread(tmp_path / "grid_heatmap.png")[..., :3].std() > 0.01
+
+    runs = [read_run(d) for d in sorted(tmp_path.iterdir()) if d.is_dir()]
+    keys = grouping_keys(runs)
+    groups = group_runs(runs, keys)
+    refs = comparisons.reference_groups(groups, {"pattern": "baseline"})
+    found, _ = comparisons.comparisons(groups, refs, keys, metric_names(groups))
+    ax = plots.heatmap(groups, refs, keys, found).axes[0]
+    rows_, cols = [t.get_text() for t in ax.get_yticklabels()], [t.get_text() for t in ax.get_xticklabels()]
+    assert rows_ == ["baseline", "p1", "p3"] and cols == ["cbam", "eca", "se"]  # the reference's key down the side
+    cells = {(round(t.get_position()[1]), round(t.get_position()[0])): t.get_text() for t in ax.texts}
+    d = np.array(gain["p1", "se"]) + 0.001 * np.arange(4)
+    lo, hi = stats.t.interval(0.95, 3, loc=d.mean(), scale=stats.sem(d))
+    assert cells[1, 2] == f"{d.mean() * 100:+.2f}\n[{lo * 100:+.2f}, {hi * 100:+.2f}]"
+    assert cells[0, 0] == cells[0, 2] == "reference"
+    assert (0, 1) not in cells and (2, 1) not in cells  # no runs of baseline or p3 with eca: an empty cell

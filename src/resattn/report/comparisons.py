@@ -1,0 +1,103 @@
+"""Which group each group is compared with, and the comparisons themselves, with verdicts.
+
+The reference (default pattern=baseline) may match several groups, one per setting of the other
+grouping keys; each group is compared with the reference group most like it, so in a pattern x lr
+sweep p1 at lr 0.1 meets the baseline at lr 0.1, and in a pattern x attention grid p1 with SE meets
+the baseline run with attention=se. The baseline has no attention, so its groups for each attention
+are the same computation: when several reference groups fit equally well and they hold the very same
+numbers seed by seed, any of them is the reference (the first is taken, and a note says so).
+"""
+
+from __future__ import annotations
+
+from resattn.report import stats
+from resattn.report.runs import ACC_METRICS, Group, ReportError, fmt_value
+
+TARGET_DIFF = 0.005  # 0.5 percentage points: the difference the "seeds needed" line is about
+
+
+def parse_reference(items) -> dict[str, str]:
+    if isinstance(items, dict):
+        return {str(k): str(v) for k, v in items.items()}
+    out = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ReportError(f"--reference {item!r}: expected KEY=VALUE, e.g. pattern=baseline")
+        out[key] = value
+    return out
+
+
+def matches(value, text: str) -> bool:
+    """A config value against a command-line value: 0.3 matches "0.3", True matches "true"."""
+    if isinstance(value, bool) or value is None:
+        return fmt_value(value) == text.lower()
+    if isinstance(value, (int, float)):
+        try:
+            return float(text) == value
+        except ValueError:
+            return False
+    return str(value) == text
+
+
+def reference_groups(groups: list[Group], reference: dict[str, str]) -> list[Group]:
+    known = {k for g in groups for k in g.config}
+    resolved = {}
+    for key, value in reference.items():
+        full = key if key in known else f"{key}.name"  # pattern=baseline means pattern.name=baseline
+        if full not in known:
+            raise ReportError(f"--reference {key}={value}: no config key {key!r} in these runs")
+        resolved[full] = value
+    return [g for g in groups if all(matches(g.config.get(k), v) for k, v in resolved.items())]
+
+
+def by_seed(group: Group, metric: str) -> dict:
+    """{seed: value}. A seed run twice can't be paired: then each run is keyed by its folder, which makes it Welch."""
+    runs = [r for r in group.runs if r.metric(metric) is not None]
+    seeds = [r.summary["seed"] for r in runs]
+    keys = seeds if len(set(seeds)) == len(seeds) else [str(r.path) for r in runs]
+    return {k: r.metric(metric) for k, r in zip(keys, runs)}
+
+
+def compared_metrics(metrics: list[str]) -> list[str]:
+    """Accuracies only: λ and wall time describe a run, they are not what a placement is judged by."""
+    return [m for m in metrics if m in ACC_METRICS or m == "robust_acc"]
+
+
+def match_reference(group: Group, refs: list[Group], keys: list[str], metrics: list[str]) -> tuple[Group | None, str]:
+    """The reference group sharing most grouping-key values with `group`, and a note when that needed a choice."""
+    score = {id(r): sum(r.config.get(k) == group.config.get(k) for k in keys) for r in refs}
+    best = [r for r in refs if score[id(r)] == max(score.values())]
+    if len(best) == 1:
+        return best[0], ""
+    if all(by_seed(r, m) == by_seed(best[0], m) and r.runs for r in best for m in metrics):
+        return best[0], (f"{group.label}: compared with {best[0].label}; the reference groups "
+                         f"{'; '.join(r.label for r in best)} hold the same numbers (the same computation)")
+    return None, (f"{group.label}: no comparison, {len(best)} reference groups fit equally well "
+                  f"({'; '.join(r.label for r in best)})")
+
+
+def comparisons(groups: list[Group], refs: list[Group], keys: list[str], metrics: list[str]
+                ) -> tuple[list[dict], list[str]]:
+    """One row per (group, metric) against its reference, Holm-adjusted per metric, with verdict and power."""
+    metrics = compared_metrics(metrics)
+    rows, notes = [], []
+    for group in groups:
+        if group in refs or not group.runs:  # a group whose every run diverged is said so elsewhere
+            continue
+        ref, note = match_reference(group, refs, keys, metrics)
+        notes += [note] if note else []
+        if ref is not None and not ref.runs:
+            notes.append(f"{group.label}: no comparison, every run of its reference {ref.label} diverged")
+            continue
+        for metric in metrics if ref is not None else ():
+            values, ref_values = by_seed(group, metric), by_seed(ref, metric)
+            if values and ref_values:
+                rows.append({"group": group.label, "reference": ref.label, "metric": metric,
+                             **stats.compare(values, ref_values)})
+    for metric in metrics:  # each metric's comparisons are one family
+        family = [r for r in rows if r["metric"] == metric]
+        for row, p_holm in zip(family, stats.holm([r["p"] for r in family])):
+            row.update(p_holm=p_holm, verdict=stats.verdict(row["diff"], p_holm), mde=stats.mde(row),
+                       seeds_needed=stats.seeds_needed(row, TARGET_DIFF))
+    return rows, notes

@@ -1,0 +1,148 @@
+"""The report's tables as rows of text (for report.md and the terminal) and as CSV files (full precision)."""
+
+from __future__ import annotations
+
+import csv
+import math
+import os
+from pathlib import Path
+
+import numpy as np
+from rich.table import Table
+
+from resattn.report import corruption
+from resattn.report.runs import ACC_METRICS, Group, Run, fmt_value, short
+from resattn.report.stats import describe
+
+PERCENT = (*ACC_METRICS, "robust_acc")  # fractions shown in %
+HEADLINE = (*PERCENT, "wall_time_s")  # the groups table; λ per block has a table of its own
+NAMES = {"best_test_acc": "best test acc %", "final_test_acc": "final test acc %", "robust_acc": "robust acc %",
+         "wall_time_s": "wall time s"}
+
+
+def fmt(x, scale: float = 1.0, digits: int = 2) -> str:
+    return "–" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x * scale:.{digits}f}"
+
+
+def scale_digits(metric: str) -> tuple[float, int]:
+    return (100, 2) if metric in PERCENT else (1, 1) if metric == "wall_time_s" else (1, 4)
+
+
+def mean_sd(s: dict, metric: str) -> str:
+    scale, digits = scale_digits(metric)
+    return f"{fmt(s['mean'], scale, digits)} ± {fmt(s['std'], scale, digits)}" if s["n"] else "–"
+
+
+def interval(s: dict, metric: str) -> str:
+    scale, digits = scale_digits(metric)
+    return f"[{fmt(s['ci95_low'], scale, digits)}, {fmt(s['ci95_high'], scale, digits)}]" if s["n"] > 1 else "–"
+
+
+def diverged_cell(group: Group) -> str:
+    seeds = group.diverged_seeds()
+    return f"{len(seeds)} (seed {' '.join(map(str, seeds))})" if seeds else "0"
+
+
+def group_rows(groups: list[Group], group_stats: list[dict], keys: list[str], metrics: list[str], ci_columns: bool
+               ) -> tuple[list[str], list[list[str]]]:
+    """The groups table; the interval gets its own column in report.md, a second line in the narrower terminal."""
+    metrics = [m for m in metrics if m in HEADLINE]
+    headers = [*(short(k) for k in keys), "n", "seeds", "diverged"]
+    for m in metrics:
+        headers += [f"{NAMES[m]} (mean ± sd)", "95% CI"] if ci_columns else [f"{NAMES[m]}\nmean ± sd\n95% CI"]
+    rows = []
+    for g, st in zip(groups, group_stats):
+        row = [*(fmt_value(v) for v in g.values), str(len(g.runs)), " ".join(map(str, g.seeds())) or "–",
+               diverged_cell(g)]
+        for m in metrics:
+            cells = [mean_sd(st[m], m), interval(st[m], m)]
+            row += cells if ci_columns else ["\n".join(cells)]
+        rows.append(row)
+    return headers, rows
+
+
+def lambda_rows(groups: list[Group], group_stats: list[dict], metrics: list[str]) -> tuple[list[str], list[list[str]]]:
+    """Final λ (mean ± sd over seeds) and its travel from lam_init, per block and group: the longer side down."""
+    blocks = [m.removeprefix("final_lambda_") for m in metrics if m.startswith("final_lambda_")]
+    travel = {m.removeprefix("lam_travel_") for m in metrics if m.startswith("lam_travel_")}
+    pairs = [(g, st) for g, st in zip(groups, group_stats) if any(st[f"final_lambda_{b}"]["n"] for b in blocks)]
+    if not pairs:
+        return [], []
+
+    def cell(st: dict, block: str) -> str:
+        moved = f"; travel {fmt(st[f'lam_travel_{block}']['mean'], digits=4)}" if block in travel else ""
+        return mean_sd(st[f"final_lambda_{block}"], "final_lambda") + moved
+
+    if len(blocks) > len(pairs):
+        return ["block", *(g.label for g, _ in pairs)], [[b, *(cell(st, b) for _, st in pairs)] for b in blocks]
+    return ["group", *blocks], [[g.label, *(cell(st, b) for b in blocks)] for g, st in pairs]
+
+
+def corruption_rows(groups: list[Group]) -> tuple[list[str], list[list[str]]]:
+    """Accuracy per corruption family (mean over its corruptions and severities), % mean ± sd over seeds."""
+    families = corruption.families(groups)
+    if not families:
+        return [], []
+    rows = []
+    for g in groups:
+        if g.runs:
+            cells = [describe(corruption.family_mean(r, fam) for r in g.runs) for fam in families]
+            robust = describe(r.metric("robust_acc") for r in g.runs)
+            rows.append([g.label, str(len(g.runs)), *(mean_sd(s, "robust_acc") for s in [*cells, robust])])
+    return ["group", "n", *(f"{fam} %" for fam in families), "all (robust acc) %"], rows
+
+
+def p_text(p: float) -> str:
+    return "–" if math.isnan(p) else f"{p:.2g}"  # small p-values stay readable: 6.9e-05, not 0.000
+
+
+def comparison_rows(rows: list[dict]) -> tuple[list[str], list[list[str]]]:
+    headers = ["group", "reference", "metric", "test", "n / n ref", "Δ mean (pp)", "95% CI (pp)", "p", "p Holm",
+               "verdict", "MDE (pp)", "seeds for 0.5 pp"]
+    return headers, [[r["group"], r["reference"], r["metric"], r["test"], f"{r['n']} / {r['n_ref']}",
+                      f"{r['diff'] * 100:+.2f}", f"[{fmt(r['ci95_low'], 100)}, {fmt(r['ci95_high'], 100)}]",
+                      p_text(r["p"]), p_text(r["p_holm"]), r["verdict"], fmt(r["mde"], 100),
+                      str(r["seeds_needed"] or "–")] for r in rows]
+
+
+def problem_rows(runs: list[Run], out_dir: Path) -> tuple[list[str], list[list[str]]]:
+    rows = [[relpath(r.path, out_dir), r.label or "–", r.status, r.error or "–"] for r in runs if not r.ok]
+    return ["run", "group", "status", "reason"], rows
+
+
+def relpath(path: Path, start: Path) -> str:
+    try:
+        return os.path.relpath(path, start)
+    except ValueError:  # another drive on Windows
+        return str(path)
+
+
+def rich_table(title: str, headers: list[str], rows: list[list[str]]) -> Table:
+    table = Table(title=title, title_justify="left")
+    for h in headers:
+        table.add_column(h, overflow="fold")
+    for row in rows:
+        table.add_row(*row)
+    return table
+
+
+def md_table(headers: list[str], rows: list[list[str]]) -> str:
+    def cell(text: str) -> str:
+        return text.replace("|", "\\|").replace("\n", " ")
+    lines = ["| " + " | ".join(map(cell, headers)) + " |", "|" + "---|" * len(headers)]
+    return "\n".join(lines + ["| " + " | ".join(map(cell, row)) + " |" for row in rows])
+
+
+def csv_value(x) -> str:
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return ""  # NaN/absent: an empty cell, which spreadsheets and csv readers take as missing
+    if isinstance(x, (float, np.floating)):
+        return repr(float(x))  # full precision, so a reader gets back exactly what was computed
+    return fmt_value(x) if isinstance(x, bool) else str(x)
+
+
+def write_csv(path: Path, headers: list[str], rows: list[list]) -> None:
+    with open(path, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(headers)
+        writer.writerows([[csv_value(x) for x in row] for row in rows])
