@@ -1,3 +1,6 @@
+import errno
+from pathlib import Path
+
 import pytest
 import torch
 from omegaconf import OmegaConf
@@ -143,3 +146,25 @@ def test_training_loader_drops_the_last_partial_batch():
     small = Loader(Split(images[:10], torch.arange(10)), 16, mean, std, "cpu", generator=torch.Generator(),
                    drop_last=True)
     assert [len(y) for _, y in small.batches()] == [10]
+
+
+def test_read_only_root_caches_in_the_users_cache_folder(tmp_path, monkeypatch, caplog):
+    root, home_cache = tmp_path / "images", tmp_path / "xdg"
+    make_folder(root, {"a": (10, 20, 30), "b": (200, 100, 0)})
+    monkeypatch.setenv("XDG_CACHE_HOME", str(home_cache))
+    mkdir = Path.mkdir
+
+    def read_only_root(self, *args, **kwargs):  # as on read-only media; permission bits do not stop root
+        if self == root / ".resattn_cache":
+            raise OSError(errno.EROFS, "Read-only file system", str(self))
+        return mkdir(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "mkdir", read_only_root)
+    caplog.set_level("INFO")
+    first = data.load(folder_cfg(root))
+    assert not (root / ".resattn_cache").exists()
+    [cache_dir] = [d for d in data.cache_dirs(root) if d.is_relative_to(home_cache / "resattn")]
+    assert len(list(cache_dir.glob("*.pt"))) == 2 and "Read-only" in caplog.text
+    caplog.clear()
+    again = data.load(folder_cfg(root))
+    assert "using image cache" in caplog.text and torch.equal(first.train.images, again.train.images)

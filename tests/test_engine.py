@@ -194,7 +194,7 @@ def test_resume_false_starts_fresh_and_a_refused_relaunch_keeps_the_result(refer
     acc = EventAccumulator(str(run))
     acc.Reload()
     assert [e.step for e in acc.Scalars("acc/test")] == [8]  # the old run's events are purged, not doubled
-    assert len(acc.Scalars("hparams/best_test_acc")) == 1
+    assert len(acc.Scalars("summary/best_test_acc")) == 1
 
 
 def test_compile_by_default_on_cuda_and_for_long_cpu_runs_only():

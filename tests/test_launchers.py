@@ -21,18 +21,13 @@ from hydra.types import RunMode
 from omegaconf import OmegaConf
 
 from resattn.job import available_cores, check_choices, cpu_threads, place, threads_per_job
+from resattn.sweep import NAME_MAX, job_name, safe_name, varied_keys
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "configs"
-EXCLUDED = set(OmegaConf.load(CONFIGS / "config.yaml").hydra.job.config.override_dirname.exclude_keys)
 TINY = ["data=synthetic", "model.width=0.25", "trainer.epochs=1", "data.train_size=128", "data.test_size=64",
         "tracking.progress=false", "trainer.device=cpu"]
-PATTERNS = ["baseline", "p1", "p2", "p3", "p3_controlled"]
-
-
-def folder(overrides: list[str]) -> str:
-    """A job's folder name as configs/config.yaml asks Hydra to make it: sorted overrides, some keys left out."""
-    return ",".join(sorted(o for o in overrides if o.split("=")[0] not in EXCLUDED))
+PATTERNS = ["baseline", "p1", "p2", "p3", "p3_controlled", "p4"]
 
 
 def train(cwd: Path, *args: str, env: dict | None = None, timeout: float = 240) -> subprocess.CompletedProcess:
@@ -47,7 +42,8 @@ def job_dirs(sweep_dir: Path) -> list[str]:
 # --- presets: composed and expanded as the basic sweeper does, without training ---
 
 def expand(preset: str, *cli: str):
-    """(preset's composed config, one composed config per job) for `python -m train -m experiment=<preset> *cli`."""
+    """(preset's composed config, [(job's folder name, job's composed config)]) for
+    `python -m train -m experiment=<preset> *cli`."""
     args = [f"experiment={preset}", *cli]
     with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
         cfg = compose("config", overrides=args, return_hydra_config=True)
@@ -55,16 +51,17 @@ def expand(preset: str, *cli: str):
         # BasicSweeper.sweep: the preset's params first, then the command line (a repeated key replaces the sweep)
         overrides = OverridesParser.create().parse_overrides(params + args)
         [batch] = BasicSweeper.split_arguments(overrides, max_batch_size=None)
-        return cfg, [compose("config", overrides=job, return_hydra_config=True) for job in batch]
+        varied = varied_keys(dict(cfg.hydra.sweeper.params), args)
+        return cfg, [(job_name(job, varied, i), compose("config", overrides=job)) for i, job in enumerate(batch)]
 
 
-def test_compare_patterns_is_five_patterns_by_three_seeds():
+def test_compare_patterns_is_every_pattern_by_three_seeds():
     cfg, jobs = expand("compare_patterns")
     assert cfg.hydra.mode == RunMode.MULTIRUN
     assert cfg.hydra.sweep.dir.startswith("outputs/sweeps/compare_patterns/")
-    assert len(jobs) == 15
-    assert sorted((j.pattern.name, j.seed) for j in jobs) == sorted(itertools.product(PATTERNS, [0, 1, 2]))
-    assert sorted(j.hydra.job.override_dirname for j in jobs) == sorted(
+    assert len(jobs) == 3 * len(PATTERNS)
+    assert sorted((j.pattern.name, j.seed) for _, j in jobs) == sorted(itertools.product(PATTERNS, [0, 1, 2]))
+    assert sorted(name for name, _ in jobs) == sorted(
         f"pattern={p},seed={s}" for p, s in itertools.product(PATTERNS, [0, 1, 2]))
 
 
@@ -72,18 +69,18 @@ def test_lam_sweep_is_p3_controlled_over_lam_init_learnable_and_seeds():
     cfg, jobs = expand("lam_sweep")
     assert cfg.hydra.mode == RunMode.MULTIRUN
     assert len(jobs) == 36
-    assert {j.pattern.name for j in jobs} == {"p3_controlled"}
+    assert {j.pattern.name for _, j in jobs} == {"p3_controlled"}
     grid = itertools.product([0.01, 0.05, 0.1, 0.3, 0.5, 0.9], [True, False], [0, 1, 2])
-    assert sorted((j.pattern.lam_init, j.pattern.lam_learnable, j.seed) for j in jobs) == sorted(grid)
-    names = [j.hydra.job.override_dirname for j in jobs]
+    assert sorted((j.pattern.lam_init, j.pattern.lam_learnable, j.seed) for _, j in jobs) == sorted(grid)
+    names = [name for name, _ in jobs]
     assert len(set(names)) == 36
-    assert "pattern.lam_init=0.05,pattern.lam_learnable=False,seed=2" in names
+    assert "pattern.lam_init=0.05,pattern.lam_learnable=false,seed=2" in names
 
 
 def test_command_line_narrows_a_preset():
     _, jobs = expand("compare_patterns", "seed=0", "trainer.epochs=3")
-    assert sorted(j.hydra.job.override_dirname for j in jobs) == [f"pattern={p},seed=0,trainer.epochs=3" for p in PATTERNS]
-    assert {j.trainer.epochs for j in jobs} == {3}
+    assert sorted(name for name, _ in jobs) == [f"pattern={p}" for p in PATTERNS]  # only what varies
+    assert {(j.trainer.epochs, j.seed) for _, j in jobs} == {(3, 0)}
 
 
 def test_preset_expands_through_the_real_command_line(tmp_path):
@@ -93,7 +90,7 @@ def test_preset_expands_through_the_real_command_line(tmp_path):
     proc = train(tmp_path, "experiment=compare_patterns", "trainer.device=none", f"hydra.sweep.dir={out}")
     assert proc.returncode == 1, proc.stderr[-2000:]  # SweepEnd: jobs did not complete
     assert job_dirs(out) == sorted(f"pattern={p},seed={s}" for p, s in itertools.product(PATTERNS, [0, 1, 2]))
-    assert "15 of 15 jobs did not complete" in proc.stderr
+    assert f"{3 * len(PATTERNS)} of {3 * len(PATTERNS)} jobs did not complete" in proc.stderr
 
 
 # --- launchers: real two-job sweeps ---
@@ -121,9 +118,11 @@ def sweep(request, tmp_path_factory):
 
 def test_sweep_jobs_complete_in_their_folders(sweep):
     _, out = sweep
-    assert job_dirs(out) == [folder(TINY + [f"seed={s}"]) for s in (0, 1)]
+    # named in the worker process as in the basic launcher: by the varied key only
+    assert job_dirs(out) == ["seed=0", "seed=1"]
+    assert (out / "sweep.yaml").exists()
     for s in (0, 1):
-        summary = json.loads((out / folder(TINY + [f"seed={s}"]) / "summary.json").read_text())
+        summary = json.loads((out / f"seed={s}" / "summary.json").read_text())
         assert summary["status"] == "completed"
         assert summary["seed"] == s and summary["epochs_completed"] == 1
 
@@ -131,7 +130,7 @@ def test_sweep_jobs_complete_in_their_folders(sweep):
 def test_sweep_jobs_use_their_share_of_cpu_threads(sweep):
     name, out = sweep
     for s in (0, 1):
-        summary = json.loads((out / folder(TINY + [f"seed={s}"]) / "summary.json").read_text())
+        summary = json.loads((out / f"seed={s}" / "summary.json").read_text())
         assert summary.get("num_threads") == EXPECTED_THREADS[name], f"{name}, seed={s}"
 
 
@@ -189,3 +188,34 @@ def test_place_sets_threads_only_for_auto_in_a_multirun():
     assert placed("auto", RunMode.MULTIRUN) == threads_per_job(available_cores(), 2)
     assert placed(3, RunMode.MULTIRUN) == 3
     assert placed("auto", RunMode.RUN) == "auto"
+
+
+# --- job names and sweep folders ---
+
+def test_job_names_hold_no_separator_and_fit_a_file_name():
+    root = "/data/" + "x" * 400
+    a = job_name([f"data.root={root}/a", "seed=0"], {"data.root"}, 0)
+    b = job_name([f"data.root={root}/b", "seed=0"], {"data.root"}, 1)
+    assert a != b and "/" not in a + b and max(len(a.encode()), len(b.encode())) <= NAME_MAX
+    assert a == job_name([f"data.root={root}/a", "seed=1"], {"data.root"}, 7)  # stable; seed does not vary here
+    assert safe_name("data.root=/a%2Fb") != safe_name("data.root=/a/b")  # the escape is one-to-one
+    assert job_name(["seed=0"], set(), 3) == "job3"  # nothing varies: still a folder of its own
+
+
+def test_every_sweep_lands_in_outputs_sweeps_name_date_time():
+    def raw(path):  # the YAML as written, ${now:...} unresolved
+        return OmegaConf.to_container(OmegaConf.load(path), resolve=False)
+
+    stamp = "${now:%Y-%m-%d_%H-%M-%S}"
+    assert raw(CONFIGS / "config.yaml")["hydra"]["sweep"]["dir"] == f"outputs/sweeps/multirun/{stamp}"
+    presets = {p.stem: raw(p) for p in (CONFIGS / "experiment").glob("*.yaml")}
+    sweeps = {name: cfg["hydra"]["sweep"]["dir"] for name, cfg in presets.items() if "sweep" in cfg.get("hydra", {})}
+    assert sweeps and sweeps == {name: f"outputs/sweeps/{name}/{stamp}" for name in sweeps}
+
+
+def test_quick_preset_is_a_short_single_run_on_any_data():
+    for extra in ([], ["data=folder", "data.root=/images"]):
+        with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
+            cfg = compose("config", overrides=["experiment=quick", *extra], return_hydra_config=True)
+        assert cfg.hydra.mode != RunMode.MULTIRUN
+        assert (cfg.data.train_size, cfg.data.test_size, cfg.model.width, cfg.trainer.epochs) == (5000, 1000, 0.5, 4)

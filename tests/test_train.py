@@ -1,11 +1,17 @@
 """The command line, in real subprocesses, read back with TensorBoard's own reader."""
 
+import io
 import json
 
+import numpy as np
 import pytest
+from omegaconf import OmegaConf
+from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from tensorboard.plugins.hparams import metadata as hparams_metadata
 
 from conftest import TINY, run_train
+from test_data import make_folder
 
 EPOCH_TAGS = ["acc/train", "acc/test", "loss/train", "loss/test", "lr", "throughput/train_img_s"]
 
@@ -17,12 +23,23 @@ def events(run_dir) -> EventAccumulator:
 
 
 @pytest.fixture(scope="module")
-def p3c_run(tmp_path_factory):
+def p3c_proc(tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("p3c")
     # 256 images at batch 64: 4 steps an epoch, logged every 3 steps, so epoch ends fall between log steps.
-    proc = run_train(*TINY, "trainer.log_every_n_steps=3", f"hydra.run.dir={run_dir}")
+    # The progress bar is asked for, as by default: the captured stderr is not a terminal.
+    proc = run_train(*TINY, "trainer.log_every_n_steps=3", "tracking.progress=true", f"hydra.run.dir={run_dir}")
     assert proc.returncode == 0, proc.stderr
-    return run_dir
+    return proc, run_dir
+
+
+@pytest.fixture(scope="module")
+def p3c_run(p3c_proc):
+    return p3c_proc[1]
+
+
+def test_no_progress_bar_frames_without_a_terminal(p3c_proc):
+    stderr = p3c_proc[0].stderr
+    assert "━" not in stderr and "epoch 1/2" not in stderr and "epoch 2/2" not in stderr, stderr
 
 
 def test_run_writes_a_complete_summary(p3c_run):
@@ -56,12 +73,29 @@ def test_lambda_trajectory_has_a_point_per_log_step_and_epoch_end(p3c_run):
         assert points[-1].value == pytest.approx(final, abs=1e-6)
 
 
-def test_hparams_are_in_the_run_itself(p3c_run):
-    acc = events(p3c_run)
-    assert "_hparams_/experiment" in acc.PluginTagToContent("hparams")
+def hparams(run_dir):
+    """(experiment, session start) of a run's HParams entry, as TensorBoard's hparams plugin reads them."""
+    content = events(run_dir).PluginTagToContent(hparams_metadata.PLUGIN_NAME)
+    return (hparams_metadata.parse_experiment_plugin_data(content[hparams_metadata.EXPERIMENT_TAG]),
+            hparams_metadata.parse_session_start_info_plugin_data(content[hparams_metadata.SESSION_START_INFO_TAG]))
+
+
+def test_hparams_are_in_the_run_itself_with_readable_values(p3c_run):
+    experiment, start = hparams(p3c_run)
     assert [p.name for p in p3c_run.iterdir() if p.is_dir()] == [".hydra"]  # no sub-run
-    best = acc.Scalars("hparams/best_test_acc")[0].value
-    assert best == pytest.approx(json.loads((p3c_run / "summary.json").read_text())["best_test_acc"])
+    values = {k: v.string_value or v.number_value for k, v in start.hparams.items()}
+    assert {k: values[k] for k in ("pattern.name", "pattern.lam_learnable", "pattern.controlled", "model.width",
+                                   "optim.lr", "trainer.epochs", "trainer.batch_size", "data.name", "seed")} == {
+        "pattern.name": "p3_controlled", "pattern.lam_learnable": "true", "pattern.controlled": "true",
+        "model.width": 0.25, "optim.lr": 0.2, "trainer.epochs": 2, "trainer.batch_size": 64, "data.name": "synthetic",
+        "seed": 0}
+    assert {h.name for h in experiment.hparam_infos} == set(values)
+    assert not any(h.differs for h in experiment.hparam_infos)  # a single run varies nothing
+    assert start.group_name == f"{p3c_run.name} ({p3c_run.parent.name})"
+    s = json.loads((p3c_run / "summary.json").read_text())
+    metrics = [m.name.tag for m in experiment.metric_infos]
+    assert metrics == ["summary/best_test_acc", "summary/final_test_acc"]
+    assert events(p3c_run).Scalars("summary/best_test_acc")[0].value == pytest.approx(s["best_test_acc"])
 
 
 def test_same_command_gives_the_same_metrics(p3c_run, tmp_path):
@@ -82,18 +116,46 @@ def test_fixed_lambda_stays_put(tmp_path):
     assert s["final_lambda"]["block1"] == pytest.approx(0.3, abs=1e-6) and s["lam_learnable"] is False
 
 
-def test_multirun_makes_one_readable_folder_per_job(tmp_path):
+def test_multirun_names_jobs_by_what_varies(tmp_path):
     proc = run_train("-m", *TINY, "trainer.epochs=1", "pattern.lam_init=0.1,0.5", f"hydra.sweep.dir={tmp_path}")
     assert proc.returncode == 0, proc.stderr
     jobs = sorted(p.name for p in tmp_path.iterdir() if p.is_dir())
-    # Named by the job's overrides (Hydra's override_dirname): what varies reads off the name.
-    common = "data.test_size=128,data.train_size=256,data=synthetic,model.width=0.25"
-    assert jobs == [f"{common},pattern.lam_init={lam},trainer.batch_size=64,trainer.epochs=1,trainer.log_every_n_steps=2"
-                    for lam in (0.1, 0.5)]
-    for job, lam in zip(jobs, (0.1, 0.5)):
+    assert jobs == ["pattern.lam_init=0.1", "pattern.lam_init=0.5"]
+    record = OmegaConf.load(tmp_path / "sweep.yaml")  # the fixed overrides, once
+    assert set(record.fixed) == set(TINY) - {"trainer.epochs=2"} | {"trainer.epochs=1"}
+    assert dict(record.varied) == {"pattern.lam_init": ["0.1", "0.5"]}
+    for job in jobs:
         s = json.loads((tmp_path / job / "summary.json").read_text())
-        assert (s["status"], s["lam_init"]) == ("completed", lam)
-        assert events(tmp_path / job).Scalars("lambda/block1")[0].value == pytest.approx(lam, abs=1e-6)
+        assert (s["status"], job) == ("completed", f"pattern.lam_init={s['lam_init']}")
+        assert events(tmp_path / job).Scalars("lambda/block1")[0].value == pytest.approx(s["lam_init"], abs=1e-6)
+        # HParams: the varied key is marked as differing (TensorBoard ticks those columns first)
+        experiment, start = hparams(tmp_path / job)
+        assert [h.name for h in experiment.hparam_infos if h.differs] == ["pattern.lam_init"]
+        assert start.group_name == f"{job} ({tmp_path.name})"
+    # relaunched into the same folder (as after a crash): the same names, so each job finds its checkpoint
+    again = run_train("-m", *TINY, "trainer.epochs=1", "pattern.lam_init=0.1,0.5", f"hydra.sweep.dir={tmp_path}")
+    assert again.returncode == 0 and sorted(p.name for p in tmp_path.iterdir() if p.is_dir()) == jobs
+    assert again.stdout.count("resuming from") == 2, again.stdout
+
+
+def test_folder_sweep_names_are_one_short_folder_each(tmp_path):
+    """Varied paths hold separators and, here, more bytes than a file name may: escaped, then cut with a hash."""
+    roots = [tmp_path / ("d" * 120) / ("e" * 120) / name for name in ("one", "two")]
+    for root in roots:
+        make_folder(root, {"a": (250, 10, 0), "b": (0, 200, 250)})  # every channel varies: a std > 0
+    sweep = tmp_path / "sweep"
+    proc = run_train("-m", *TINY, "trainer.epochs=1", "data=folder", f"data.root={roots[0]},{roots[1]}",
+                     "data.train_size=null", "data.test_size=null", "trainer.batch_size=4", f"hydra.sweep.dir={sweep}")
+    assert proc.returncode == 0, proc.stderr
+    jobs = sorted(p for p in sweep.iterdir() if p.is_dir())
+    assert len(jobs) == 2 and all((job / "summary.json").exists() for job in jobs)
+    for job in jobs:
+        assert len(job.name.encode()) <= 255 and job.name.startswith("data.root=%2F") and "/" not in job.name
+    assert jobs[0].name != jobs[1].name and {json.loads((j / "summary.json").read_text())["status"] for j in jobs} \
+        == {"completed"}
+    record = OmegaConf.load(sweep / "sweep.yaml")
+    assert {"data=folder", "data.train_size=null", "trainer.batch_size=4"} <= set(record.fixed)
+    assert list(record.varied) == ["data.root"]
 
 
 def test_baseline_logs_no_lambda(tmp_path):
@@ -111,6 +173,8 @@ def test_baseline_logs_no_lambda(tmp_path):
     (["data=cifar10", "data.download=false", "data.root={tmp}/none"], "data.root"),
     (["data=cifar10", "data.root={tmp}/none"], "data.root"),  # download impossible: offline
     (["data=folder", "data.root={tmp}"], "data.root"),
+    (["pattern.laminit=0.2"], "pattern.laminit; did you mean pattern.lam_init?"),  # Hydra: 6 lines, exit 1
+    (["+pattern.laminit=0.2"], "pattern.laminit; did you mean pattern.lam_init?"),  # Hydra: trains, ignores it
 ])
 def test_bad_input_fails_with_one_line_naming_the_key(args, key, tmp_path):
     args = [a.format(tmp=tmp_path) for a in args]
@@ -119,22 +183,38 @@ def test_bad_input_fails_with_one_line_naming_the_key(args, key, tmp_path):
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and key in lines[0], proc.stderr
     assert "Traceback" not in proc.stdout + proc.stderr
+    assert not (tmp_path / "run").exists()  # no run happened: no run folder
     if "data=cifar10" in args and "data.download=false" not in args:
-        assert "data=synthetic" in lines[0] and "downloaded" in lines[0]
+        assert "data=synthetic" in lines[0] and "downloaded" in lines[0] and "data=folder data.root=" in lines[0]
+
+
+def test_a_refused_run_leaves_nothing_in_outputs(tmp_path):
+    proc = run_train(*TINY, "pattern.lam_init=1.5", cwd=tmp_path)
+    assert proc.returncode == 2 and "pattern.lam_init" in proc.stderr
+    runs = tmp_path / "outputs" / "runs"
+    assert not runs.exists() or not any(runs.iterdir())
 
 
 def test_attention_maps_and_custom_scalars_layout_are_logged(p3c_run):
     acc = EventAccumulator(str(p3c_run), size_guidance={"images": 0, "histograms": 0})
     acc.Reload()
     for block in ("block1", "block2"):
-        for kind in ("spatial_mask", "gated_input"):
-            assert [e.step for e in acc.Images(f"attention/{block}/{kind}")] == [4, 8]  # first and last epoch
-        hist = acc.Histograms(f"attention/{block}/channel_mask")
+        maps = acc.Images(f"maps/{block}/spatial")
+        assert [e.step for e in maps] == [4, 8]  # first and last epoch
+        image = np.asarray(Image.open(io.BytesIO(maps[0].encoded_image_string)).convert("RGB")).astype(int)
+        assert image.shape[1] >= 8 * 32 and np.abs(image[..., 0] - image[..., 1]).max() > 50  # in colour
+        hist = acc.Histograms(f"maps/{block}/channel")
         assert len(hist) == 2 and 0 <= hist[0].histogram_value.min <= hist[0].histogram_value.max <= 1
-    assert acc.Images("attention/input")[0].width > 32
-    assert "custom_scalars__config__" in acc.Tags()["tensors"]
     from tensorboard.plugins.custom_scalar import layout_pb2
     layout = layout_pb2.Layout.FromString(acc.Tensors("custom_scalars__config__")[0].tensor_proto.string_val[0])
     charts = {c.title: list(c.multiline.tag) for cat in layout.category for c in cat.chart}
-    assert charts == {"test accuracy": ["acc/test"], "lambda block1": ["lambda/block1"],
-                      "lambda block2": ["lambda/block2"]}
+    assert charts == {"test accuracy": ["^acc/test$"], "corrupted test accuracy (mean)": ["^acc/corrupt/mean$"],
+                      "lambda block1": ["^lambda/block1$"], "lambda block2": ["^lambda/block2$"]}
+
+
+def test_time_series_opens_on_accuracy_and_lambda(p3c_run):
+    """TensorBoard's Time Series groups tags by their first part, sorts the groups by name and opens the
+    first two: those must be the accuracy and λ curves, not the attention maps."""
+    tags = events(p3c_run).Tags()
+    groups = sorted({t.split("/")[0] for kind in ("scalars", "images", "histograms") for t in tags[kind]})
+    assert groups[:2] == ["acc", "lambda"] and "maps" in groups

@@ -6,11 +6,17 @@ from pathlib import Path
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
+# importing resattn.sweep registers the job-name resolver, in every process that unpickles these callbacks
+from resattn.sweep import sweeper_params, write_record
 from resattn.tracking import read_summary
 
 
 class SweepEnd(Callback):
-    """At the end of a multirun: write the sweep report, and exit non-zero if any job did not complete."""
+    """At the start of a multirun: record what its jobs share (sweep.yaml). At the end: write the sweep
+    report, and exit non-zero if any job did not complete."""
+
+    def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
+        write_record(Path(config.hydra.sweep.dir), sweeper_params(config.hydra), list(config.hydra.overrides.task))
 
     def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)

@@ -90,12 +90,14 @@ def cifar10(cfg: DictConfig) -> Dataset:
         except RuntimeError:  # torchvision: not found (download off) or corrupted
             raise ConfigError(
                 f"data.root: CIFAR-10 not found (or corrupt) in '{root}'; set data.download=true, "
-                "point data.root at a folder holding cifar-10-batches-py/, or use data=synthetic"
+                "point data.root at a folder holding cifar-10-batches-py/, use data=folder data.root=PATH for images "
+                "on disk, or data=synthetic"
             ) from None
         except OSError as err:  # URLError and socket errors: no network
             raise ConfigError(
                 f"data.root: CIFAR-10 is not in '{root}' and could not be downloaded (offline? {err}); "
-                "copy cifar-10-batches-py/ into data.root, or use data=synthetic"
+                "copy cifar-10-batches-py/ into data.root, use data=folder data.root=PATH for images on disk "
+                "(PATH/train/<class>/, PATH/test/<class>/), or data=synthetic"
             ) from None
         images = torch.from_numpy(ds.data).permute(0, 3, 1, 2).contiguous()
         splits.append(Split(images, torch.tensor(ds.targets, dtype=torch.long)))
@@ -115,30 +117,51 @@ def _decode(paths: list[str]) -> torch.Tensor:
     return out
 
 
+def cache_dirs(root: Path) -> list[Path]:
+    """Where a folder's decoded images are cached: root/.resattn_cache/, or where root cannot be written
+    (read-only media, someone else's files) the user's cache folder, one subfolder per data.root."""
+    user_cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "resattn"
+    return [root / ".resattn_cache", user_cache / hashlib.sha256(str(root.resolve()).encode()).hexdigest()[:16]]
+
+
+def _load_cache(cache: Path, n: int) -> torch.Tensor | None:
+    try:
+        images = torch.load(cache, weights_only=True)
+        if images.shape == (n, 3, 32, 32) and images.dtype == torch.uint8:
+            log.info("using image cache %s", cache)
+            return images
+        raise ValueError(f"holds {tuple(images.shape)} {images.dtype}")
+    except Exception as err:  # a truncated or foreign file: never trusted, rebuilt
+        log.warning("image cache %s is unreadable (%s); rebuilding it", cache, err)
+        return None
+
+
+def _save_cache(images: torch.Tensor, caches: list[Path]) -> None:
+    for cache in caches:
+        try:
+            cache.parent.mkdir(parents=True, exist_ok=True)
+            tmp = cache.with_suffix(f".{os.getpid()}.tmp")  # parallel sweep jobs may build the same cache
+            torch.save(images, tmp)
+            tmp.replace(cache)
+            log.info("made image cache %s", cache)
+            return
+        except OSError as err:
+            log.info("cannot write image cache %s (%s)", cache, err)
+    log.warning("no image cache written; decoding the images again next run")
+
+
 def _cached_decode(root: Path, split: str, paths: list[str]) -> torch.Tensor:
-    """Decode once; later runs load root/.resattn_cache/<split>-<hash>.pt, keyed by the file list and sizes."""
+    """Decode once; later runs load <cache dir>/<split>-<hash>.pt, keyed by the file list and sizes."""
     digest = hashlib.sha256()
     for p in paths:
         digest.update(f"{Path(p).relative_to(root)}\0{Path(p).stat().st_size}\n".encode())
-    cache = root / ".resattn_cache" / f"{split}-{digest.hexdigest()[:16]}.pt"
-    if cache.exists():
-        try:
-            images = torch.load(cache, weights_only=True)
-            if images.shape == (len(paths), 3, 32, 32) and images.dtype == torch.uint8:
-                log.info("using image cache %s", cache)
-                return images
-            raise ValueError(f"holds {tuple(images.shape)} {images.dtype}")
-        except Exception as err:  # a truncated or foreign file: never trusted, rebuilt
-            log.warning("image cache %s is unreadable (%s); rebuilding it", cache, err)
+    caches = [d / f"{split}-{digest.hexdigest()[:16]}.pt" for d in cache_dirs(root)]
+    for cache in caches:
+        images = _load_cache(cache, len(paths)) if cache.exists() else None
+        if images is not None:
+            return images
     images = _decode(paths)
-    try:
-        cache.parent.mkdir(exist_ok=True)
-        tmp = cache.with_suffix(f".{os.getpid()}.tmp")  # parallel sweep jobs may build the same cache
-        torch.save(images, tmp)
-        tmp.replace(cache)
-        log.info("made image cache %s", cache)
-    except OSError as err:
-        log.warning("could not write image cache %s (%s); decoding again next run", cache, err)
+    _save_cache(images, caches)
     return images
 
 

@@ -8,6 +8,7 @@ import importlib.util
 import signal
 import logging
 import os
+import shutil
 import sys
 from contextlib import contextmanager
 from pathlib import Path
@@ -17,8 +18,9 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, open_dict
 
-from resattn.config import ConfigError
+from resattn.config import ConfigError, moved_keys
 from resattn.engine import Diverged, Interrupted, train
+from resattn.sweep import recorded_varied_keys  # importing it registers the resolver naming sweep jobs
 from resattn.tracking import read_summary, write_json
 
 log = logging.getLogger(__name__)
@@ -43,6 +45,8 @@ def usage_error(message: str) -> None:
 def check_choices(argv: list[str] | None = None) -> None:
     """One clear line, before Hydra starts, for a config-group choice that does not exist
     (Hydra's own message spans a screen) or a launcher whose plugin is not installed."""
+    for message in moved_keys(sys.argv[1:] if argv is None else argv):
+        usage_error(message)
     for arg in sys.argv[1:] if argv is None else argv:
         key, _, value = arg.lstrip("+~").partition("=")
         if key == "hydra/launcher" and value in LAUNCHERS:
@@ -123,11 +127,27 @@ def record_failure(run_dir: Path, cfg: DictConfig, error: str) -> None:
     write_json(run_dir / "summary.json", summary)
 
 
+def discard_unstarted(run_dir: Path, log_name: str) -> bool:
+    """Remove the folder of a run refused before it started, if it holds nothing but Hydra's record
+    and the log: a checkpoint, events or summary of an earlier run in it stay."""
+    if run_dir.resolve() == Path.cwd().resolve() or not {p.name for p in run_dir.iterdir()} <= {".hydra", log_name}:
+        return False
+    shutil.rmtree(run_dir)
+    try:  # the date folder of outputs/runs/DATE/TIME, when this run was its only one
+        run_dir.parent.rmdir()
+    except OSError:
+        pass
+    return True
+
+
 def run(cfg: DictConfig) -> None:
     hc = HydraConfig.get()
     run_dir = Path(hc.runtime.output_dir)
     multirun = hc.mode == RunMode.MULTIRUN
     place(cfg, hc)
+    if multirun:  # the HParams columns TensorBoard shows first
+        with open_dict(cfg):
+            cfg.tracking.varied = sorted(k.lstrip("+") for k in recorded_varied_keys(hc.sweep.dir) or ())
     try:
         with stop_on_signals() as stop:
             train(cfg, run_dir, stop)
@@ -135,6 +155,8 @@ def run(cfg: DictConfig) -> None:
         print(f"interrupted by {err}: checkpoint saved in {run_dir}; run the same command to resume", file=sys.stderr)
         sys.exit(128 + err.signum)  # a stop request ends a sweep too
     except ConfigError as err:
+        if not multirun and discard_unstarted(run_dir, f"{hc.job.name}.log"):
+            usage_error(str(err))  # no run happened: nothing is left in outputs/runs/
         record_failure(run_dir, cfg, str(err))
         if not multirun:
             usage_error(str(err))

@@ -2,17 +2,24 @@
 
 import json
 import os
+import re
 from pathlib import Path
 
+import numpy as np
 import torch
+import torch.nn.functional as F
+from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 from torch.utils.tensorboard import SummaryWriter
-from torch.utils.tensorboard.summary import hparams
+from tensorboard.compat.proto import summary_pb2
+from tensorboard.plugins.hparams import api_pb2, metadata, plugin_data_pb2
 
-# summary.json keys that describe the run rather than its outcome
-HPARAM_KEYS = ("pattern", "placement", "controlled", "lam_init", "lam_learnable", "reduction", "spatial_kernel", "seed")
+from resattn.config import flatten
+
+# Metrics of the HParams tab: summary.json keys, logged as scalars under summary/ (after acc/ and lambda/)
+METRICS = ("best_test_acc", "final_test_acc", "robust_acc")
 
 
 def write_json(path: Path, data: dict) -> None:
@@ -29,26 +36,81 @@ def read_summary(run_dir: Path) -> dict | None:
         return None
 
 
-def custom_scalars_layout() -> dict:
-    """One chart of test accuracy across runs, one of lambda per block."""
-    return {
-        "resattn": {
-            "test accuracy": ["Multiline", [r"acc/test"]],
-            "lambda block1": ["Multiline", [r"lambda/block1"]],
-            "lambda block2": ["Multiline", [r"lambda/block2"]],
-        }
-    }
+def custom_scalars_layout(blocks) -> dict:
+    """Test accuracy, corrupted test accuracy and one chart of λ per block, each across runs."""
+    exact = lambda tag: f"^{re.escape(tag)}$"  # noqa: E731  (a tag regex: lambda/block1 must not match block10)
+    charts = {"test accuracy": ["Multiline", [exact("acc/test")]],
+              "corrupted test accuracy (mean)": ["Multiline", [exact("acc/corrupt/mean")]]}
+    charts.update({f"lambda {block}": ["Multiline", [exact(f"lambda/{block}")]] for block in blocks})
+    return {"resattn": charts}
+
+
+def hparam_value(value):
+    """An HParams value TensorBoard shows as written: booleans as true/false (not 1.0), lists as text."""
+    if isinstance(value, bool):
+        return str(value).lower()
+    return value if isinstance(value, (int, float, str)) else json.dumps(value)
+
+
+def hparam_info(name: str, value, varied: bool) -> api_pb2.HParamInfo:
+    """`differs` puts a sweep's varied keys first: TensorBoard ticks the first five columns."""
+    info = api_pb2.HParamInfo(name=name, display_name=name, differs=varied)
+    if isinstance(value, str):
+        info.type = api_pb2.DATA_TYPE_STRING
+        if value in ("true", "false"):  # the whole domain: a filter with both boxes ticked hides no run
+            info.domain_discrete.extend(["false", "true"])
+    else:
+        info.type = api_pb2.DATA_TYPE_FLOAT64
+    return info
+
+
+def hparams_summary(tag: str, **data) -> summary_pb2.Summary:
+    """One HParams plugin record (experiment, session start or end), as the plugin's own summaries write it."""
+    summary = summary_pb2.Summary()
+    content = plugin_data_pb2.HParamsPluginData(**data)
+    summary.value.add(tag=tag, metadata=metadata.create_summary_metadata(content), tensor=metadata.NULL_TENSOR)
+    return summary
+
+
+def spatial_map_image(images: torch.Tensor, mask: torch.Tensor, title: str) -> np.ndarray:
+    """The input images in colour above their spatial masks as heatmaps, the colours stretched to the
+    masks' own range (shown by the colour bar and the title). HWC uint8."""
+    from matplotlib import colormaps
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.cm import ScalarMappable
+    from matplotlib.colors import Normalize
+    from matplotlib.figure import Figure
+
+    m = F.interpolate(mask.float(), size=images.shape[-2:], mode="nearest")[:, 0].cpu()
+    low, high = m.min().item(), m.max().item()
+    heat = colormaps["viridis"](((m - low) / max(high - low, 1e-12)).numpy())[..., :3]
+    pics = images.permute(0, 2, 3, 1).cpu().numpy() / 255
+    gap = np.ones((2, pics.shape[2] * len(pics), 3))
+    grid = np.concatenate([np.concatenate(list(pics), 1), gap, np.concatenate(list(heat), 1)])
+    fig = Figure(figsize=(8, 2.1), dpi=100)
+    fig.subplots_adjust(left=0.01, right=0.92, top=0.88, bottom=0.02)
+    ax = fig.add_subplot()
+    ax.imshow(grid, interpolation="nearest")
+    ax.set_axis_off()
+    ax.set_title(f"{title}: mask from {low:.4g} (dark) to {high:.4g} (yellow)", fontsize=9)
+    fig.colorbar(ScalarMappable(Normalize(low, high), "viridis"), ax=ax, fraction=0.015, pad=0.01)
+    canvas = FigureCanvasAgg(fig)
+    canvas.draw()
+    return np.asarray(canvas.buffer_rgba())[..., :3].copy()
 
 
 class Tracker:
-    def __init__(self, run_dir: Path, purge_step: int | None = None, progress: bool = True):
+    """TensorBoard tags: acc/, lambda/ (first in Time Series, which sorts groups by name and opens the
+    first two), then loss/, lr, maps/ (attention maps), summary/ (the HParams metrics), throughput/."""
+
+    def __init__(self, run_dir: Path, purge_step: int | None = None, progress: bool = True, blocks=()):
         self.run_dir = Path(run_dir)
         self.writer = SummaryWriter(str(self.run_dir), purge_step=purge_step)
         if not purge_step:
-            self.writer.add_custom_scalars(custom_scalars_layout())
+            self.writer.add_custom_scalars(custom_scalars_layout(blocks))
         self.console = Console(stderr=True)
         self.progress = None
-        if progress:
+        if progress and self.console.is_terminal:  # a live display in a log file would leave its frames there
             self.progress = Progress(
                 TextColumn("[bold]{task.description}"),
                 BarColumn(),
@@ -64,14 +126,18 @@ class Tracker:
         for tag, value in values.items():
             self.writer.add_scalar(tag, value, step)
 
+    def histograms(self, values: dict[str, torch.Tensor], step: int) -> None:
+        for tag, value in values.items():
+            self.writer.add_histogram(tag, value.float(), step)
+
     def show(self, description: str, completed: int, total: int, stats: str) -> None:
         if self.progress is not None:
             self.progress.update(self.task, description=description, completed=completed, total=total, stats=stats)
 
     @torch.inference_mode()
     def attention_maps(self, model, images: torch.Tensor, x: torch.Tensor, step: int) -> None:
-        """For a few fixed images (uint8 `images`, normalised `x`): per block the spatial mask, the gated
-        input (channel mean of |gate(v)|, scaled to [0, 1]) as images and the channel mask as a histogram."""
+        """For a few fixed images (uint8 `images`, normalised `x`), per block with attention: the spatial mask
+        beside the images (maps/<block>/spatial) and the channel mask's histogram (maps/<block>/channel)."""
         inputs = {}
         hooks = [b.attn.register_forward_hook(lambda mod, args, out, name=name: inputs.__setitem__(name, args[0]))
                  for name, b in model.blocks.items() if b.attn is not None]
@@ -83,23 +149,41 @@ class Tracker:
             model.train(was_training)
             for h in hooks:
                 h.remove()
-        if not inputs:
-            return
-        self.writer.add_images("attention/input", images, step)
         for name, v in inputs.items():
-            block = model.blocks[name]
-            channel, spatial = block.attn.masks(v)
-            gated = block.gate(v).float().abs().mean(1, keepdim=True)
-            gated = gated / gated.amax((2, 3), keepdim=True).clamp_min(1e-12)
-            self.writer.add_images(f"attention/{name}/spatial_mask", spatial.float(), step)
-            self.writer.add_images(f"attention/{name}/gated_input", gated, step)
-            self.writer.add_histogram(f"attention/{name}/channel_mask", channel.float().flatten(), step)
+            masks = model.blocks[name].attn.masks(v)
+            if "spatial" in masks:
+                image = spatial_map_image(images, masks["spatial"], f"{name} spatial attention, step {step}")
+                self.writer.add_image(f"maps/{name}/spatial", image, step, dataformats="HWC")
+            if "channel" in masks:
+                self.writer.add_histogram(f"maps/{name}/channel", masks["channel"].float().flatten(), step)
 
-    def hparams(self, summary: dict) -> None:
-        """The HParams tab entry, written into this run itself (add_hparams would make a sub-run)."""
-        hp = {k: summary[k] for k in HPARAM_KEYS}
-        metrics = {"hparams/best_test_acc": summary["best_test_acc"], "hparams/final_test_acc": summary["final_test_acc"]}
-        for event in hparams(hp, metrics):
+    def hparams(self, summary: dict, cfg: DictConfig) -> None:
+        """The HParams tab entry, written into this run itself (add_hparams would make a sub-run): the config
+        keys of tracking.hparams and the keys a sweep varies (tracking.varied: first, and ticked) against
+        METRICS. The trial ID is the run folder's name, then its parent's (a sweep's start time)."""
+        config = flatten(OmegaConf.to_container(cfg, resolve=True))
+        keys, varied = list(cfg.tracking.hparams), list(cfg.tracking.get("varied") or [])
+        values = {}
+        for key in [*varied, *keys]:
+            node = config.get(key, config.get(f"{key}.name"))  # a varied config group: its name
+            if node is not None:
+                values.setdefault(key if key in config else f"{key}.name", hparam_value(node))
+        shown = {k for k in values if k in varied or k.removesuffix(".name") in varied}
+        metrics = {f"summary/{k}": summary[k] for k in METRICS if summary.get(k) is not None}
+        experiment = api_pb2.Experiment(
+            hparam_infos=[hparam_info(k, v, k in shown) for k, v in values.items()],
+            metric_infos=[api_pb2.MetricInfo(name=api_pb2.MetricName(tag=tag), display_name=tag.split("/")[1])
+                          for tag in metrics])
+        start = plugin_data_pb2.SessionStartInfo(group_name=f"{self.run_dir.name} ({self.run_dir.parent.name})")
+        for key, value in values.items():
+            if isinstance(value, str):
+                start.hparams[key].string_value = value
+            else:
+                start.hparams[key].number_value = value
+        for event in (hparams_summary(metadata.EXPERIMENT_TAG, experiment=experiment),
+                      hparams_summary(metadata.SESSION_START_INFO_TAG, session_start_info=start),
+                      hparams_summary(metadata.SESSION_END_INFO_TAG, session_end_info=plugin_data_pb2.SessionEndInfo(
+                          status=api_pb2.STATUS_SUCCESS))):
             self.writer.file_writer.add_summary(event)
         self.scalars(metrics, summary["step"])
 

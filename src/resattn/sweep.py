@@ -1,0 +1,104 @@
+"""Sweep job names: each job's folder is named by the keys the sweep varies, and by nothing else.
+
+Hydra resolves `hydra.sweep.subdir` inside each job (in the worker process for joblib and
+submitit), where only that job's overrides are known. Which keys vary is a property of the whole
+sweep, so the `resattn.job_name` resolver reads it from the sweep folder's multirun.yaml, which
+Hydra writes before it launches any job: the same name for every launcher, and for a sweep
+relaunched with the same command.
+"""
+
+import hashlib
+from pathlib import Path
+
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.core.override_parser.types import Override
+from omegaconf import OmegaConf
+
+NAME_MAX = 255  # bytes in one file name: Linux, macOS and Windows file systems
+RECORD = "sweep.yaml"  # the sweep's fixed overrides and the keys its job folders are named by
+
+
+def parse(overrides: list[str]) -> list[Override]:
+    return OverridesParser.create().parse_overrides(list(overrides))
+
+
+def _readable(override: Override) -> str:
+    """The override's value as written on the command line; booleans as true/false (Hydra writes True)."""
+    value = override.value()
+    return str(value).lower() if isinstance(value, bool) else override.get_value_element_as_str()
+
+
+def _values(override: Override) -> list[str]:
+    if not override.is_sweep_override():
+        return [_readable(override)]
+    if override.is_discrete_sweep():
+        return [v.lower() if v in ("True", "False") else v for v in override.sweep_string_iterator()]
+    return ["*"]  # an interval sweep (optimizers only): always varies
+
+
+def sweep_values(params: dict | None, task: list[str]) -> dict[str, list[str]]:
+    """key -> the values it takes, as Hydra's basic sweeper expands a sweep: the sweeper's params
+    (a preset's grid) first, then the command line, where a repeated key replaces the param."""
+    expanded = {}
+    for override in parse([f"{k}={v}" for k, v in (params or {}).items()] + list(task)):
+        expanded[override.get_key_element()] = _values(override)
+    return expanded
+
+
+def varied_keys(params: dict | None, task: list[str]) -> set[str]:
+    return {k for k, values in sweep_values(params, task).items() if len(set(values)) > 1}
+
+
+def safe_name(name: str) -> str:
+    """`name` as one folder name: no path separator (escaped as in URLs), at most NAME_MAX bytes
+    (cut, with a hash of the whole name so that names stay distinct and stable)."""
+    name = name.replace("%", "%25").replace("/", "%2F").replace("\\", "%5C")
+    if len(name.encode()) <= NAME_MAX:
+        return name
+    digest = hashlib.sha256(name.encode()).hexdigest()[:12]
+    head = name.encode()[: NAME_MAX - len(digest) - 1].decode(errors="ignore")
+    return f"{head}~{digest}"
+
+
+def job_name(task: list[str], varied: set[str] | None, num: int) -> str:
+    """`pattern.lam_init=0.05,seed=0`: the job's values of the varied keys (all its overrides when
+    `varied` is None), sorted by key; `job<num>` when nothing varies."""
+    parts = sorted((o.key_or_group, _readable(o)) for o in parse(task)
+                   if varied is None or o.get_key_element() in varied)
+    return safe_name(",".join(f"{k}={v}" for k, v in parts) or f"job{num}")
+
+
+def sweeper_params(hydra_cfg) -> dict:
+    params = hydra_cfg.sweeper.get("params")
+    return OmegaConf.to_container(params) if params else {}
+
+
+def recorded_varied_keys(sweep_dir) -> set[str] | None:
+    """The keys the sweep in `sweep_dir` varies, from the multirun.yaml Hydra writes there before any
+    job starts; None without one."""
+    record = Path(sweep_dir) / "multirun.yaml"
+    if not record.is_file():
+        return None
+    master = OmegaConf.load(record).hydra
+    return varied_keys(sweeper_params(master), list(master.overrides.task))
+
+
+def resolve_job_name(sweep_dir: str, task, num) -> str:
+    """The `resattn.job_name` resolver: hydra.sweep.subdir in configs/config.yaml."""
+    return job_name(list(task), recorded_varied_keys(sweep_dir), int(num))
+
+
+def write_record(sweep_dir: Path, params: dict | None, task: list[str]) -> None:
+    """sweep.yaml: what every job shares (once, instead of in every folder name) and what varies."""
+    values = sweep_values(params, task)
+    varied = varied_keys(params, task)
+    record = {
+        "fixed": [f"{k}={v[0]}" for k, v in values.items() if k not in varied],
+        "varied": {k: v for k, v in values.items() if k in varied},
+    }
+    sweep_dir.mkdir(parents=True, exist_ok=True)
+    (sweep_dir / RECORD).write_text("# the overrides every job of this sweep shares, and the keys its job folders "
+                                    "are named by\n" + OmegaConf.to_yaml(OmegaConf.create(record)))
+
+
+OmegaConf.register_new_resolver("resattn.job_name", resolve_job_name, replace=True)
