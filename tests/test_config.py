@@ -3,6 +3,7 @@ from pathlib import Path
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
 
 from resattn import data
 from resattn.attention import ATTENTIONS
@@ -163,3 +164,22 @@ def test_bad_values_name_their_key(override, key):
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")) as err:
         validate(make(*override.split()))
     assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("preset,params,fixed", [
+    ("width_sweep", {"model.width": "0.25,0.5,1.0", "pattern": "baseline,p3,p3_controlled", "seed": "0,1,2"}, {}),
+    ("lr_stress", {"optim.lr": "0.1,0.4,1.6", "pattern": "baseline,p1,p3,p3_controlled", "seed": "0,1,2"}, {}),
+    ("robustness", {"pattern": "baseline,p1,p2,p3,p3_controlled,p4", "seed": "0,1,2"}, {"eval.corruptions": "all"}),
+    ("lam_convergence", {"pattern.lam_init": "0.01,0.1,0.5,0.9", "optim.lam_lr_scale": "1,10,100", "seed": "0,1"},
+     {"pattern.name": "p3_controlled"}),
+    ("cpu_study", {"seed": "0,1,2", "pattern": "baseline,p1,p2,p3,p3_controlled,p4"},
+     {"data.name": "folder", "model.width": 0.5, "data.train_size": 10000, "trainer.epochs": 15,
+      "eval.corruption_test_size": 1000}),
+])
+def test_claim_presets_sweep_what_they_say(preset, params, fixed):
+    with initialize_config_dir(str(CONFIGS), version_base="1.3"):
+        cfg = compose("config", overrides=[f"experiment={preset}", "data.root=/images"], return_hydra_config=True)
+    assert dict(cfg.hydra.sweeper.params) == params
+    for key, value in fixed.items():
+        assert OmegaConf.select(cfg, key) == value, key
+    validate(cfg)  # every preset is a valid config as it stands (cpu_study with its data.root)

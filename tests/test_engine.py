@@ -211,3 +211,33 @@ def test_compiled_training_runs_on_cpu(tmp_path):
     assert "compiled" in proc.stdout
     s = summary(tmp_path)
     assert s["status"] == "completed" and s["best_test_acc"] > 0.2  # synthetic classes: chance is 0.1
+
+
+def test_every_compiled_run_of_a_multirun_is_compiled(tmp_path):
+    """The jobs of a multirun share one process: without a fresh compile cache per run, dynamo stops
+    compiling once one function has been compiled recompile_limit times, and later jobs run eager."""
+    import logging
+
+    import torch._dynamo
+    from hydra import compose, initialize_config_dir
+
+    from resattn.engine import train
+
+    hits = []
+
+    class Collect(logging.Handler):
+        def emit(self, record):
+            hits.append(record.getMessage())
+
+    handler = Collect()
+    logging.getLogger("torch._dynamo").addHandler(handler)
+    try:
+        with initialize_config_dir(str(ROOT / "configs"), version_base="1.3"):
+            cfgs = [compose("config", overrides=[*TINY, "trainer.epochs=1", "trainer.compile=true", f"pattern={p}"])
+                    for p in ("baseline", "p1")]
+        with torch._dynamo.config.patch(recompile_limit=2):  # one run compiles twice: training and evaluation
+            for i, cfg in enumerate(cfgs):
+                train(cfg, tmp_path / str(i))
+    finally:
+        logging.getLogger("torch._dynamo").removeHandler(handler)
+    assert not [h for h in hits if "recompile_limit" in h]

@@ -184,6 +184,10 @@ def train(cfg: DictConfig, run_dir: Path, stop: list[int] | None = None) -> dict
     steps_per_epoch = len(train_loader)
     optimizer, scheduler = build_optimizer(cfg, model, t.epochs * steps_per_epoch)
     compiled = use_compile(t.compile, device, t.epochs * steps_per_epoch)
+    if compiled:
+        # A fresh compile cache for each run: the jobs of a multirun share one process, and once one function
+        # has been compiled for recompile_limit (8) models, dynamo silently runs every later job uncompiled.
+        torch.compiler.reset()
     forward = torch.compile(model) if compiled else model
 
     config = OmegaConf.to_container(cfg, resolve=True)
