@@ -151,6 +151,43 @@ def evaluate(model, loader: data.Loader, bf16: bool) -> tuple[float, float]:
     return loss.item() / n, correct.item() / n
 
 
+def start_summary(cfg: DictConfig, config: dict, model, device: torch.device) -> dict:
+    """summary.json before the first step: what the run is, and its outcome so far (nothing yet)."""
+    return {
+        "pattern": cfg.pattern.name, "placement": cfg.pattern.placement,
+        "controlled": any(b.controlled for b in model.blocks.values()),
+        "lam_init": float(cfg.pattern.lam_init), "lam_learnable": cfg.pattern.lam_learnable,
+        "lam_shape": cfg.pattern.lam_shape, "attention": cfg.attention.name,
+        "attention_keys": {k: v for k, v in config["attention"].items() if k != "name"},
+        "model": cfg.model.name, "depth": cfg.model.get("depth"), "width": cfg.model.width,
+        "lr": cfg.optim.lr, "lam_lr_scale": cfg.optim.lam_lr_scale,
+        "data": cfg.data.name, "seed": cfg.seed, "device": str(device), "num_threads": torch.get_num_threads(),
+        "epochs": cfg.trainer.epochs, "epochs_completed": 0, "step": 0,
+        "best_test_acc": 0.0, "final_test_acc": 0.0, "final_lambda": {}, "wall_time_s": 0.0, "status": "running",
+    }
+
+
+def resume_path(resume, ckpt_path: Path) -> Path | None:
+    """The checkpoint trainer.resume names: the run folder's own (auto, when there is one), a path, or none."""
+    if resume == "auto":
+        return ckpt_path if ckpt_path.exists() else None
+    return None if resume in (False, None) else Path(str(resume))
+
+
+def restore(path: Path, config: dict, model, optimizer, scheduler, gen: torch.Generator) -> dict:
+    """Load a checkpoint of this very config into the model, optimizer, schedule and every RNG; its state."""
+    state = checkpoint.load(path, config)
+    try:
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+    except (RuntimeError, ValueError, KeyError) as err:
+        raise ConfigError(f"trainer.resume: '{path}' does not fit this model ({str(err).splitlines()[0]})") from None
+    checkpoint.set_rng_state(state["rng"])
+    gen.set_state(state["rng"]["data"])
+    return state
+
+
 def train(cfg: DictConfig, run_dir: Path, stop: list[int] | None = None) -> dict:
     """Train as `cfg` says, writing events, checkpoint.pt and summary.json into run_dir.
 
@@ -191,37 +228,13 @@ def train(cfg: DictConfig, run_dir: Path, stop: list[int] | None = None) -> dict
     forward = torch.compile(model) if compiled else model
 
     config = OmegaConf.to_container(cfg, resolve=True)
-    summary = {
-        "pattern": cfg.pattern.name, "placement": cfg.pattern.placement,
-        "controlled": any(b.controlled for b in model.blocks.values()),
-        "lam_init": float(cfg.pattern.lam_init), "lam_learnable": cfg.pattern.lam_learnable,
-        "lam_shape": cfg.pattern.lam_shape, "attention": cfg.attention.name,
-        "attention_keys": {k: v for k, v in config["attention"].items() if k != "name"},
-        "model": cfg.model.name, "depth": cfg.model.get("depth"), "width": cfg.model.width,
-        "lr": cfg.optim.lr, "lam_lr_scale": cfg.optim.lam_lr_scale,
-        "data": cfg.data.name, "seed": cfg.seed, "device": str(device), "num_threads": torch.get_num_threads(),
-        "epochs": t.epochs, "epochs_completed": 0, "step": 0,
-        "best_test_acc": 0.0, "final_test_acc": 0.0, "final_lambda": {}, "wall_time_s": 0.0, "status": "running",
-    }
+    summary = start_summary(cfg, config, model, device)
 
-    # Resume: where, and from which state.
     ckpt_path = run_dir / "checkpoint.pt"
-    resume_from = None
-    if t.resume == "auto":
-        resume_from = ckpt_path if ckpt_path.exists() else None
-    elif t.resume not in (False, None):
-        resume_from = Path(str(t.resume))
+    resume_from = resume_path(t.resume, ckpt_path)
     epoch, skip, step, train_sums, prior_time = 0, 0, 0, None, 0.0
     if resume_from is not None:
-        state = checkpoint.load(resume_from, config)
-        try:
-            model.load_state_dict(state["model"])
-            optimizer.load_state_dict(state["optimizer"])
-            scheduler.load_state_dict(state["scheduler"])
-        except (RuntimeError, ValueError, KeyError) as err:
-            raise ConfigError(f"trainer.resume: '{resume_from}' does not fit this model ({str(err).splitlines()[0]})") from None
-        checkpoint.set_rng_state(state["rng"])
-        gen.set_state(state["rng"]["data"])
+        state = restore(resume_from, config, model, optimizer, scheduler, gen)
         epoch, skip, step = state["epoch"], state["batch"], state["step"]
         train_sums = state["train_sums"]
         prior_time = state["wall_time_s"]
