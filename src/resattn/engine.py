@@ -22,7 +22,6 @@ from resattn.resnet import CifarResNet
 from resattn.tracking import Tracker, write_json
 
 log = logging.getLogger(__name__)
-ROBUSTNESS_KEYS = ("corruption_acc", "robust_acc", "corruption_eval_s")  # kept in the checkpoint for a resumed run
 
 
 class Diverged(RuntimeError):
@@ -264,7 +263,7 @@ def train(cfg: DictConfig, run_dir: Path, stop: list[int] | None = None) -> dict
             "epoch": epoch, "batch": batch, "step": step, "train_sums": sums,
             "best_test_acc": summary["best_test_acc"], "final_test_acc": summary["final_test_acc"],
             "wall_time_s": summary["wall_time_s"],
-            "robustness": {k: summary[k] for k in ROBUSTNESS_KEYS if k in summary},
+            "robustness": {k: summary[k] for k in robustness.SUMMARY_KEYS if k in summary},
         })
 
     lam_start = torch.sigmoid(lam_to_logit(cfg.pattern.lam_init)).item()  # lam_init as the logit holds it

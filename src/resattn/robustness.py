@@ -13,6 +13,10 @@ from resattn.config import ConfigError
 from resattn.corruptions import CORRUPTIONS, FAMILIES, SEVERITIES, corrupt
 
 
+# what run() adds to summary.json (and the checkpoint keeps, so a rerun of a finished run still has it)
+SUMMARY_KEYS = ("corruption_acc", "robust_acc", "corruption_eval_s")
+
+
 def resolve_names(spec) -> list[str]:
     """eval.corruptions -> corruption names: null (off) -> []; `all`; a family; a name; or a list of these."""
     if spec is None:
@@ -115,4 +119,4 @@ def run(model, loader: data.Loader, cfg, bf16: bool, tracker, step: int) -> dict
     per_name, robust_acc = summarise(acc)
     tracker.scalars({**{f"acc/corrupt/{name}": a for name, a in per_name.items()}, "acc/corrupt/mean": robust_acc},
                     step)
-    return {"corruption_acc": acc, "robust_acc": robust_acc, "corruption_eval_s": time.perf_counter() - start}
+    return dict(zip(SUMMARY_KEYS, (acc, robust_acc, time.perf_counter() - start)))
