@@ -31,7 +31,8 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from resattn import data
 from resattn.attention import ATTENTIONS
-from resattn.engine import build_optimizer, evaluate, pick_device, train_step, use_bf16, use_compile
+from resattn.engine import build_optimizer, pick_device, train_step, use_bf16, use_compile
+from resattn.evaluate import evaluate
 from resattn.model import PATTERNS, SimpleCNN
 from resattn.resnet import DEPTHS, SHORTCUTS, CifarResNet
 

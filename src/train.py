@@ -5,7 +5,7 @@ import sys
 import hydra
 from omegaconf import DictConfig
 
-from resattn.config import ConfigError
+from resattn.errors import ConfigError
 from resattn.job import check_choices, run, usage_error
 from resattn.keys import check_keys
 

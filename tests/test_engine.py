@@ -15,7 +15,8 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from conftest import ROOT, TINY, run_train
 from resattn import checkpoint, data
-from resattn.engine import evaluate, use_compile
+from resattn.engine import use_compile
+from resattn.evaluate import evaluate
 from resattn.model import SimpleCNN
 
 # 512 images at batch 64: 8 steps an epoch, 3 epochs

@@ -9,8 +9,8 @@ from omegaconf import OmegaConf
 from resattn import data
 from resattn.config import ConfigError
 from resattn.corruptions import CORRUPTIONS, FAMILIES, corrupt
-from resattn.robustness import (check_eval_config, corruption_seed, evaluate_corruptions, resolve_names,
-                                resolve_severities, summarise)
+from resattn.config import check_eval_config, resolve_names, resolve_severities
+from resattn.robustness import corruption_seed, evaluate_corruptions, summarise
 
 GOOD = {"corruptions": "all", "severities": [1, 2, 3, 4, 5], "corruption_test_size": None, "corruption_every": None}
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from resattn.config import ConfigError, flatten
+from resattn.errors import ConfigError, flatten
 
 FORMAT = "resattn-checkpoint-1"
 # What a resumed run may change: where and how fast it runs, and what it logs. Any other key

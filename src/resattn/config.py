@@ -1,12 +1,14 @@
 """Checks of the composed config, so every bad value fails at once with one line naming its key."""
 
-import json
 import math
+from collections.abc import Sequence
 
 from omegaconf import DictConfig, OmegaConf
 
 from resattn.attention import ATTENTIONS, attention_keys
 from resattn.blocks import LAM_SHAPES
+from resattn.corruptions import CORRUPTIONS, FAMILIES, SEVERITIES
+from resattn.errors import ConfigError
 from resattn.model import PATTERNS
 from resattn.resnet import DEPTHS, SHORTCUTS
 
@@ -14,19 +16,6 @@ from resattn.resnet import DEPTHS, SHORTCUTS
 MOVED_KEYS = {"pattern.reduction": "attention.reduction", "pattern.spatial_kernel": "attention.spatial_kernel"}
 
 
-def flatten(tree: dict, prefix: str = "") -> dict:
-    """{"a": {"b": 1}} -> {"a.b": 1}; lists become JSON text, so every value can be compared and hashed."""
-    out = {}
-    for key, value in tree.items():
-        if isinstance(value, dict):
-            out.update(flatten(value, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = json.dumps(value) if isinstance(value, list) else value
-    return out
-
-
-class ConfigError(ValueError):
-    """A bad config value or input; str(err) is the one line shown to the user."""
 
 
 def _number(cfg: DictConfig, key: str, prefix: str = ""):
@@ -139,6 +128,46 @@ def validate(cfg: DictConfig) -> None:
     every = cfg.tracking.attention_maps_every
     if every is not None and (isinstance(every, bool) or not isinstance(every, int) or every < 0):
         raise ConfigError(f"tracking.attention_maps_every must be null or an integer >= 0, got {every!r}")
-    from resattn.robustness import check_eval_config  # not at the top: robustness imports engine, engine this
-
     check_eval_config(cfg.eval)
+
+
+def resolve_names(spec) -> list[str]:
+    """eval.corruptions -> corruption names: null (off) -> []; `all`; a family; a name; or a list of these."""
+    if spec is None:
+        return []
+    items = [spec] if isinstance(spec, str) else spec
+    if not isinstance(items, Sequence):
+        items = [items]  # a number or a mapping: reported as the bad value below
+    names: list[str] = []
+    for item in items:
+        if item == "all":
+            found = list(CORRUPTIONS)
+        elif isinstance(item, str) and item in FAMILIES:
+            found = FAMILIES[item]
+        elif isinstance(item, str) and item in CORRUPTIONS:
+            found = [item]
+        else:
+            raise ConfigError(f"eval.corruptions must be null, all, a family ({', '.join(FAMILIES)}) or a list of "
+                              f"names from {', '.join(CORRUPTIONS)}, got {item!r}")
+        names += [name for name in found if name not in names]
+    return names
+
+
+def resolve_severities(spec) -> list[int]:
+    """eval.severities -> a list of integers in 1..5 (one integer is taken as a list of one)."""
+    items = [spec] if isinstance(spec, int) else spec
+    if not isinstance(items, Sequence) or isinstance(items, str) or not items or any(
+            isinstance(s, bool) or not isinstance(s, int) or s not in SEVERITIES for s in items):
+        shown = list(spec) if isinstance(spec, Sequence) and not isinstance(spec, str) else spec
+        raise ConfigError(f"eval.severities must be a list of integers in 1..5, got {shown!r}")
+    return list(dict.fromkeys(items))
+
+
+def check_eval_config(eval_cfg) -> None:
+    """Raise ConfigError, naming the key, for any bad value under `eval`."""
+    resolve_names(eval_cfg.corruptions)
+    resolve_severities(eval_cfg.severities)
+    for key in ("corruption_test_size", "corruption_every"):
+        value = eval_cfg[key]
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise ConfigError(f"eval.{key} must be null or an integer >= 1, got {value!r}")

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from omegaconf import DictConfig
 
-from resattn.config import ConfigError
+from resattn.errors import ConfigError
 
 log = logging.getLogger(__name__)
 PAD = 4  # random-crop padding, in pixels

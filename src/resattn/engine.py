@@ -4,7 +4,6 @@ import logging
 import math
 import random
 import shutil
-import signal
 import time
 from pathlib import Path
 
@@ -14,7 +13,9 @@ import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
 
 from resattn import checkpoint, data, robustness
-from resattn.config import ConfigError, validate
+from resattn.config import validate
+from resattn.errors import ConfigError, Diverged, Interrupted
+from resattn.evaluate import evaluate
 from resattn.attention import attention_layer
 from resattn.blocks import lam_to_logit
 from resattn.model import ResidualNet, SimpleCNN
@@ -23,15 +24,6 @@ from resattn.tracking import Tracker, write_json
 
 log = logging.getLogger(__name__)
 
-
-class Diverged(RuntimeError):
-    pass
-
-
-class Interrupted(Exception):
-    def __init__(self, signum: int):
-        super().__init__(signal.Signals(signum).name)
-        self.signum = signum
 
 
 def pick_device(name: str) -> torch.device:
@@ -131,23 +123,6 @@ def train_step(forward, optimizer, scheduler, x, y, bf16: bool, label_smoothing:
     optimizer.step()
     scheduler.step()
     return loss, out
-
-
-@torch.inference_mode()
-def evaluate(model, loader: data.Loader, bf16: bool) -> tuple[float, float]:
-    """(mean cross-entropy, accuracy) over the loader's split."""
-    was_training = model.training
-    model.eval()
-    loss = torch.zeros((), device=loader.labels.device)
-    correct = torch.zeros((), dtype=torch.long, device=loader.labels.device)
-    for x, y in loader.batches():
-        with torch.autocast(x.device.type, torch.bfloat16, enabled=bf16):
-            out = model(x)
-        loss += F.cross_entropy(out.float(), y, reduction="sum")
-        correct += (out.argmax(1) == y).sum()
-    model.train(was_training)
-    n = len(loader.labels)
-    return loss.item() / n, correct.item() / n
 
 
 def start_summary(cfg: DictConfig, config: dict, model, device: torch.device) -> dict:

@@ -18,8 +18,9 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, open_dict
 
-from resattn.config import ConfigError, moved_keys
-from resattn.engine import Diverged, Interrupted, train
+from resattn.config import moved_keys
+from resattn.engine import train
+from resattn.errors import ConfigError, Diverged, Interrupted
 from resattn.sweep import recorded_varied_keys  # importing it registers the resolver naming sweep jobs
 from resattn.tracking import read_summary, write_json
 

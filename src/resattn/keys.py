@@ -12,7 +12,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import HydraException
 from omegaconf import OmegaConf
 
-from resattn.config import ConfigError, flatten
+from resattn.errors import ConfigError, flatten
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 

@@ -1,62 +1,20 @@
-"""Accuracy under the CIFAR-10-C corruptions, and the checks of the `eval` config that drive it."""
+"""Accuracy under the CIFAR-10-C corruptions (the `eval` keys, checked in resattn.config)."""
 
 import copy
 import statistics
 import time
 import zlib
-from collections.abc import Sequence
 
 import torch
 
-from resattn import data, engine  # engine imports this module too: use engine.evaluate at call time only
-from resattn.config import ConfigError
-from resattn.corruptions import CORRUPTIONS, FAMILIES, SEVERITIES, corrupt
+from resattn import data
+from resattn.config import resolve_names, resolve_severities
+from resattn.corruptions import corrupt
+from resattn.evaluate import evaluate
 
 
 # what run() adds to summary.json (and the checkpoint keeps, so a rerun of a finished run still has it)
 SUMMARY_KEYS = ("corruption_acc", "robust_acc", "corruption_eval_s")
-
-
-def resolve_names(spec) -> list[str]:
-    """eval.corruptions -> corruption names: null (off) -> []; `all`; a family; a name; or a list of these."""
-    if spec is None:
-        return []
-    items = [spec] if isinstance(spec, str) else spec
-    if not isinstance(items, Sequence):
-        items = [items]  # a number or a mapping: reported as the bad value below
-    names: list[str] = []
-    for item in items:
-        if item == "all":
-            found = list(CORRUPTIONS)
-        elif isinstance(item, str) and item in FAMILIES:
-            found = FAMILIES[item]
-        elif isinstance(item, str) and item in CORRUPTIONS:
-            found = [item]
-        else:
-            raise ConfigError(f"eval.corruptions must be null, all, a family ({', '.join(FAMILIES)}) or a list of "
-                              f"names from {', '.join(CORRUPTIONS)}, got {item!r}")
-        names += [name for name in found if name not in names]
-    return names
-
-
-def resolve_severities(spec) -> list[int]:
-    """eval.severities -> a list of integers in 1..5 (one integer is taken as a list of one)."""
-    items = [spec] if isinstance(spec, int) else spec
-    if not isinstance(items, Sequence) or isinstance(items, str) or not items or any(
-            isinstance(s, bool) or not isinstance(s, int) or s not in SEVERITIES for s in items):
-        shown = list(spec) if isinstance(spec, Sequence) and not isinstance(spec, str) else spec
-        raise ConfigError(f"eval.severities must be a list of integers in 1..5, got {shown!r}")
-    return list(dict.fromkeys(items))
-
-
-def check_eval_config(eval_cfg) -> None:
-    """Raise ConfigError, naming the key, for any bad value under `eval`."""
-    resolve_names(eval_cfg.corruptions)
-    resolve_severities(eval_cfg.severities)
-    for key in ("corruption_test_size", "corruption_every"):
-        value = eval_cfg[key]
-        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-            raise ConfigError(f"eval.{key} must be null or an integer >= 1, got {value!r}")
 
 
 def corruption_seed(seed: int, name: str, severity: int) -> int:
@@ -70,7 +28,7 @@ def evaluate_corruptions(model, loader: data.Loader, names: list[str], severitie
 
     `loader`: an evaluation loader (no augmentation), e.g. the test loader or one over a subset of the
     test split. Its uint8 images are corrupted on their device, a whole set at a time, then evaluated
-    in its batches and with its normalisation by engine.evaluate. The noise of each (name, severity)
+    in its batches and with its normalisation by resattn.evaluate. The noise of each (name, severity)
     comes from its own CPU generator seeded from (seed, name, severity): every evaluation in a run, and
     every run with the same seed and images, on any device, sees the same corrupted images, whatever
     other names are chosen."""
@@ -81,7 +39,7 @@ def evaluate_corruptions(model, loader: data.Loader, names: list[str], severitie
         for severity in severities:
             generator = torch.Generator().manual_seed(corruption_seed(seed, name, severity))
             corrupted.images = corrupt(loader.images, name, severity, generator)
-            results[name][severity] = engine.evaluate(model, corrupted, bf16)[1]
+            results[name][severity] = evaluate(model, corrupted, bf16)[1]
     return results
 
 

@@ -16,7 +16,7 @@ from torch.utils.tensorboard import SummaryWriter
 from tensorboard.compat.proto import summary_pb2
 from tensorboard.plugins.hparams import api_pb2, metadata, plugin_data_pb2
 
-from resattn.config import flatten
+from resattn.errors import flatten
 
 # Metrics of the HParams tab: summary.json keys, logged as scalars under summary/ (after acc/ and lambda/)
 METRICS = ("best_test_acc", "final_test_acc", "robust_acc")

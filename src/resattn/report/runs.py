@@ -16,7 +16,7 @@ from pathlib import Path
 from omegaconf import OmegaConf
 from tensorboard.backend.event_processing import event_accumulator
 
-from resattn.config import flatten
+from resattn.errors import flatten
 
 ACC_METRICS = ("best_test_acc", "final_test_acc")
 # Config keys that say where or how a run ran, not what was run: runs differing only in these are

@@ -1,0 +1,32 @@
+"""The bottom floor: the errors every layer raises, and the one config flattening they all share."""
+
+import json
+import signal
+
+
+class ConfigError(ValueError):
+    """A bad config value or input; str(err) is the one line shown to the user."""
+
+
+class Diverged(RuntimeError):
+    """A non-finite training loss: the run (or member) is recorded `diverged` at its step."""
+
+
+class Interrupted(Exception):
+    """A stop was asked for (a signal or trainer.time_limit); the checkpoint is saved before this is raised."""
+
+    def __init__(self, signum: int, reason: str | None = None):
+        self.signum = signum
+        self.reason = reason or signal.Signals(signum).name
+        super().__init__(self.reason)
+
+
+def flatten(tree: dict, prefix: str = "") -> dict:
+    """{"a": {"b": 1}} -> {"a.b": 1}; lists become JSON text, so every value can be compared and hashed."""
+    out = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            out.update(flatten(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = json.dumps(value) if isinstance(value, list) else value
+    return out
