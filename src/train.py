@@ -11,8 +11,8 @@ from resattn.keys import check_keys
 
 
 @hydra.main(version_base="1.3", config_path="../configs", config_name="config")
-def main(cfg: DictConfig) -> None:
-    run(cfg)
+def main(cfg: DictConfig):
+    return run(cfg)
 
 
 if __name__ == "__main__":

@@ -141,7 +141,9 @@ def discard_unstarted(run_dir: Path, log_name: str) -> bool:
     return True
 
 
-def run(cfg: DictConfig) -> None:
+def run(cfg: DictConfig) -> dict | None:
+    """Run one job; its summary (the task function's return value, which a sweeper such as Optuna reads),
+    or None when it did not complete."""
     hc = HydraConfig.get()
     run_dir = Path(hc.runtime.output_dir)
     multirun = hc.mode == RunMode.MULTIRUN
@@ -151,7 +153,7 @@ def run(cfg: DictConfig) -> None:
             cfg.tracking.varied = sorted(k.lstrip("+") for k in recorded_varied_keys(hc.sweep.dir) or ())
     try:
         with stop_on_signals() as stop:
-            train(cfg, run_dir, stop)
+            return train(cfg, run_dir, stop)
     except Interrupted as err:
         print(f"interrupted by {err}: checkpoint saved in {run_dir}; run the same command to resume", file=sys.stderr)
         sys.exit(128 + err.signum)  # a stop request ends a sweep too
