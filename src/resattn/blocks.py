@@ -12,10 +12,18 @@ one scalar per block (lam_shape "scalar") or one per channel of v (lam_shape "ch
 skip(x) is the identity when the shape stays; otherwise `skip_layer` decides: a 1x1 conv + BN
 projection (`projection_skip`, the seed notebook's, He et al.'s option B) or the parameter-free
 subsampling with zero-padded channels (`zero_pad_skip`, option A of the CIFAR ResNets).
+
+Shared initial weights: the attention module is built in a random stream of its own (`own_stream`),
+so the branch, the shortcut and every module a network builds around its blocks draw the same numbers
+from the default generator whatever the placement and the attention. For one seed, every module two
+arms both have starts from the same weights, and a paired difference between arms measures the
+placement, not the draw (common random numbers). λ starts at lam_init: it draws nothing.
 """
 
+import hashlib
 import math
-from typing import Callable
+from contextlib import contextmanager
+from typing import Callable, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -65,6 +73,20 @@ def zero_pad_skip(in_ch: int, out_ch: int, stride: int) -> nn.Module:
     return ZeroPadSkip(in_ch, out_ch, stride) if stride != 1 or in_ch != out_ch else nn.Identity()
 
 
+@contextmanager
+def own_stream(salt: str) -> Iterator[None]:
+    """Draws inside come from a stream of their own and leave the default CPU generator where it was.
+
+    The stream's seed is a hash of the default generator's state (read, not advanced) and `salt`: it is
+    fixed by the run's seed and the point of the construction, and differs between the blocks of one
+    network and between seeds. Only the CPU generator is forked (models are built on the CPU)."""
+    state = torch.get_rng_state()
+    digest = hashlib.sha256(state.numpy().tobytes() + salt.encode()).digest()
+    with torch.random.fork_rng(devices=[]):
+        torch.default_generator.manual_seed(int.from_bytes(digest[:8], "little") >> 1)
+        yield
+
+
 def lam_to_logit(lam_init: float) -> torch.Tensor:
     # Clamped as in the seed notebook, so lam_init = 0 or 1 gives a finite logit.
     lam = torch.tensor(min(max(float(lam_init), 1e-4), 1 - 1e-4))
@@ -107,7 +129,13 @@ class ResidualBlock(nn.Module):
                 self.lam_logit = nn.Parameter(logit)
             else:
                 self.register_buffer("lam_logit", logit)
-        self.attn = None if placement == "none" else attn_layer(gated_channels)
+        # Registered before F (the notebook's order), but drawn from its own stream: F and the shortcut
+        # then draw what they would draw in any other arm.
+        if placement == "none":
+            self.attn = None
+        else:
+            with own_stream("attention"):
+                self.attn = attn_layer(gated_channels)
         self.F = Branch(in_ch, out_ch, stride)
         self.skip = skip_layer(in_ch, out_ch, stride)
         self.out_act = nn.ReLU(inplace=True)

@@ -9,7 +9,7 @@ from collections import OrderedDict
 import torch
 from torch import nn
 
-from resattn.blocks import projection_skip, zero_pad_skip
+from resattn.blocks import own_stream, projection_skip, zero_pad_skip
 from resattn.model import AttentionArg, ResidualNet, block_layer
 
 DEPTHS = (20, 32, 44, 56, 110)
@@ -58,9 +58,17 @@ class CifarResNet(ResidualNet):
                 in_ch = out_ch
             self.add_module(f"stage{s + 1}", nn.Sequential(stage))
         self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(in_ch, num_classes))
-        for m in self.modules():  # He et al.'s initialisation, as torchvision's ResNets
-            if isinstance(m, nn.Conv2d):
+        # He et al.'s initialisation, as torchvision's ResNets. The attentions' convs draw from a stream of
+        # their own, after the common convs, so every arm's common convs get the same weights (blocks.own_stream).
+        attn = {id(m) for b in self.blocks.values() if b.attn is not None for m in b.attn.modules()}
+        convs = [m for m in self.modules() if isinstance(m, nn.Conv2d)]
+        for m in convs:
+            if id(m) not in attn:
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+        with own_stream("attention init"):
+            for m in convs:
+                if id(m) in attn:
+                    nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.stem(x)
