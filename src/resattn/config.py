@@ -118,6 +118,12 @@ def validate(cfg: DictConfig) -> None:
     for key in ("train_size", "test_size"):
         if cfg.data.get(key) is not None or cfg.data.name == "synthetic":  # synthetic data has no "all"
             _at_least_one(cfg, f"data.{key}")
+    val_size = cfg.data.get("val_size") or 0  # configs older than the key: none
+    if isinstance(val_size, bool) or not isinstance(val_size, int) or val_size < 0:
+        raise ConfigError(f"data.val_size must be an integer >= 0 (0 = no validation split), got {val_size!r}")
+    if cfg.data.name == "cifar10" and val_size + (cfg.data.train_size or 1) > 50_000:  # folder: checked on loading
+        raise ConfigError(f"data.val_size must leave data.train_size ({cfg.data.train_size or 'at least 1'}) of "
+                          f"CIFAR-10's 50000 training images, got {val_size}")
     resume = cfg.trainer.resume
     if resume is True or (resume not in ("auto", False, None) and not isinstance(resume, str)):
         raise ConfigError(f"trainer.resume must be auto, false or a checkpoint path, got {resume!r}")

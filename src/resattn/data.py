@@ -2,6 +2,12 @@
 
 Every dataset comes out as `Split(images (N, 3, 32, 32) uint8, labels (N,) int64)`; nothing
 per image happens in the training loop.
+
+`data.val_size` (0 = none) holds a class-balanced part of the training split out of training, as
+`Dataset.val`: it is drawn first, from the whole training split and fixed by `data.subset_seed` (the
+same images for every run seed and every `data.train_size`); `data.train_size` then takes its subset
+from what remains. Synthetic data makes train_size + val_size training images, so train_size is what
+trains there too. The test split is never touched.
 """
 
 import hashlib
@@ -32,6 +38,7 @@ class Dataset:
     train: Split
     test: Split
     classes: list[str]
+    val: Split | None = None  # held out of the training split (data.val_size); None without one
 
 
 def balanced_subset(labels: torch.Tensor, size: int | None, seed: int, key: str) -> torch.Tensor:
@@ -51,6 +58,26 @@ def balanced_subset(labels: torch.Tensor, size: int | None, seed: int, key: str)
     rank[by_class] = torch.arange(n) - starts.repeat_interleave(counts)
     interleaved = torch.argsort(rank * len(counts) + labels[order], stable=True)
     return order[interleaved[:size]].sort().values
+
+
+def train_val_indices(labels: torch.Tensor, train_size: int | None, val_size: int | None,
+                      seed: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Indices of the training images and of the validation images held out of them (None when val_size is 0).
+
+    The validation part is a balanced subset of the whole split; train_size then subsets the rest."""
+    n = len(labels)
+    if not val_size:
+        return balanced_subset(labels, train_size, seed, "data.train_size"), None
+    if val_size >= n:
+        raise ConfigError(f"data.val_size must be smaller than the training split ({n} images), got {val_size}")
+    val = balanced_subset(labels, val_size, seed, "data.val_size")
+    rest = torch.ones(n, dtype=torch.bool)
+    rest[val] = False
+    rest = rest.nonzero().squeeze(1)
+    if train_size is not None and train_size > len(rest):
+        raise ConfigError(f"data.train_size must be at most {len(rest)} (the training split less data.val_size "
+                          f"{val_size}), got {train_size}")
+    return rest[balanced_subset(labels[rest], train_size, seed, "data.train_size")], val
 
 
 def synthetic(cfg: DictConfig) -> Dataset:
@@ -76,24 +103,35 @@ def synthetic(cfg: DictConfig) -> Dataset:
         # in chunks: float images of a CIFAR-sized set would take GBs for a moment
         return Split(torch.cat([draw(chunk) for chunk in labels.split(4096)]), labels)
 
-    return Dataset(make(cfg.train_size), make(cfg.test_size), [f"class{i}" for i in range(k)])
+    # held out by load(): made to train_size + val_size, so train_size images remain to train on
+    return Dataset(make(cfg.train_size + (cfg.get("val_size") or 0)), make(cfg.test_size),
+                   [f"class{i}" for i in range(k)])
+
+
+def _remove_if_new_and_empty(root: Path, root_is_new: bool) -> None:
+    """A refused run leaves nothing behind: not the empty data/ torchvision made before its download failed."""
+    if root_is_new and root.is_dir() and not any(root.iterdir()):
+        root.rmdir()
 
 
 def cifar10(cfg: DictConfig) -> Dataset:
     from torchvision.datasets import CIFAR10
 
     root = Path(cfg.root)
+    root_is_new = not root.exists()  # torchvision creates it before downloading
     splits = []
     for train in (True, False):
         try:
             ds = CIFAR10(str(root), train=train, download=cfg.download)
         except RuntimeError:  # torchvision: not found (download off) or corrupted
+            _remove_if_new_and_empty(root, root_is_new)
             raise ConfigError(
                 f"data.root: CIFAR-10 not found (or corrupt) in '{root}'; set data.download=true, "
                 "point data.root at a folder holding cifar-10-batches-py/, use data=folder data.root=PATH for images "
                 "on disk, or data=synthetic"
             ) from None
         except OSError as err:  # URLError and socket errors: no network
+            _remove_if_new_and_empty(root, root_is_new)
             raise ConfigError(
                 f"data.root: CIFAR-10 is not in '{root}' and could not be downloaded (offline? {err}); "
                 "copy cifar-10-batches-py/ into data.root, use data=folder data.root=PATH for images on disk "
@@ -169,7 +207,7 @@ def folder(cfg: DictConfig) -> Dataset:
     from torchvision.datasets import ImageFolder
 
     root = Path(cfg.root)
-    splits, classes = [], None
+    splits, classes, val = [], None, None
     for split, size in (("train", cfg.train_size), ("test", cfg.test_size)):
         if not (root / split).is_dir():
             raise ConfigError(f"data.root: '{root}' must hold {split}/<class>/ folders of images (no {split}/ found)")
@@ -181,19 +219,31 @@ def folder(cfg: DictConfig) -> Dataset:
             raise ConfigError(f"data.root: train/ and test/ in '{root}' must hold the same class folders")
         classes = found.classes
         labels = torch.tensor(found.targets, dtype=torch.long)
-        keep = balanced_subset(labels, size, cfg.subset_seed, f"data.{split}_size")
+        if split == "train":
+            keep, held = train_val_indices(labels, size, cfg.get("val_size"), cfg.subset_seed)
+            if held is not None:
+                paths = [found.samples[i][0] for i in held.tolist()]
+                val = Split(_cached_decode(root, split, paths), labels[held])
+        else:
+            keep = balanced_subset(labels, size, cfg.subset_seed, f"data.{split}_size")
         paths = [found.samples[i][0] for i in keep.tolist()]
         splits.append(Split(_cached_decode(root, split, paths), labels[keep]))
-    return Dataset(splits[0], splits[1], classes)
+    return Dataset(splits[0], splits[1], classes, val)
 
 
 def load(cfg: DictConfig) -> Dataset:
     ds = {"cifar10": cifar10, "synthetic": synthetic, "folder": folder}[cfg.name](cfg)
     if cfg.name == "cifar10":  # the folder loader subsets before decoding; synthetic is made to size
-        for split, size in (("train", cfg.train_size), ("test", cfg.test_size)):
-            s = getattr(ds, split)
-            keep = balanced_subset(s.labels, size, cfg.subset_seed, f"data.{split}_size")
-            setattr(ds, split, Split(s.images[keep], s.labels[keep]))
+        s = ds.train
+        keep, held = train_val_indices(s.labels, cfg.train_size, cfg.get("val_size"), cfg.subset_seed)
+        ds.train = Split(s.images[keep], s.labels[keep])
+        ds.val = None if held is None else Split(s.images[held], s.labels[held])
+        keep = balanced_subset(ds.test.labels, cfg.test_size, cfg.subset_seed, "data.test_size")
+        ds.test = Split(ds.test.images[keep], ds.test.labels[keep])
+    elif cfg.name == "synthetic" and cfg.get("val_size"):
+        s = ds.train
+        keep, held = train_val_indices(s.labels, None, cfg.val_size, cfg.subset_seed)
+        ds.train, ds.val = Split(s.images[keep], s.labels[keep]), Split(s.images[held], s.labels[held])
     return ds
 
 
