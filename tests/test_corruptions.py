@@ -215,3 +215,62 @@ def test_a_gpu_gives_the_images_the_cpu_gives(images):
             assert on_gpu.is_cuda
             # the same CPU draws: the noise is identical; float reductions may round a tie the other way
             assert_within_one_level(on_gpu.cpu(), corrupt(images, name, severity, seeded(3)), 1e-3, (name, severity))
+
+
+# ---------------------------------------------------------------- the GPU's arithmetic, emulated on the CPU
+# PyTorch's CUDA true division by a scalar (BinaryDivTrueKernel.cu) multiplies by the scalar's reciprocal,
+# computed in the tensor's own precision: x / 255 there is x * float32(1 / 255), a last-bit difference from
+# the CPU's x / 255 for some levels. OnGpu is a tensor that divides that way, and stops doing so once moved
+# with .to(device) or .cpu(): what runs on it is what a GPU would compute; what is moved to the generator's
+# device runs as on the CPU.
+
+DIVISIONS = {torch.div, torch.true_divide, torch.Tensor.div, torch.Tensor.div_, torch.Tensor.true_divide,
+             torch.Tensor.true_divide_, torch.Tensor.__truediv__, torch.Tensor.__itruediv__}
+
+
+def _moves_to_a_device(func, args, kwargs) -> bool:
+    if func is torch.Tensor.cpu:
+        return True
+    return func is torch.Tensor.to and ("device" in kwargs or any(isinstance(a, (str, torch.device)) for a in args[1:]))
+
+
+class OnGpu(torch.Tensor):
+    @classmethod
+    def __torch_function__(cls, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func in DIVISIONS and isinstance(args[1], (int, float)) and not kwargs and args[0].is_floating_point():
+            reciprocal = (torch.tensor(1.0, dtype=args[0].dtype) / args[1]).item()  # in the tensor's precision
+            multiply = torch.Tensor.mul_ if func in (torch.Tensor.div_, torch.Tensor.__itruediv__) else torch.mul
+            return multiply(args[0], reciprocal)
+        out = super().__torch_function__(func, types, args, kwargs)
+        if _moves_to_a_device(func, args, kwargs) and isinstance(out, torch.Tensor):
+            return out.as_subclass(torch.Tensor)
+        return out
+
+
+def test_the_emulated_gpu_divides_by_the_reciprocal_and_moving_leaves_it(images):
+    levels = torch.arange(256, dtype=torch.uint8).as_subclass(OnGpu)
+    on_gpu = levels.float() / 255
+    assert isinstance(on_gpu, OnGpu) and torch.equal(on_gpu, torch.arange(256.0) * (torch.tensor(1.0) / 255))
+    assert not torch.equal(on_gpu, torch.arange(256.0) / 255)  # the last-bit difference exists: the test can fail
+    assert type(levels.to("cpu")) is torch.Tensor and type(levels.cpu()) is torch.Tensor
+
+
+@pytest.mark.parametrize("name", sorted(CORRUPTIONS))
+def test_gpu_arithmetic_gives_the_cpus_images_bit_for_bit(images, name):
+    # Before issue 16, shot noise computed its Poisson rates on the images' device: on a GPU, x * (1 / 255)
+    # made some rates differ in the last bit, the rejection sampler took other numbers of draws, and the
+    # images drifted apart (up to 44 levels on an H200).
+    both = torch.cat([images, grey(128, 8), grey(37, 8)])
+    for severity in SEVERITIES:
+        on_cpu = corrupt(both, name, severity, seeded(5))
+        on_gpu = corrupt(both.as_subclass(OnGpu), name, severity, seeded(5))
+        assert torch.equal(on_gpu.as_subclass(torch.Tensor), on_cpu), (name, severity)
+
+
+def test_unit_levels_are_the_cpus_division_in_either_precision():
+    from resattn.corruptions import _unit
+
+    levels = torch.arange(256, dtype=torch.uint8)
+    assert torch.equal(_unit(levels), levels.float() / 255)
+    assert torch.equal(_unit(levels, torch.float64), levels.double() / 255)

@@ -13,8 +13,18 @@ oversaturate, so severity 3 (x1.5) is milder than 2.
 Randomness: every draw comes from the `generator` passed in, on the generator's device, and is then
 moved to the images' device; so a CPU generator with a given seed gives the same noise whether the
 images are on the CPU or a GPU. `generator=None` draws from torch's default generator.
+
+Same bits on every device: whatever feeds a draw (shot noise's Poisson rates, which set how many
+uniforms torch.poisson's rejection sampler takes) is computed on the generator's device, from the
+integer levels, never from the images' device arithmetic. A GPU computes x / 255 as x * (1 / 255)
+(PyTorch's CUDA division by a scalar multiplies by its reciprocal), a last-bit difference; one such
+rate desyncs the whole stream after it. Levels become [0, 1] floats through a table computed once on
+the CPU and indexed on the device, and no scalar division runs on the device, so the elementwise
+corruptions give the CPU's bits anywhere. Matrix products and means (blur, pixelate, contrast) may still
+sum in another order on a GPU and round a tie the other way.
 """
 
+import functools
 import io
 
 import numpy as np
@@ -42,8 +52,20 @@ FAMILIES = {
 SEVERITIES = (1, 2, 3, 4, 5)
 
 
-def _unit(images: torch.Tensor) -> torch.Tensor:
-    return images.float().div_(255)
+# level / 255 for the 256 levels, computed once by the CPU's IEEE division: the same float32 bits the CPU
+# path always had, and, indexed on any device, the same bits there (see "Same bits" above).
+_UNIT_LEVELS = torch.arange(256, dtype=torch.float32) / 255
+_UNIT_LEVELS_64 = torch.arange(256, dtype=torch.float64) / 255
+
+
+@functools.cache
+def _levels_on(device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    return (_UNIT_LEVELS_64 if dtype == torch.float64 else _UNIT_LEVELS).to(device)
+
+
+def _unit(images: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """uint8 levels -> level / 255 as `dtype`, bit for bit what the CPU computes, on the images' device."""
+    return _levels_on(images.device, dtype)[images.long()]
 
 
 def _uint8(x: torch.Tensor) -> torch.Tensor:
@@ -53,7 +75,11 @@ def _uint8(x: torch.Tensor) -> torch.Tensor:
 def _exact(images: torch.Tensor) -> torch.Tensor:
     """The images as float64 for the matrix products (on CUDA, float32 ones may run in TF32, which the trainer
     allows, and round a level off here and there); float32 on MPS, which has no float64 (and no TF32)."""
-    return images.to(torch.float32 if images.device.type == "mps" else torch.float64)
+    return images.to(_exact_dtype(images.device))
+
+
+def _exact_dtype(device: torch.device) -> torch.dtype:
+    return torch.float32 if device.type == "mps" else torch.float64
 
 
 def _device_of(generator: torch.Generator | None, images: torch.Tensor) -> torch.device:
@@ -70,9 +96,13 @@ def gaussian_noise(images: torch.Tensor, severity: int, generator: torch.Generat
 
 
 def shot_noise(images: torch.Tensor, severity: int, generator: torch.Generator | None = None) -> torch.Tensor:
+    # All of it where the generator lives: the rates decide how many uniforms each Poisson draw takes, so one
+    # last-bit difference in a rate shifts every draw after it (issue 16: 44 levels apart on an H200). Only
+    # the uint8 images travel, exactly, and the uint8 result comes back.
     rate = PARAMS["shot_noise"][severity - 1]
-    counts = torch.poisson(_unit(images).mul_(rate).to(_device_of(generator, images)), generator=generator)
-    return _uint8(counts.to(images.device).div_(rate))
+    levels = images.to(_device_of(generator, images))
+    counts = torch.poisson(_unit(levels).mul_(rate), generator=generator)
+    return _uint8(counts.div_(rate)).to(images.device)
 
 
 def impulse_noise(images: torch.Tensor, severity: int, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -109,7 +139,7 @@ def gaussian_blur(images: torch.Tensor, severity: int, generator: torch.Generato
     # separable, mode "nearest", truncate 4. Two small matrix products do the same (faster than conv2d on CPU).
     sigma = PARAMS["gaussian_blur"][severity - 1]
     h, w = images.shape[-2:]
-    x = _exact(images).div_(255)
+    x = _unit(images, _exact_dtype(images.device))
     x = x @ gaussian_matrix(w, sigma).to(x).T
     return _uint8(gaussian_matrix(h, sigma).to(x) @ x)
 
@@ -130,7 +160,7 @@ def rgb_to_hsv(rgb: torch.Tensor) -> torch.Tensor:
     safe_delta = torch.where(delta > 0, delta, 1.0)
     hue = torch.where(b == value, 4 + (r - g) / safe_delta,
                       torch.where(g == value, 2 + (b - r) / safe_delta, (g - b) / safe_delta))
-    hue = torch.where(delta > 0, (hue / 6) % 1, 0.0)
+    hue = torch.where(delta > 0, (hue * (1 / 6)) % 1, 0.0)  # * (1/6), not / 6: the same on a GPU (see the top)
     return torch.stack([hue, saturation, value], 1)
 
 
