@@ -116,6 +116,34 @@ def test_moved_keys_name_their_new_place(capsys):
     assert "attention.spatial_kernel" in capsys.readouterr().err
 
 
+def test_unknown_choices_read_as_english(capsys):
+    from resattn.job import check_choices
+
+    for arg, phrase in (("attention=foo", "is not an attention config"), ("experiment=foo", "is not an experiment "),
+                        ("pattern=foo", "is not a pattern config")):
+        with pytest.raises(SystemExit) as exit_:
+            check_choices([arg])
+        assert exit_.value.code == 2 and phrase in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("args", [["attention=se,eca"], ["pattern=p1", "seed=0,1"], ["seed=range(3)"]])
+def test_a_list_of_values_without_multirun_is_one_line(args, capsys):
+    from resattn.job import check_choices
+
+    with pytest.raises(SystemExit) as exit_:
+        check_choices(args)
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and err.count("\n") == 1 and "a list of values needs -m (multirun)" in err
+
+
+@pytest.mark.parametrize("args", [["-m", "attention=se,eca"], ["eval.corruptions=[noise,blur]"],
+                                  ["experiment=compare_patterns", "seed=0,1"], ["hydra.mode=MULTIRUN", "seed=0,1"]])
+def test_lists_that_need_no_multirun_flag_pass(args):
+    from resattn.job import check_choices
+
+    check_choices(args)
+
+
 @pytest.mark.parametrize("override,key", [
     ("pattern.lam_init=1.5", "pattern.lam_init"),
     ("pattern.lam_init=-0.1", "pattern.lam_init"),
@@ -153,6 +181,13 @@ def test_moved_keys_name_their_new_place(capsys):
     ("trainer.num_threads=0", "trainer.num_threads"),
     ("tracking.attention_maps_every=-1", "tracking.attention_maps_every"),
     ("optim.lam_lr_scale=0", "optim.lam_lr_scale"),
+    ("optim.momentum=1.5", "optim.momentum"),
+    ("optim.momentum=1", "optim.momentum"),
+    ("optim.momentum=-0.1", "optim.momentum"),
+    ("optim.lr=0", "optim.lr"),
+    ("optim.lr=inf", "optim.lr"),
+    ("optim.weight_decay=-1e-4", "optim.weight_decay"),
+    ("optim.weight_decay=inf", "optim.weight_decay"),
     ("eval.corruptions=fog", "eval.corruptions"),
     ("eval.corruptions=[noise,snow]", "eval.corruptions"),
     ("eval.severities=[0,1]", "eval.severities"),

@@ -175,6 +175,8 @@ def test_baseline_logs_no_lambda(tmp_path):
     (["data=folder", "data.root={tmp}"], "data.root"),
     (["pattern.laminit=0.2"], "pattern.laminit; did you mean pattern.lam_init?"),  # Hydra: 6 lines, exit 1
     (["+pattern.laminit=0.2"], "pattern.laminit; did you mean pattern.lam_init?"),  # Hydra: trains, ignores it
+    (["attention=se,eca"], "a list of values needs -m (multirun)"),  # Hydra: "Ambiguous value", 6 lines, exit 1
+    (["seed=0,1"], "a list of values needs -m (multirun)"),
 ])
 def test_bad_input_fails_with_one_line_naming_the_key(args, key, tmp_path):
     args = [a.format(tmp=tmp_path) for a in args]
@@ -193,6 +195,17 @@ def test_a_refused_run_leaves_nothing_in_outputs(tmp_path):
     assert proc.returncode == 2 and "pattern.lam_init" in proc.stderr
     runs = tmp_path / "outputs" / "runs"
     assert not runs.exists() or not any(runs.iterdir())
+
+
+def test_an_offline_cifar10_run_leaves_no_empty_folders(tmp_path, monkeypatch):
+    # a proxy that refuses every connection: offline, whatever network this machine has
+    for var in ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY"):
+        monkeypatch.setenv(var, "http://127.0.0.1:9")
+    monkeypatch.delenv("no_proxy", raising=False)
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    proc = run_train(*TINY, "data=cifar10", cwd=tmp_path)
+    assert proc.returncode == 2 and "could not be downloaded" in proc.stderr, proc.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == []  # no data/, no outputs/runs/DATE/
 
 
 def test_attention_maps_and_custom_scalars_layout_are_logged(p3c_run):

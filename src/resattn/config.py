@@ -79,6 +79,17 @@ def _validate_model(m: DictConfig) -> None:
         _one_of("model.shortcut", m.shortcut, SHORTCUTS)
 
 
+def _validate_optim(cfg: DictConfig) -> None:
+    """SGD's own checks come too late (at the first step) or not at all (momentum 1.5 diverges quietly)."""
+    if not 0 < _number(cfg, "optim.lr") < math.inf:
+        raise ConfigError(f"optim.lr must be a finite number > 0, got {cfg.optim.lr!r}")
+    if not 0 <= _number(cfg, "optim.momentum") < 1:
+        raise ConfigError(f"optim.momentum must be a number in [0, 1), got {cfg.optim.momentum!r}")
+    for key in ("optim.weight_decay", "optim.label_smoothing", "optim.warmup_frac"):
+        if not 0 <= _number(cfg, key) < math.inf:
+            raise ConfigError(f"{key} must be a finite number >= 0, got {_number(cfg, key)!r}")
+
+
 def validate(cfg: DictConfig) -> None:
     p = cfg.pattern
     _one_of("pattern.name", p.name, PATTERNS)
@@ -101,9 +112,7 @@ def validate(cfg: DictConfig) -> None:
         _at_least_one(cfg, key)
     if not 0 < _number(cfg, "optim.lam_lr_scale") < math.inf:
         raise ConfigError(f"optim.lam_lr_scale must be a number > 0, got {cfg.optim.lam_lr_scale!r}")
-    for key in ("optim.lr", "optim.momentum", "optim.weight_decay", "optim.label_smoothing", "optim.warmup_frac"):
-        if _number(cfg, key) < 0:
-            raise ConfigError(f"{key} must be >= 0, got {_number(cfg, key)!r}")
+    _validate_optim(cfg)
     if not 0 < _number(cfg, "optim.warmup_frac") < 1:
         raise ConfigError(f"optim.warmup_frac must be a number in (0, 1), got {cfg.optim.warmup_frac!r}")
     if not _number(cfg, "optim.label_smoothing") < 1:

@@ -43,12 +43,56 @@ def usage_error(message: str) -> None:
     sys.exit(2)
 
 
+def article(word: str) -> str:
+    """'an' before a vowel, else 'a' (for error lines such as "is not an attention config")."""
+    return "an" if word[:1].lower() in "aeiou" else "a"
+
+
+def _is_sweep_value(value: str) -> bool:
+    """Whether a command-line value asks for several runs: a comma outside brackets and quotes
+    (pattern=p1,p3), or one of Hydra's sweep functions (range(...), choice(...), ...)."""
+    if value.startswith(("range(", "choice(", "glob(", "interval(")):
+        return True
+    depth, quote = 0, None
+    for char in value:
+        if quote:
+            quote = None if char == quote else quote
+        elif char in "'\"":
+            quote = char
+        elif char in "[{(":
+            depth += 1
+        elif char in "]})":
+            depth -= 1
+        elif char == "," and depth == 0:
+            return True
+    return False
+
+
+def _asks_for_multirun(args: list[str]) -> bool:
+    """-m on the command line, hydra.mode=MULTIRUN, or a preset that sets it (configs/experiment/*.yaml)."""
+    if "-m" in args or "--multirun" in args or "hydra.mode=MULTIRUN" in args:
+        return True
+    for arg in args:
+        key, _, value = arg.lstrip("+~").partition("=")
+        preset = CONFIGS / "experiment" / f"{value}.yaml"
+        if key == "experiment" and preset.is_file() and "mode: MULTIRUN" in preset.read_text():
+            return True
+    return False
+
+
 def check_choices(argv: list[str] | None = None) -> None:
     """One clear line, before Hydra starts, for a config-group choice that does not exist
-    (Hydra's own message spans a screen) or a launcher whose plugin is not installed."""
-    for message in moved_keys(sys.argv[1:] if argv is None else argv):
+    (Hydra's own message spans a screen), a list of values without -m, or a launcher whose
+    plugin is not installed."""
+    args = sys.argv[1:] if argv is None else argv
+    for message in moved_keys(args):
         usage_error(message)
-    for arg in sys.argv[1:] if argv is None else argv:
+    if not _asks_for_multirun(args):
+        for arg in args:
+            key, _, value = arg.lstrip("+~").partition("=")
+            if not arg.startswith("-") and _is_sweep_value(value):
+                usage_error(f"{key}={value}: a list of values needs -m (multirun): python -m train -m {arg}")
+    for arg in args:
         key, _, value = arg.lstrip("+~").partition("=")
         if key == "hydra/launcher" and value in LAUNCHERS:
             module, extra = LAUNCHERS[value]
@@ -60,7 +104,7 @@ def check_choices(argv: list[str] | None = None) -> None:
             # a sweep gives a comma-separated list; Hydra's sweep functions (range, glob...) are left to Hydra
             for choice in value.split(",") if "(" not in value else []:
                 if choice not in allowed and choice != "null":
-                    usage_error(f"{key}={choice} is not a {key} config; choose one of {', '.join(allowed)}")
+                    usage_error(f"{key}={choice} is not {article(key)} {key} config; choose one of {', '.join(allowed)}")
 
 
 def available_cores() -> int:
@@ -134,11 +178,21 @@ def discard_unstarted(run_dir: Path, log_name: str) -> bool:
     if run_dir.resolve() == Path.cwd().resolve() or not {p.name for p in run_dir.iterdir()} <= {".hydra", log_name}:
         return False
     shutil.rmtree(run_dir)
-    try:  # the date folder of outputs/runs/DATE/TIME, when this run was its only one
-        run_dir.parent.rmdir()
-    except OSError:
-        pass
+    remove_empty_parents(run_dir)
     return True
+
+
+def remove_empty_parents(run_dir: Path) -> None:
+    """The folders above a discarded run that it alone made: the date folder of outputs/runs/DATE/TIME,
+    then (inside the working directory only) outputs/runs/ and outputs/ when nothing else is in them."""
+    cwd = Path.cwd().resolve()
+    for i, parent in enumerate(run_dir.resolve().parents):
+        if parent == cwd or (i > 0 and cwd not in parent.parents):
+            return
+        try:
+            parent.rmdir()
+        except OSError:  # not empty: another run's, or the user's
+            return
 
 
 def run(cfg: DictConfig) -> dict | None:
