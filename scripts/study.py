@@ -1,0 +1,52 @@
+"""A sweep in pieces: python scripts/study.py status SWEEP_DIR | export SWEEP_DIR DEST
+
+status: every job of the sweep (from its multirun.yaml, so jobs that never started show as missing),
+its state and the time it still needs, from the epochs timed so far; totals at the end.
+export: a copy of the sweep without the checkpoints of completed runs, small enough to take off the
+machine; scripts/report.py reads it like the original.
+"""
+
+import argparse
+import sys
+from pathlib import Path
+
+from rich.console import Console
+
+from resattn.study import StudyError, export, status_table, study_status, totals
+
+
+def show_status(sweep_dir: Path) -> None:
+    jobs = study_status(sweep_dir)
+    console = Console()
+    console.print(status_table(jobs, console.width))
+    console.print(totals(jobs), soft_wrap=False)
+
+
+def show_export(sweep_dir: Path, dest: Path) -> None:
+    copied, left_out = export(sweep_dir, dest)
+    print(f"exported {copied} files to {dest}, without the checkpoints of {left_out} completed runs")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0].partition(": ")[2],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    status = commands.add_parser("status", help="each job's state and the time still needed")
+    status.add_argument("sweep_dir", type=Path, metavar="SWEEP_DIR")
+    copy = commands.add_parser("export", help="copy the sweep without the checkpoints of completed runs")
+    copy.add_argument("sweep_dir", type=Path, metavar="SWEEP_DIR")
+    copy.add_argument("dest", type=Path, metavar="DEST")
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "status":
+            show_status(args.sweep_dir)
+        else:
+            show_export(args.sweep_dir, args.dest)
+    except StudyError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,189 @@
+"""A study in pieces: which jobs of a sweep are done, how long the rest will take, and a copy of the
+sweep small enough to take off the machine (scripts/study.py).
+
+Every job of the sweep comes from its multirun.yaml, expanded as Hydra's basic sweeper (and the resattn
+sweeper) expands it, and named as the `resattn.job_name` resolver names it: so a job that never
+started shows too.
+"""
+
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+from omegaconf import OmegaConf
+from rich.table import Table
+
+from resattn.sweep import job_name, parse, sweeper_params, varied_keys
+from resattn.tracking import read_summary
+
+CHECKPOINT = "checkpoint.pt"
+
+
+class StudyError(Exception):
+    """A bad input: one line naming what is wrong."""
+
+
+@dataclass
+class JobStatus:
+    name: str
+    state: str  # completed, interrupted, diverged, failed, running or missing
+    epochs_done: int
+    epochs: int | None
+    seconds_per_epoch: float | None  # measured on this job, else the sweep's mean (estimated)
+    estimated: bool = False
+
+    @property
+    def remaining_s(self) -> float | None:
+        """Time a rerun still needs for this job: the epochs it has left (all but a completed job's)."""
+        if self.state == "completed":
+            return 0.0
+        if self.epochs is None or self.seconds_per_epoch is None:
+            return None
+        return max(0, self.epochs - self.epochs_done) * self.seconds_per_epoch
+
+    def describe(self) -> str:
+        progress = f"{self.epochs_done}/{self.epochs if self.epochs is not None else '?'}"
+        if self.state == "interrupted":
+            return f"interrupted at epoch {progress}"
+        return self.state if self.state in ("completed", "missing") else f"{self.state} at epoch {progress}"
+
+
+def read_master(sweep_dir: Path):
+    """The `hydra` node and the whole config of the sweep's multirun.yaml."""
+    record = Path(sweep_dir) / "multirun.yaml"
+    if not Path(sweep_dir).is_dir():
+        raise StudyError(f"{sweep_dir} is not a folder")
+    if not record.is_file():
+        raise StudyError(f"{sweep_dir} has no multirun.yaml: not a sweep folder (give the folder Hydra's -m wrote)")
+    try:
+        return OmegaConf.load(record)
+    except Exception as err:
+        raise StudyError(f"{record} cannot be read: {str(err).splitlines()[0]}") from None
+
+
+def sweep_jobs(master) -> list[tuple[str, list[str]]]:
+    """(folder name, overrides) of every job, in Hydra's job order: the sweeper's params first, then the
+    command line, expanded as BasicSweeper.split_arguments does."""
+    params, task = sweeper_params(master.hydra), list(master.hydra.overrides.task)
+    [batch] = BasicSweeper.split_arguments(parse([f"{k}={v}" for k, v in params.items()] + task), None)
+    varied = varied_keys(params, task)
+    return [(job_name(job, varied, num), job) for num, job in enumerate(batch)]
+
+
+def planned_epochs(master, overrides: list[str]) -> int | None:
+    """trainer.epochs of a job that wrote no summary: its own override, else the sweep's."""
+    for override in parse(overrides):
+        if override.get_key_element().lstrip("+") == "trainer.epochs":
+            return int(override.value())
+    return OmegaConf.select(master, "trainer.epochs", default=None)
+
+
+def job_status(name: str, summary: dict | None, epochs: int | None) -> JobStatus:
+    if summary is None:
+        return JobStatus(name, "missing", 0, epochs, None)
+    done = int(summary.get("epochs_completed") or 0)
+    wall = summary.get("wall_time_s")
+    per_epoch = wall / done if done and wall else None
+    return JobStatus(name, str(summary.get("status", "running")), done, summary.get("epochs", epochs), per_epoch)
+
+
+def fill_estimates(jobs: list[JobStatus]) -> None:
+    """A job with no finished epoch gets the mean time per epoch of the sweep's jobs that have one."""
+    measured = [j.seconds_per_epoch for j in jobs if j.seconds_per_epoch is not None and not j.estimated]
+    if not measured:
+        return
+    mean = sum(measured) / len(measured)
+    for job in jobs:
+        if job.seconds_per_epoch is None:
+            job.seconds_per_epoch, job.estimated = mean, True
+
+
+def study_status(sweep_dir: Path) -> list[JobStatus]:
+    master = read_master(sweep_dir)
+    jobs = [job_status(name, read_summary(Path(sweep_dir) / name), planned_epochs(master, overrides))
+            for name, overrides in sweep_jobs(master)]
+    fill_estimates(jobs)
+    return jobs
+
+
+def duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "unknown"
+    seconds = round(seconds)
+    if seconds >= 3600:
+        return f"{seconds // 3600}h {seconds % 3600 // 60:02d}m"
+    return f"{seconds // 60}m {seconds % 60:02d}s" if seconds >= 60 else f"{seconds}s"
+
+
+def wrap_name(name: str, width: int) -> str:
+    """The job's name in lines of at most `width` characters, broken after a comma between two keys, never
+    inside a key=value (a rich table would otherwise fold `seed=1` into `se` and `ed=1`)."""
+    lines = [""]
+    for piece in [p + "," for p in name.split(",")[:-1]] + [name.split(",")[-1]]:
+        if lines[-1] and len(lines[-1]) + len(piece) > width:
+            lines.append("")
+        lines[-1] += piece
+    return "\n".join(lines)
+
+
+def status_table(jobs: list[JobStatus], width: int = 80) -> Table:
+    """One row per job; an estimated time (the sweep's mean time per epoch) ends in `*`."""
+    table = Table(title="jobs of the sweep", title_justify="left")
+    for column in ("job", "state", "epochs", "per epoch", "needed"):
+        table.add_column(column, no_wrap=True, justify="left" if column in ("job", "state") else "right")
+    name_width = max(16, width - 48)  # what the other four columns (at most 35 characters) and the borders leave
+    for job in jobs:
+        mark = "*" if job.estimated else ""
+        epochs = "" if job.state == "missing" and job.epochs is None else \
+            f"{job.epochs_done}/{job.epochs if job.epochs is not None else '?'}"
+        table.add_row(wrap_name(job.name, name_width), job.state, epochs, duration(job.seconds_per_epoch) + mark,
+                      duration(job.remaining_s) + (mark if job.state != "completed" else ""))
+    return table
+
+
+def totals(jobs: list[JobStatus]) -> str:
+    counts: dict[str, int] = {}
+    for job in jobs:
+        counts[job.state] = counts.get(job.state, 0) + 1
+    known = [j.remaining_s for j in jobs if j.remaining_s is not None]
+    unknown = len(jobs) - len(known)
+    line = f"{len(jobs)} jobs: " + ", ".join(f"{n} {state}" for state, n in sorted(counts.items()))
+    line += f"; still needed: {duration(sum(known))}"
+    if any(j.estimated and j.state != "completed" for j in jobs):
+        line += " (*: estimated from the sweep's mean time per epoch)"
+    if unknown:
+        line += f", plus {unknown} jobs with no time measured yet"
+    return line + " (one job at a time, on the machine that measured it)"
+
+
+# --- export: the study without the checkpoints of completed runs ---
+
+def completed_run(folder: Path) -> bool:
+    return (read_summary(folder) or {}).get("status") == "completed"
+
+
+def leave_out_finished_checkpoints(folder: str, names: list[str]) -> list[str]:
+    """shutil.copytree's ignore: a completed run's checkpoint.pt; an unfinished run keeps its own, so the
+    export can still be resumed."""
+    return [CHECKPOINT] if CHECKPOINT in names and completed_run(Path(folder)) else []
+
+
+def check_export_target(sweep_dir: Path, dest: Path) -> None:
+    read_master(sweep_dir)
+    if dest.exists() and (not dest.is_dir() or any(dest.iterdir())):
+        raise StudyError(f"{dest} already exists and is not an empty folder; give a new folder")
+    if dest.resolve().is_relative_to(Path(sweep_dir).resolve()):
+        raise StudyError(f"{dest} is inside the sweep folder {sweep_dir}; give a folder outside it")
+
+
+def export(sweep_dir: Path, dest: Path) -> tuple[int, int]:
+    """Copy the sweep to `dest` (events, summaries, .hydra, sweep.yaml, multirun.yaml, report files), each
+    file with its times; (files copied, checkpoints left out)."""
+    check_export_target(Path(sweep_dir), Path(dest))
+    left_out = sum(1 for p in Path(sweep_dir).rglob(CHECKPOINT) if completed_run(p.parent))
+    if Path(dest).is_dir():
+        Path(dest).rmdir()  # copytree makes it
+    shutil.copytree(sweep_dir, dest, ignore=leave_out_finished_checkpoints, symlinks=True)
+    copied = sum(1 for p in Path(dest).rglob("*") if p.is_file())
+    return copied, left_out
