@@ -113,11 +113,14 @@ def test_second_signal_exits_at_once(tmp_path):
     time.sleep(0.5)
     proc.send_signal(signal.SIGINT)
     time.sleep(0.3)
-    sent = time.monotonic()
     proc.send_signal(signal.SIGINT)
-    proc.communicate(timeout=60)
-    assert proc.returncode == 130 and time.monotonic() - sent < 2
-    assert not (tmp_path / "checkpoint.pt").exists()  # it did not wait for the step to save
+    out, _ = proc.communicate(timeout=60)  # stderr goes to stdout
+    # behaviour, not time (a wall-time bound flakes on a loaded machine): it left at once, without the
+    # graceful stop's checkpoint, message and summary (an epoch-end checkpoint may exist on a slow machine)
+    assert proc.returncode == 130
+    assert "checkpoint saved" not in out and "interrupted by" not in out
+    written = (tmp_path / "summary.json").exists()
+    assert not written or summary(tmp_path)["status"] == "running"
 
 
 def test_divergence_stops_the_run_with_its_status(tmp_path):
@@ -180,6 +183,17 @@ def test_truncated_or_foreign_checkpoints_are_refused(reference, tmp_path):
     # where and how fast it runs may change
     assert checkpoint.load(good, {**config, "trainer": {**config["trainer"], "device": "cpu", "compile": True}})
     assert checkpoint.load(good, config)["step"] == 24
+
+
+def test_a_file_that_is_no_checkpoint_is_named_for_what_it_is(tmp_path):
+    """Not the exception torch raises ("list index out of range" for a text file such as /etc/passwd)."""
+    (tmp_path / "passwd").write_text("root:x:0:0:root:/root:/bin/bash\n")
+    (tmp_path / "empty.pt").write_bytes(b"")
+    for name, what in (("passwd", "not a PyTorch checkpoint file (not a zip archive"), ("empty.pt", "the file is empty"),
+                       (".", "it is a folder")):
+        with pytest.raises(checkpoint.ConfigError) as err:
+            checkpoint.load(tmp_path / name, {})
+        assert what in str(err.value) and "index" not in str(err.value)
 
 
 def test_resume_false_starts_fresh_and_a_refused_relaunch_keeps_the_result(reference, tmp_path):
