@@ -19,7 +19,7 @@ from tensorboard.plugins.hparams import api_pb2, metadata, plugin_data_pb2
 from resattn.errors import flatten
 
 # Metrics of the HParams tab: summary.json keys, logged as scalars under summary/ (after acc/ and lambda/)
-METRICS = ("best_test_acc", "final_test_acc", "robust_acc")
+METRICS = ("best_test_acc", "final_test_acc", "best_val_acc", "final_val_acc", "robust_acc")  # those absent skipped
 
 
 def write_json(path: Path, data: dict) -> None:
@@ -200,8 +200,10 @@ class Tracker:
                        f"learnable={summary['lam_learnable']})",
             "seed": str(summary["seed"]),
             "epochs": f"{summary['epochs_completed']}/{summary['epochs']}",
-            "best test acc": f"{summary['best_test_acc']:.4f}",
-            "final test acc": f"{summary['final_test_acc']:.4f}",
+            # with a validation split the test set is read at the end only: no best test acc
+            **{name: f"{summary[key]:.4f}" for name, key in (("best val acc", "best_val_acc"),
+               ("final val acc", "final_val_acc"), ("best test acc", "best_test_acc"),
+               ("final test acc", "final_test_acc")) if summary.get(key) is not None},
             "final λ": lam,
             "wall time": f"{summary['wall_time_s']:.1f} s",
             "status": summary["status"],

@@ -11,7 +11,7 @@ numbers seed by seed, any of them is the reference (the first is taken, and a no
 from __future__ import annotations
 
 from resattn.report import stats
-from resattn.report.runs import ACC_METRICS, Group, ReportError, fmt_value
+from resattn.report.runs import ACC_METRICS, VAL_METRICS, Group, ReportError, fmt_value
 
 TARGET_DIFF = 0.005  # 0.5 percentage points: the difference the "seeds needed" line is about
 
@@ -61,7 +61,7 @@ def by_seed(group: Group, metric: str) -> dict:
 
 def compared_metrics(metrics: list[str]) -> list[str]:
     """Accuracies only: λ and wall time describe a run, they are not what a placement is judged by."""
-    return [m for m in metrics if m in ACC_METRICS or m == "robust_acc"]
+    return [m for m in metrics if m in ACC_METRICS or m in VAL_METRICS or m == "robust_acc"]
 
 
 def match_reference(group: Group, refs: list[Group], keys: list[str], metrics: list[str]) -> tuple[Group | None, str]:

@@ -20,7 +20,8 @@ from resattn.report.stats import describe
 
 MAX_CURVE_PANELS = 9  # λ curves per block up to this many blocks (ResNet-20); beyond, final λ against block
 METRIC_TITLES = {"final_test_acc": "final test accuracy", "robust_acc": "robust accuracy",
-                 "best_test_acc": "best test accuracy"}
+                 "best_test_acc": "best test accuracy", "final_val_acc": "final validation accuracy",
+                 "best_val_acc": "best validation accuracy"}
 
 
 def new_figure(panels: int = 1, max_cols: int = 3) -> tuple[Figure, list]:

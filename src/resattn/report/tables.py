@@ -11,12 +11,13 @@ import numpy as np
 from rich.table import Table
 
 from resattn.report import corruption
-from resattn.report.runs import ACC_METRICS, Group, Run, fmt_value, short
+from resattn.report.runs import ACC_METRICS, VAL_METRICS, Group, Run, fmt_value, short
 from resattn.report.stats import describe
 
-PERCENT = (*ACC_METRICS, "robust_acc")  # fractions shown in %
+PERCENT = (*ACC_METRICS, *VAL_METRICS, "robust_acc")  # fractions shown in %
 HEADLINE = (*PERCENT, "wall_time_s")  # the groups table; λ per block has a table of its own
 NAMES = {"best_test_acc": "best test acc %", "final_test_acc": "final test acc %", "robust_acc": "robust acc %",
+         "best_val_acc": "best val acc %", "final_val_acc": "final val acc %",
          "wall_time_s": "wall time s"}
 
 

@@ -1,0 +1,64 @@
+"""Per-arm tuning with Optuna through Hydra's own sweeper (experiment=tune_lr, tune_lr_cpu; docs/sweeps.md).
+
+The sweeper reads the task function's return value as the trial's objective: with the config key
+`objective` set (by a tuning preset), `python -m train` returns that summary key as a float, the run's
+validation accuracy. A run that diverged returns DIVERGED, so the sampler learns that the region is bad;
+a run that failed otherwise raises, and the sweeper records a failed trial (at max_failure_rate 0 the
+study stops: a broken run is not a data point).
+"""
+
+import json
+import math
+from pathlib import Path
+
+from omegaconf import DictConfig
+
+from resattn.errors import ConfigError
+
+# presets that need hydra/sweeper=optuna: the primary config's own sweeper override would win over theirs
+OPTUNA_PRESETS = ("tune_lr", "tune_lr_cpu")
+OBJECTIVES = ("final_val_acc", "best_val_acc")  # tuned on the validation split, never on the test set
+DIVERGED = 0.0  # the objective of a diverged run: below chance, so never the best
+
+
+def with_optuna_sweeper(args: list[str]) -> list[str]:
+    """`args` with hydra/sweeper=optuna added when they ask for a tuning preset and name no sweeper."""
+    def key_value(a: str) -> tuple[str, str]:
+        key, _, value = a.partition("=")
+        return key.lstrip("+~"), value
+
+    pairs = [key_value(a) for a in args if "=" in a and not a.startswith("-")]
+    if any(k == "hydra/sweeper" for k, _ in pairs) or not any(k == "experiment" and v in OPTUNA_PRESETS
+                                                              for k, v in pairs):
+        return args
+    return [*args, "hydra/sweeper=optuna"]
+
+
+def check_objective(cfg: DictConfig) -> str | None:
+    """The summary key to return, None without one; ConfigError when it cannot be measured."""
+    key = cfg.get("objective")
+    if key is None:
+        return None
+    if key not in OBJECTIVES:
+        raise ConfigError(f"objective must be one of {', '.join(OBJECTIVES)} (tuning never reads the test set), "
+                          f"got {key!r}")
+    if not cfg.data.get("val_size"):
+        raise ConfigError(f"objective {key} needs a validation split: set data.val_size (e.g. 5000)")
+    return key
+
+
+def objective_value(key: str, summary: dict | None, run_dir: Path) -> float:
+    """The trial's value from the run's summary (None when the run did not complete)."""
+    if summary is None:
+        status = "failed"
+        try:
+            status = json.loads((Path(run_dir) / "summary.json").read_text()).get("status", status)
+        except (OSError, ValueError):
+            pass
+        if status == "diverged":
+            return DIVERGED
+        raise RuntimeError(f"the run in {run_dir} failed (its summary says {status}); its log says why")
+    value = summary.get(key)
+    if not isinstance(value, (int, float)) or math.isnan(value):
+        raise RuntimeError(f"the run in {run_dir} has no {key} in its summary (got {value!r})")
+    return float(value)
