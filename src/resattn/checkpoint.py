@@ -2,19 +2,19 @@
 
 import os
 import random
-import zipfile
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from resattn.errors import ConfigError, flatten
+from resattn.identity import NOT_THE_EXPERIMENT, first_difference
 
 FORMAT = "resattn-checkpoint-1"
-# What a resumed run may change: where and how fast it runs, and what it logs. Any other key
-# (model, data, optimizer, schedule, epochs, seed) must match, or resuming would not continue the run.
-MAY_CHANGE = ("trainer.device", "trainer.resume", "trainer.num_threads", "trainer.compile",
-              "trainer.eval_batch_size", "trainer.log_every_n_steps", "tracking", "data.root", "data.download")
+# What a resumed run may change: where and how fast it runs, and what it logs (identity.py, the one list the
+# report groups by too). Any other key (model, data, optimizer, schedule, epochs, seed) must match, or
+# resuming would not continue the run.
+MAY_CHANGE = NOT_THE_EXPERIMENT
 
 
 def rng_state() -> dict:
@@ -45,20 +45,6 @@ def save(path: Path, state: dict) -> None:
     os.replace(tmp, path)
 
 
-def what_is_wrong(path: Path, err: Exception) -> str:
-    """What is wrong with a file torch.load refused, in words: torch's own exception often says
-    nothing of the file ("list index out of range" for a text file)."""
-    path = Path(path)
-    if path.is_dir():
-        return "it is a folder, not a checkpoint file"
-    if path.stat().st_size == 0:
-        return "the file is empty"
-    if not zipfile.is_zipfile(path):  # torch.save writes a zip archive
-        return "not a PyTorch checkpoint file (not a zip archive: another kind of file, or one cut short)"
-    reason = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
-    return f"a damaged or foreign PyTorch file ({reason})"
-
-
 def load(path: Path, config: dict, key: str = "trainer.resume") -> dict:
     """The checkpoint at `path`, refused with a ConfigError naming `key` unless it is one of ours
     for the same model as `config`."""
@@ -67,12 +53,13 @@ def load(path: Path, config: dict, key: str = "trainer.resume") -> dict:
     except FileNotFoundError:
         raise ConfigError(f"{key}: no checkpoint at '{path}'") from None
     except Exception as err:  # weights_only: whatever a damaged or foreign file raises, nothing in it ran
-        raise ConfigError(f"{key}: '{path}' is not a readable resattn checkpoint: {what_is_wrong(path, err)}") from None
+        reason = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
+        raise ConfigError(f"{key}: '{path}' is not a readable resattn checkpoint ({reason})") from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise ConfigError(f"{key}: '{path}' is not a resattn checkpoint")
-    theirs, ours = flatten(state["config"]), flatten(config)
-    for k in dict.fromkeys([*ours, *theirs]):
-        if not any(k == m or k.startswith(m + ".") for m in MAY_CHANGE) and theirs.get(k) != ours.get(k):
-            raise ConfigError(f"{key}: '{path}' was made with {k}={theirs.get(k)}, this run has {k}={ours.get(k)} "
-                              "(trainer.resume=false starts afresh)")
+    k = first_difference(state["config"], config)
+    if k is not None:
+        theirs, ours = flatten(state["config"]), flatten(config)
+        raise ConfigError(f"{key}: '{path}' was made with {k}={theirs.get(k)}, this run has {k}={ours.get(k)} "
+                          "(trainer.resume=false starts afresh)")
     return state

@@ -16,18 +16,13 @@ from pathlib import Path
 from omegaconf import OmegaConf
 from tensorboard.backend.event_processing import event_accumulator
 
+from resattn import identity
 from resattn.errors import flatten
 
 ACC_METRICS = ("best_test_acc", "final_test_acc")
-# on the validation split (data.val_size), in runs that held one out: reported where any run has them
-VAL_METRICS = ("best_val_acc", "final_val_acc")
-# Varying keys kept in the groups' labels even where they follow from another key: the recipe each group ran
-# with, e.g. each pattern at its own tuned rate (experiment=compare_tuned)
-SHOWN_KEYS = ("optim.lr", "optim.weight_decay")
-# Config keys that say where or how a run ran, not what was run: runs differing only in these are
-# the same experiment. trainer.compile goes with trainer.device (a speed choice, like the device).
-IGNORED_KEYS = ("seed", "hydra", "trainer.device", "trainer.resume", "trainer.num_threads", "trainer.compile",
-                "tracking", "data.root", "data.download")
+# What is one experiment is identity.py's (the list checkpoint refusal uses too); the seed is set aside
+# here: the seeds of one experiment are its replicates, the groups' n.
+REPLICATE_KEY = "seed"
 # summary.json keys holding {block: value}, reported as one metric per block: <prefix><block>
 BLOCK_METRICS = {"final_lambda": "final_lambda_", "lam_travel": "lam_travel_"}
 
@@ -42,7 +37,9 @@ class Run:
     status: str  # summary.json's status; "missing" without one, "unreadable" when it or the rest can't be read
     error: str = ""
     summary: dict = field(default_factory=dict)
-    config: dict = field(default_factory=dict)  # flattened, resolved .hydra/config.yaml
+    # flattened, resolved .hydra/config.yaml, with what summary.json says the run resolved (identity.recorded:
+    # the precision it ran in, its data's fingerprint) under trainer.precision and data.fingerprint
+    config: dict = field(default_factory=dict)
     curves: dict = field(default_factory=dict)  # TensorBoard tag -> [(step, value)], acc/test and lambda/*
     label: str = ""  # the group it belongs to, filled in by group_runs
 
@@ -114,6 +111,8 @@ def read_summary(run: Run) -> bool:
         run.summary, run.status, run.error = {}, "unreadable", "summary.json: not a JSON object"
         return False
     run.status = str(run.summary.get("status", "unknown"))
+    if run.config:  # a run without a readable config is in no group anyway
+        run.config.update(identity.recorded(run.summary))
     run.error = str(run.summary.get("error") or "").strip().split("\n")[0]
     if run.status in ("running", "interrupted"):
         signal = f" by {run.summary['signal']}" if run.summary.get("signal") else ""
@@ -132,8 +131,7 @@ def read_run(run_dir: Path) -> Run:
         config_error = f".hydra/config.yaml: {type(err).__name__}: {err}"
     if not read_summary(run) or not (run.ok or run.diverged):
         return run
-    # best_test_acc is absent with a validation split (the test set is read at the end only)
-    needed = ("final_test_acc", "wall_time_s") if run.ok else ()
+    needed = (*ACC_METRICS, "wall_time_s") if run.ok else ()
     missing = [k for k in (*needed, "seed") if not isinstance(run.summary.get(k), (int, float))]
     if config_error or missing:  # without its config or seed a run can't be put in a group
         run.status, run.error = "unreadable", config_error or f"summary.json lacks {', '.join(missing)}"
@@ -152,23 +150,26 @@ def read_run(run_dir: Path) -> Run:
 
 # ---------------------------------------------------------------- grouping
 
-def ignored(key: str) -> bool:
-    return any(key == k or key.startswith(k + ".") for k in IGNORED_KEYS)
+def experiment(run: Run) -> dict:
+    """The values that make the run's experiment (identity.experiment), its seed aside."""
+    out = identity.experiment(run.config)
+    out.pop(REPLICATE_KEY, None)
+    return out
 
 
 def grouping_keys(runs: list[Run]) -> list[str]:
-    """The config keys that differ between runs, seed and run-placement keys aside.
+    """The keys that differ between the runs' experiments (identity.py): config keys, the precision the runs
+    resolved and their data's fingerprint (or data.root where a run has none); seeds and placement aside.
 
     A key whose value follows from the keys kept before it (pattern.placement from pattern.name)
     splits the runs no further, so it is left out: the same groups, shorter labels."""
-    configs = [r.config for r in runs if r.config]
-    keys = list(dict.fromkeys(k for c in configs for k in c if not ignored(k)))
+    configs = [experiment(r) for r in runs if r.config]
+    keys = list(dict.fromkeys(k for c in configs for k in c))
     varying = [k for k in keys if len({c.get(k) for c in configs}) > 1]
     kept: list[str] = []
     for key in varying:
         seen: dict = {}
-        if key in SHOWN_KEYS or any(seen.setdefault(tuple(c.get(k) for k in kept), c.get(key)) != c.get(key)
-                                    for c in configs):
+        if any(seen.setdefault(tuple(c.get(k) for k in kept), c.get(key)) != c.get(key) for c in configs):
             kept.append(key)
     return kept
 
@@ -200,6 +201,7 @@ class Group:
     values: tuple  # of the grouping keys
     runs: list = field(default_factory=list)  # completed runs: the ones averaged
     diverged: list = field(default_factory=list)  # diverged runs: counted, never averaged
+    twins: list = field(default_factory=list)  # (run kept, run left out): a seed found twice, counted once
 
     @property
     def config(self) -> dict:
@@ -217,15 +219,38 @@ class Group:
 
 
 def group_runs(runs: list[Run], keys: list[str]) -> list[Group]:
+    """One group per experiment. A seed found twice in a group (a job run again into another folder, a folder
+    copied) is counted once: the completed run before a diverged one, then the first path; the other is a twin."""
     groups: dict[tuple, Group] = {}
     for run in runs:
         if run.config:
-            run.label = group_label(run.config, keys)
+            run.label = group_label(experiment(run), keys)
+    for run in sorted(runs, key=lambda r: not r.ok):  # stable: completed first, each in path order
         if run.ok or run.diverged:
-            values = tuple(run.config.get(k) for k in keys)
+            values = tuple(experiment(run).get(k) for k in keys)
             group = groups.setdefault(values, Group(run.label, values))
-            (group.runs if run.ok else group.diverged).append(run)
+            kept = next((r for r in (*group.runs, *group.diverged)
+                         if r.summary[REPLICATE_KEY] == run.summary[REPLICATE_KEY]), None)
+            if kept is not None:
+                group.twins.append((kept, run))
+            else:
+                (group.runs if run.ok else group.diverged).append(run)
     return sorted(groups.values(), key=lambda g: sort_key(g.values))
+
+
+def group_notes(groups: list[Group]) -> list[str]:
+    """One line per group that pools runs from several devices, torch versions or compile modes (their numbers
+    may differ in the last bits, not in what was run), and per seed counted once though found twice."""
+    notes = []
+    for g in groups:
+        mixed = identity.placements([r.summary for r in (*g.runs, *g.diverged)])
+        if mixed:
+            notes.append(f"{g.label}: pools runs with different " + "; ".join(
+                f"{key} ({', '.join(map(str, values))})" for key, values in mixed.items()))
+        for kept, twin in g.twins:
+            notes.append(f"{g.label}: seed {kept.summary[REPLICATE_KEY]} found twice, counted once: {kept.path} "
+                         f"({kept.status}) kept, {twin.path} ({twin.status}) left out")
+    return notes
 
 
 def block_names(groups: list[Group], key: str) -> list[str]:
@@ -234,12 +259,8 @@ def block_names(groups: list[Group], key: str) -> list[str]:
 
 
 def metric_names(groups: list[Group]) -> list[str]:
-    """Accuracy metrics, validation accuracies and robust accuracy where measured, then λ per block, then wall
-    time; absent ones left out."""
+    """Accuracy metrics, robust accuracy where measured, then λ per block, then wall time; absent ones left out."""
     robust = any(r.metric("robust_acc") is not None for g in groups for r in g.runs)
-    val = [m for m in VAL_METRICS if any(r.metric(m) is not None for g in groups for r in g.runs)]
-    acc = [m for m in ACC_METRICS if m == "final_test_acc" or any(r.metric(m) is not None for g in groups
-                                                                  for r in g.runs)]
     blocks = {key: [prefix + b for b in block_names(groups, key)] for key, prefix in BLOCK_METRICS.items()}
-    return [*acc, *val, *(["robust_acc"] if robust else []), *blocks["final_lambda"],
+    return [*ACC_METRICS, *(["robust_acc"] if robust else []), *blocks["final_lambda"],
             *blocks["lam_travel"], "wall_time_s"]

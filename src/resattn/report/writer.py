@@ -9,8 +9,8 @@ from rich.console import Console
 from resattn.report import plots, tables
 from resattn.report.answer import answer
 from resattn.report.comparisons import comparisons, parse_reference, reference_groups
-from resattn.report.runs import (Group, ReportError, find_run_dirs, group_runs, grouping_keys, metric_names,
-                                 read_run, short)
+from resattn.report.runs import (Group, ReportError, find_run_dirs, group_notes, group_runs, grouping_keys,
+                                 metric_names, read_run, short)
 from resattn.report.stats import describe
 
 PLOTS = {"acc_test.png": "test accuracy per epoch", "lambda.png": "λ per step (or final λ per block)",
@@ -37,10 +37,6 @@ def choose_reference(groups: list[Group], ref: dict[str, str]) -> tuple[list[Gro
             notes.append("no pattern=baseline group, so no reference: pass --reference KEY=VALUE to compare groups")
     if refs and len(refs) == len(groups) > 1:
         notes.append("every group matches the reference: nothing to compare; name a narrower --reference")
-    for g in groups:
-        if len(set(g.seeds())) < len(g.runs):
-            notes.append(f"{g.label}: a seed appears more than once ({' '.join(map(str, g.seeds()))}); "
-                         "is a run folder copied, or passed twice under different paths?")
     return refs, notes
 
 
@@ -146,6 +142,7 @@ def write_report(paths, out_dir=None, reference=None, console: Console | None = 
     groups = group_runs(runs, keys)
     metrics = metric_names(groups)
     refs, notes = choose_reference(groups, ref)  # before anything is written: a typo leaves no half report
+    notes += group_notes(groups)  # mixed devices or torch versions, seeds found twice
     rows, more_notes = comparisons(groups, refs, keys, metrics) if refs else ([], [])
     notes += more_notes
 
