@@ -2,6 +2,7 @@
 
 import os
 import random
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -45,6 +46,20 @@ def save(path: Path, state: dict) -> None:
     os.replace(tmp, path)
 
 
+def what_is_wrong(path: Path, err: Exception) -> str:
+    """What is wrong with a file torch.load refused, in words: torch's own exception often says
+    nothing of the file ("list index out of range" for a text file)."""
+    path = Path(path)
+    if path.is_dir():
+        return "it is a folder, not a checkpoint file"
+    if path.stat().st_size == 0:
+        return "the file is empty"
+    if not zipfile.is_zipfile(path):  # torch.save writes a zip archive
+        return "not a PyTorch checkpoint file (not a zip archive: another kind of file, or one cut short)"
+    reason = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
+    return f"a damaged or foreign PyTorch file ({reason})"
+
+
 def load(path: Path, config: dict, key: str = "trainer.resume") -> dict:
     """The checkpoint at `path`, refused with a ConfigError naming `key` unless it is one of ours
     for the same model as `config`."""
@@ -53,8 +68,7 @@ def load(path: Path, config: dict, key: str = "trainer.resume") -> dict:
     except FileNotFoundError:
         raise ConfigError(f"{key}: no checkpoint at '{path}'") from None
     except Exception as err:  # weights_only: whatever a damaged or foreign file raises, nothing in it ran
-        reason = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
-        raise ConfigError(f"{key}: '{path}' is not a readable resattn checkpoint ({reason})") from None
+        raise ConfigError(f"{key}: '{path}' is not a readable resattn checkpoint: {what_is_wrong(path, err)}") from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise ConfigError(f"{key}: '{path}' is not a resattn checkpoint")
     k = first_difference(state["config"], config)

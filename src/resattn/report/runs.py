@@ -20,6 +20,11 @@ from resattn import identity
 from resattn.errors import flatten
 
 ACC_METRICS = ("best_test_acc", "final_test_acc")
+# on the validation split (data.val_size), in runs that held one out: reported where any run has them
+VAL_METRICS = ("best_val_acc", "final_val_acc")
+# Varying keys kept in the groups' labels even where they follow from another key: the recipe each group ran
+# with, e.g. each pattern at its own tuned rate (experiment=compare_tuned)
+SHOWN_KEYS = ("optim.lr", "optim.weight_decay")
 # What is one experiment is identity.py's (the list checkpoint refusal uses too); the seed is set aside
 # here: the seeds of one experiment are its replicates, the groups' n.
 REPLICATE_KEY = "seed"
@@ -131,7 +136,8 @@ def read_run(run_dir: Path) -> Run:
         config_error = f".hydra/config.yaml: {type(err).__name__}: {err}"
     if not read_summary(run) or not (run.ok or run.diverged):
         return run
-    needed = (*ACC_METRICS, "wall_time_s") if run.ok else ()
+    # best_test_acc is absent with a validation split (the test set is read at the end only)
+    needed = ("final_test_acc", "wall_time_s") if run.ok else ()
     missing = [k for k in (*needed, "seed") if not isinstance(run.summary.get(k), (int, float))]
     if config_error or missing:  # without its config or seed a run can't be put in a group
         run.status, run.error = "unreadable", config_error or f"summary.json lacks {', '.join(missing)}"
@@ -169,7 +175,8 @@ def grouping_keys(runs: list[Run]) -> list[str]:
     kept: list[str] = []
     for key in varying:
         seen: dict = {}
-        if any(seen.setdefault(tuple(c.get(k) for k in kept), c.get(key)) != c.get(key) for c in configs):
+        if key in SHOWN_KEYS or any(seen.setdefault(tuple(c.get(k) for k in kept), c.get(key)) != c.get(key)
+                                    for c in configs):
             kept.append(key)
     return kept
 
@@ -259,8 +266,12 @@ def block_names(groups: list[Group], key: str) -> list[str]:
 
 
 def metric_names(groups: list[Group]) -> list[str]:
-    """Accuracy metrics, robust accuracy where measured, then λ per block, then wall time; absent ones left out."""
+    """Accuracy metrics, validation accuracies and robust accuracy where measured, then λ per block, then wall
+    time; absent ones left out."""
     robust = any(r.metric("robust_acc") is not None for g in groups for r in g.runs)
+    val = [m for m in VAL_METRICS if any(r.metric(m) is not None for g in groups for r in g.runs)]
+    acc = [m for m in ACC_METRICS if m == "final_test_acc" or any(r.metric(m) is not None for g in groups
+                                                                  for r in g.runs)]
     blocks = {key: [prefix + b for b in block_names(groups, key)] for key, prefix in BLOCK_METRICS.items()}
-    return [*ACC_METRICS, *(["robust_acc"] if robust else []), *blocks["final_lambda"],
+    return [*acc, *val, *(["robust_acc"] if robust else []), *blocks["final_lambda"],
             *blocks["lam_travel"], "wall_time_s"]
