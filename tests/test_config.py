@@ -144,6 +144,23 @@ def test_lists_that_need_no_multirun_flag_pass(args):
     check_choices(args)
 
 
+@pytest.mark.parametrize("overrides,inert", [
+    (["pattern=baseline", "pattern.lam_init=0.3"], ["pattern.lam_init"]),
+    (["pattern=p1", "pattern.lam_learnable=false", "optim.lam_lr_scale=10"], ["pattern.lam_learnable",
+                                                                             "optim.lam_lr_scale"]),
+    (["pattern=p1", "pattern.controlled=true", "pattern.lam_init=0.3"], []),
+    (["pattern=p3_controlled", "pattern.lam_init=0.3"], []),
+    (["pattern=baseline", "pattern.controlled=true", "pattern.lam_shape=channel"], ["pattern.lam_shape"]),
+])
+def test_lambda_keys_without_a_controlled_gate_are_named(overrides, inert):
+    from resattn.config import inert_keys, inert_keys_message
+
+    cfg = make(*overrides)
+    assert inert_keys(cfg, overrides) == inert
+    if inert:
+        assert "\n" not in inert_keys_message(cfg, inert) and "controlled gate" in inert_keys_message(cfg, inert)
+
+
 @pytest.mark.parametrize("override,key", [
     ("pattern.lam_init=1.5", "pattern.lam_init"),
     ("pattern.lam_init=-0.1", "pattern.lam_init"),

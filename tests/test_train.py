@@ -197,6 +197,13 @@ def test_a_refused_run_leaves_nothing_in_outputs(tmp_path):
     assert not runs.exists() or not any(runs.iterdir())
 
 
+def test_lambda_keys_without_a_gate_get_one_warning_line(tmp_path):
+    proc = run_train(*TINY, "trainer.epochs=1", "pattern=baseline", "pattern.lam_init=0.3", f"hydra.run.dir={tmp_path}")
+    assert proc.returncode == 0, proc.stderr
+    lines = [line for line in (proc.stdout + proc.stderr).splitlines() if "pattern.lam_init" in line]
+    assert len(lines) == 1 and "WARNING" in lines[0] and "controlled gate" in lines[0], lines
+
+
 def test_an_offline_cifar10_run_leaves_no_empty_folders(tmp_path, monkeypatch):
     # a proxy that refuses every connection: offline, whatever network this machine has
     for var in ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY"):

@@ -146,6 +146,30 @@ def validate(cfg: DictConfig) -> None:
     check_eval_config(cfg.eval)
 
 
+LAM_KEYS = ("pattern.lam_init", "pattern.lam_learnable", "pattern.lam_shape", "optim.lam_lr_scale")
+
+
+def has_gate(cfg: DictConfig) -> bool:
+    """Whether the model has a λ gate: a placed attention (not baseline) that is controlled."""
+    return cfg.pattern.placement != "none" and cfg.pattern.controlled is True
+
+
+def inert_keys(cfg: DictConfig, overrides: Sequence[str]) -> list[str]:
+    """The λ keys among the command line's overrides that do nothing for this run (no controlled gate)."""
+    if has_gate(cfg):
+        return []
+    given = {arg.lstrip("+~").partition("=")[0] for arg in overrides}
+    return [key for key in LAM_KEYS if key in given]
+
+
+def inert_keys_message(cfg: DictConfig, keys: Sequence[str]) -> str:
+    """One warning line; a warning, not an error: a sweep over patterns x lam_init is legitimate."""
+    why = "pattern baseline has no attention to gate" if cfg.pattern.placement == "none" else \
+        f"pattern {cfg.pattern.name} has pattern.controlled=false"
+    return (f"{', '.join(keys)} {'does' if len(keys) == 1 else 'do'} nothing in this run: λ needs a controlled gate "
+            f"and {why} (pattern=p3_controlled, or pattern.controlled=true with p1..p4, has one)")
+
+
 def resolve_names(spec) -> list[str]:
     """eval.corruptions -> corruption names: null (off) -> []; `all`; a family; a name; or a list of these."""
     if spec is None:

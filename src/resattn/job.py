@@ -18,7 +18,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, open_dict
 
-from resattn.config import moved_keys
+from resattn.config import inert_keys, inert_keys_message, moved_keys, validate
 from resattn.engine import train
 from resattn.errors import ConfigError, Diverged, Interrupted
 from resattn.sweep import recorded_varied_keys  # importing it registers the resolver naming sweep jobs
@@ -195,10 +195,23 @@ def remove_empty_parents(run_dir: Path) -> None:
             return
 
 
+def warn_inert_keys(cfg: DictConfig, overrides) -> None:
+    """One log line for λ keys given to a run without a controlled gate (they would do nothing, silently);
+    a config that fails validation gets its error instead, from train()."""
+    try:
+        validate(cfg)
+    except ConfigError:
+        return
+    keys = inert_keys(cfg, overrides)
+    if keys:
+        log.warning(inert_keys_message(cfg, keys))
+
+
 def run(cfg: DictConfig) -> dict | None:
     """Run one job; its summary (the task function's return value, which a sweeper such as Optuna reads),
     or None when it did not complete."""
     hc = HydraConfig.get()
+    warn_inert_keys(cfg, hc.overrides.task)
     run_dir = Path(hc.runtime.output_dir)
     multirun = hc.mode == RunMode.MULTIRUN
     place(cfg, hc)
