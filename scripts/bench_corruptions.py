@@ -22,7 +22,7 @@ from rich.table import Table
 
 from resattn import data
 from resattn.corruptions import CORRUPTIONS, SEVERITIES, corrupt
-from resattn.engine import pick_device, use_bf16
+from resattn.build import pick_device, use_bf16
 from resattn.model import SimpleCNN
 from resattn.robustness import evaluate_corruptions
 

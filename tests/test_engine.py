@@ -40,7 +40,7 @@ def test_fast_evaluation_equals_a_per_sample_evaluation():
     for _ in range(3):  # non-trivial BN statistics
         model(torch.randn(16, 3, 32, 32))
     loader = data.Loader(ds.test, 16, mean, std, "cpu")
-    loss, acc = evaluate(model, loader, bf16=False)
+    (loss,), (acc,) = evaluate(model, loader, bf16=False)
     model.eval()
     correct, total_loss = 0, 0.0
     for image, label in zip(ds.test.images, ds.test.labels):

@@ -83,7 +83,7 @@ def setup():
 def test_accuracy_per_name_and_severity_is_that_of_the_seeded_corrupted_images(setup):
     model, make_loader = setup
     loader = make_loader(16)
-    acc = evaluate_corruptions(model, loader, ["gaussian_noise", "contrast"], [1, 5], seed=3)
+    (acc,) = evaluate_corruptions(model, loader, ["gaussian_noise", "contrast"], [1, 5], seed=3)
     assert list(acc) == ["gaussian_noise", "contrast"] and all(list(by_sev) == [1, 5] for by_sev in acc.values())
     for name, by_severity in acc.items():
         for severity, value in by_severity.items():
@@ -98,11 +98,11 @@ def test_accuracy_per_name_and_severity_is_that_of_the_seeded_corrupted_images(s
 
 def test_the_same_seed_gives_the_same_accuracies_whatever_the_batch_size_and_other_names(setup):
     model, make_loader = setup
-    first = evaluate_corruptions(model, make_loader(16), ["shot_noise", "impulse_noise"], [2, 4], seed=1)
-    alone = evaluate_corruptions(model, make_loader(60), ["impulse_noise"], [2, 4], seed=1)
+    (first,) = evaluate_corruptions(model, make_loader(16), ["shot_noise", "impulse_noise"], [2, 4], seed=1)
+    (alone,) = evaluate_corruptions(model, make_loader(60), ["impulse_noise"], [2, 4], seed=1)
     assert alone["impulse_noise"] == first["impulse_noise"]
-    assert evaluate_corruptions(model, make_loader(16), ["shot_noise", "impulse_noise"], [2, 4], seed=1) == first
-    assert evaluate_corruptions(model, make_loader(16), ["shot_noise", "impulse_noise"], [2, 4], seed=2) != first
+    assert evaluate_corruptions(model, make_loader(16), ["shot_noise", "impulse_noise"], [2, 4], seed=1) == [first]
+    assert evaluate_corruptions(model, make_loader(16), ["shot_noise", "impulse_noise"], [2, 4], seed=2) != [first]
 
 
 def test_summarise_averages_over_severities_and_over_everything():

@@ -11,7 +11,7 @@ import torch
 from resattn.errors import ConfigError, flatten
 from resattn.identity import NOT_THE_EXPERIMENT, first_difference
 
-FORMAT = "resattn-checkpoint-1"
+FORMAT = "resattn-checkpoint-2"  # 2: per-member weights and momentum, as records.save writes them
 # What a resumed run may change: where and how fast it runs, and what it logs (identity.py, the one list the
 # report groups by too). Any other key (model, data, optimizer, schedule, epochs, seed) must match, or
 # resuming would not continue the run.

@@ -1,81 +1,268 @@
-"""The training loop: one function, `train`, from a composed config to a finished run folder."""
+"""The training loop: composed configs in, finished run folders out.
+
+`train(cfg, run_dir)` trains one run; `train_members(cfgs, run_dirs)` trains the members of a fused job
+(configs that differ only in resattn.members.FUSABLE_KEYS) as one stacked model. Both are the same
+code: an ordinary run is a fused job of one member. Per step: every member's batch, one forward and
+backward, one optimizer step; nothing is read back from the device except at log steps.
+"""
 
 import logging
-import math
-import random
-import shutil
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
-from resattn import checkpoint, data, robustness
+from resattn import data, records, robustness
+from resattn.build import (build_model, build_optimizer, configure_device, pick_device, seed_everything, set_threads,
+                           use_bf16, use_compile)
 from resattn.config import validate
 from resattn.errors import ConfigError, Diverged, Interrupted
 from resattn.evaluate import evaluate
-from resattn.attention import attention_layer
-from resattn.blocks import lam_to_logit
-from resattn.model import ResidualNet, SimpleCNN
-from resattn.resnet import CifarResNet
-from resattn.tracking import Tracker, write_json
+from resattn.members import Members, fusion_key
+from resattn.records import Member
+from resattn.tracking import Tracker
 
 log = logging.getLogger(__name__)
 
 
+@dataclass
+class EpochSums:
+    """Per member: the summed training loss and correct predictions of the epoch so far (on the device)."""
+    loss: torch.Tensor
+    correct: torch.Tensor
+    seen: int = 0
 
-def pick_device(name: str) -> torch.device:
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
+    @classmethod
+    def start(cls, n: int, device, saved: list | None = None) -> "EpochSums":
+        """Zeros, or each member's saved [loss sum, correct, seen] of a resumed epoch."""
+        if saved is None:
+            return cls(torch.zeros(n, device=device), torch.zeros(n, dtype=torch.long, device=device))
+        return cls(torch.tensor([s[0] for s in saved], device=device), torch.tensor([s[1] for s in saved],
+                                                                                    device=device), saved[0][2])
+
+    def add(self, losses: torch.Tensor, out: torch.Tensor, y: torch.Tensor) -> None:
+        self.loss += losses.float() * y.shape[1]
+        self.correct += (out.argmax(-1) == y).sum(1)
+        self.seen += y.shape[1]
+
+    def of(self, m: int) -> list:
+        return [self.loss[m].item(), self.correct[m].item(), self.seen]
+
+
+@dataclass
+class Job:
+    """What the members of one training process share, and where the loop stands."""
+    cfg: DictConfig  # the first member's: every key but FUSABLE_KEYS is the same for all
+    runs: list[Member]
+    members: Members
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    loaders: dict[str, data.Loader | None]  # val (None without a split), test, robust (None when off)
+    map_images: torch.Tensor  # fixed test images for the attention maps, on the CPU
+    device: torch.device
+    bf16: bool
+    started: float  # time.perf_counter() when the job began: trainer.time_limit counts from here
+    epoch: int = 0
+    skip: int = 0  # batches of the current epoch already trained (a resumed epoch)
+    step: int = 0
+    pending_sums: list | None = None  # per member, the resumed epoch's sums so far
+
+    @property
+    def active(self) -> list[int]:
+        return [m for m, run in enumerate(self.runs) if run.active]
+
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.started
+
+
+def train(cfg: DictConfig, run_dir: Path, stop: list[int] | None = None) -> dict:
+    """Train as `cfg` says, writing events, checkpoint.pt and summary.json into run_dir; the summary.
+
+    A signal number put into `stop` (by a signal handler) ends the run after the current step. Raises
+    ConfigError, Diverged or Interrupted (after saving)."""
+    return train_members([cfg], [run_dir], stop)[0]
+
+
+def train_members(cfgs: list[DictConfig], run_dirs: list[Path], stop: list[int] | None = None) -> list[dict]:
+    """Train each config into its run folder, all as members of one stacked model; their summaries.
+
+    A member whose loss stops being finite is recorded `diverged` at its step and the others go on; when none
+    is left, Diverged is raised. A stop (signal or trainer.time_limit) saves every member and raises Interrupted."""
+    stop = [] if stop is None else stop
+    for cfg in cfgs:
+        validate(cfg)
+    if len({fusion_key(cfg) for cfg in cfgs}) > 1:
+        raise ConfigError("members of a fused job may differ only in seed and pattern.lam_init")
+    job = prepare(cfgs, [Path(d) for d in run_dirs], time.perf_counter())
     try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise ConfigError(f"trainer.device must be auto, cpu, cuda, cuda:N or mps, got {name!r}") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"trainer.device={name}: no CUDA device is available here; use trainer.device=auto or cpu")
-    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
-        raise ConfigError(f"trainer.device={name}: only {torch.cuda.device_count()} CUDA device(s) here")
-    if device.type == "mps" and not torch.backends.mps.is_available():
-        raise ConfigError(f"trainer.device={name}: no MPS device is available here; use trainer.device=auto or cpu")
-    if device.type not in ("cpu", "cuda", "mps"):
-        raise ConfigError(f"trainer.device must be auto, cpu, cuda, cuda:N or mps, got {name!r}")
-    return device
+        run_epochs(job, stop)
+        summaries = [records.finish(run, m, job.members, "completed", job.step, job.elapsed()) if run.active
+                     else run.summary for m, run in enumerate(job.runs)]
+    except Interrupted as err:
+        for m in job.active:
+            records.finish(job.runs[m], m, job.members, "interrupted", job.step, job.elapsed(), epoch=job.epoch,
+                           stop_reason=err.reason)
+        raise
+    finally:
+        for run in job.runs:
+            run.tracker.close()
+    for run in job.runs:
+        run.tracker.table(run.summary)
+    return summaries
 
 
-def use_bf16(precision: str, device: torch.device) -> bool:
-    if precision != "auto":
-        return precision == "bf16"
-    if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
-    if device.type == "cpu":  # native bf16 (AVX512-BF16, AMX): about 1.8x fp32 here, see docs/benchmarks.md
-        return bool(getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: False)())
-    return False
+def prepare(cfgs: list[DictConfig], run_dirs: list[Path], started: float) -> Job:
+    """Device, data, the stacked members and their optimizer, each member's folder, resumed where it has a checkpoint."""
+    cfg, t = cfgs[0], cfgs[0].trainer
+    device = pick_device(t.device)
+    threads = set_threads(t.num_threads)
+    bf16 = use_bf16(t.precision, device)
+    configure_device(device)
+    ds = data.load(cfg.data)
+    mean, std = data.channel_stats(ds.train.images)
+    dtype = torch.bfloat16 if bf16 else torch.float32
+    channels_last = t.channels_last and len(cfgs) == 1  # vmap refuses channels_last: several members go NCHW
+    eval_loader = lambda split: split and data.Loader(split, t.eval_batch_size, mean, std, device, dtype,  # noqa: E731
+                                                       channels_last)
+    loaders = {"val": eval_loader(getattr(ds, "val", None)), "test": eval_loader(ds.test)}
+    loaders["robust"] = robustness.corruption_loader(cfg, ds.test, loaders["test"])
+    models, runs = [], []
+    for c, run_dir in zip(cfgs, run_dirs):
+        seed_everything(c.seed)
+        model = build_model(c, len(ds.classes)).to(device)
+        models.append(model.to(memory_format=torch.channels_last) if channels_last else model)
+        generator = torch.Generator().manual_seed(c.seed)
+        loader = data.Loader(ds.train, t.batch_size, mean, std, device, dtype, channels_last, augment=c.data.augment,
+                             generator=generator, drop_last=True)  # one shape to compile
+        runs.append((c, run_dir, generator, loader))
+    members = Members(models)
+    total_steps = t.epochs * len(runs[0][3])
+    optimizer, scheduler = build_optimizer(cfg, members.params, members.member_dims, total_steps)
+    compiled = use_compile(t.compile, device, total_steps)
+    if compiled:
+        members.compile()
+    setup = {"device": str(device), "device_type": device.type, "precision": "bf16" if bf16 else "fp32",
+             "compiled": compiled, "torch_version": torch.__version__, "num_threads": threads,
+             "data_fingerprint": getattr(ds, "fingerprint", None), "members": len(cfgs)}
+    job = Job(cfg, [], members, optimizer, scheduler, loaders, ds.test.images[:8], device, bf16, started)
+    job.runs = [member_record(job, *run, setup) for run in runs]
+    log.info("training %s on %s (%s, %d steps an epoch, %s, %d CPU threads%s)",
+             cfg.pattern.name, device, setup["precision"], len(runs[0][3]), "compiled" if compiled else "eager",
+             threads, f", {len(cfgs)} fused members" if len(cfgs) > 1 else "")
+    return job
 
 
-def use_compile(setting, device: torch.device, total_steps: int) -> bool:
-    if setting != "auto":
-        return setting
-    if device.type == "cuda":
-        return True
-    # On CPU, compiling costs about 25 s once and then saves a fifth (bf16) to a third (fp32) of every step
-    # (docs/benchmarks.md): it pays for long runs only, and needs a C++ compiler.
-    return device.type == "cpu" and total_steps >= 500 and shutil.which("g++") is not None
+def member_record(job: Job, cfg: DictConfig, run_dir: Path, generator, loader, setup: dict) -> Member:
+    """Member m's record, resumed from its checkpoint when it has one (all members must stand at the same step)."""
+    m = len(job.runs)
+    config = records.resolved(cfg)
+    run = Member(cfg, run_dir, config, generator, loader, records.start_summary(cfg, config, setup),
+                 finished_before=records.was_finished(run_dir))
+    resume_from = records.resume_path(cfg.trainer.resume, run.checkpoint_path)
+    if resume_from is not None:
+        state = records.restore(run, m, resume_from, job.members, job.optimizer, job.scheduler)
+        where = (state["epoch"], state["batch"], state["step"])
+        if m and where != (job.epoch, job.skip, job.step):
+            raise ConfigError(f"trainer.resume: the members of a fused job stand at different steps "
+                              f"({run_dir.name}: step {state['step']}, the first: step {job.step}); "
+                              "run them unfused (hydra/launcher=basic) to finish them")
+        job.epoch, job.skip, job.step = where
+        job.pending_sums = (job.pending_sums or []) + [state["train_sums"]]
+    elif m and job.step:
+        raise ConfigError(f"trainer.resume: {run_dir.name} has no checkpoint, the other members of its fused job do")
+    # Purge what a resumed run wrote after its checkpoint; a fresh run purges any older events in its folder.
+    run.tracker = Tracker(run_dir, purge_step=job.step + 1 if resume_from else 0,
+                          progress=cfg.tracking.progress and m == 0, blocks=list(job.members.lambdas(m)))
+    if job.step == 0:
+        run.tracker.scalars({f"lambda/{k}": v for k, v in records.lambdas(job.members, m).items()}, 0)
+    return run
 
 
-def build_model(cfg: DictConfig, num_classes: int) -> ResidualNet:
-    p, m = cfg.pattern, cfg.model
-    attention = attention_layer(**OmegaConf.to_container(cfg.attention))
-    common = dict(pattern=p.name, num_classes=num_classes, attention=attention, lam_init=float(p.lam_init),
-                  lam_learnable=p.lam_learnable, controlled=p.controlled, lam_shape=p.lam_shape, width=m.width)
-    if m.name == "resnet":
-        return CifarResNet(depth=m.depth, shortcut=m.shortcut, **common)
-    return SimpleCNN(**common)
+def run_epochs(job: Job, stop: list[int]) -> None:
+    job.members.train()
+    while job.epoch < job.cfg.trainer.epochs:
+        epoch_rngs = [run.generator.get_state() for run in job.runs]
+        sums, train_time, trained = train_epoch(job, epoch_rngs, stop)
+        mark_diverged(job, sums.loss)
+        job.epoch += 1
+        end_epoch(job, sums, trained / max(train_time, 1e-9))
+
+
+def train_epoch(job: Job, epoch_rngs: list, stop: list[int]) -> tuple[EpochSums, float, int]:
+    """The rest of the epoch; its sums, training time and images trained by each member in this process."""
+    t, device = job.cfg.trainer, job.device
+    sums = EpochSums.start(len(job.runs), device, job.pending_sums)
+    start, seen_before = time.perf_counter(), sums.seen
+    active = torch.tensor([run.active for run in job.runs], device=device)
+    batches = zip(*(run.loader.batches(job.skip) for run in job.runs))
+    for i, pairs in enumerate(batches, start=job.skip):
+        x, y = stack_batches(pairs)
+        losses, out = train_step(job, x, y, active)
+        job.step += 1
+        sums.add(losses, out, y)
+        if job.step % t.log_every_n_steps == 0:
+            if mark_diverged(job, sums.loss):
+                active = torch.tensor([run.active for run in job.runs], device=device)
+            log_progress(job, sums, i + 1, (sums.seen - seen_before) / (time.perf_counter() - start))
+        if stop or (t.time_limit is not None and job.elapsed() >= t.time_limit):
+            save_all(job, epoch_rngs, i + 1, sums)
+            raise Interrupted(stop[0] if stop else None)
+    job.skip, job.pending_sums = 0, None
+    return sums, time.perf_counter() - start, sums.seen - seen_before
+
+
+def stack_batches(pairs) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each member's (x, y) -> x (members, batch, C, H, W), y (members, batch); a view for one member."""
+    if len(pairs) == 1:
+        return pairs[0][0].unsqueeze(0), pairs[0][1].unsqueeze(0)
+    return torch.stack([x for x, _ in pairs]), torch.stack([y for _, y in pairs])
+
+
+def train_step(job: Job, x: torch.Tensor, y: torch.Tensor, active: torch.Tensor):
+    """One optimizer step for every member; (each member's loss, logits), still on the device.
+
+    The members' losses are summed, so each member's gradient is that of its own mean loss; a diverged
+    member's loss is left out (its NaNs stay in its own slice of every tensor)."""
+    with torch.autocast(x.device.type, torch.bfloat16, enabled=job.bf16):
+        out = job.members(x)
+        losses = F.cross_entropy(out.flatten(0, 1), y.flatten(), label_smoothing=job.cfg.optim.label_smoothing,
+                                 reduction="none").view(y.shape).mean(1)
+    job.optimizer.zero_grad(set_to_none=True)
+    torch.where(active, losses, 0.0).sum().backward()
+    job.optimizer.step()
+    job.scheduler.step()
+    return losses.detach(), out
+
+
+def mark_diverged(job: Job, loss_sums: torch.Tensor) -> bool:
+    """Record each member whose summed loss is no longer finite as diverged; Diverged when none is left."""
+    newly = [m for m, finite in enumerate(torch.isfinite(loss_sums).tolist()) if not finite and job.runs[m].active]
+    for m in newly:
+        run = job.runs[m]
+        run.active = False
+        records.finish(run, m, job.members, "diverged", job.step, job.elapsed(),
+                       error=f"non-finite training loss at step {job.step}")
+        log.error("%s diverged: non-finite training loss at step %d", run.run_dir.name, job.step)
+    if not job.active:
+        raise Diverged(f"non-finite training loss at step {job.step}")
+    return bool(newly)
+
+
+def log_progress(job: Job, sums: EpochSums, batch: int, images_per_s: float) -> None:
+    """λ into every member's events; the first active member's loss, accuracy and λ on the progress bar."""
+    for m in job.active:
+        lam = records.lambdas(job.members, m)
+        job.runs[m].tracker.scalars({f"lambda/{k}": v for k, v in lam.items()}, job.step)
+    m = job.active[0]
+    loss, correct, seen = sums.of(m)
+    lam = records.lambdas(job.members, m)
+    many = f" ({len(job.active)} members)" if len(job.runs) > 1 else ""
+    job.runs[0].tracker.show(f"epoch {job.epoch + 1}/{job.cfg.trainer.epochs}", batch, len(job.runs[0].loader),
+                             f"loss {loss / seen:.3f} acc {correct / seen:.3f} {describe_lambdas(lam)} "
+                             f"{images_per_s:.0f} img/s{many}")
 
 
 def describe_lambdas(lam: dict[str, float]) -> str:
@@ -85,249 +272,59 @@ def describe_lambdas(lam: dict[str, float]) -> str:
     return " ".join(f"λ {k} {v:.4f}" for k, v in lam.items())
 
 
-def build_optimizer(cfg: DictConfig, model: torch.nn.Module, total_steps: int):
-    o = cfg.optim
-    # No weight decay on BN parameters or on the lambda logits: decay would pull lambda towards 0.5.
-    # The logits get their own learning rate (optim.lam_lr_scale): at the base rate lambda barely moves.
-    params = dict(model.named_parameters())
-    lam = [p for n, p in params.items() if n.endswith("lam_logit")]
-    decay = [p for n, p in params.items() if p.ndim > 1]
-    no_decay = [p for n, p in params.items() if p.ndim <= 1 and not n.endswith("lam_logit")]
-    lrs = [o.lr, o.lr, o.lr * o.lam_lr_scale]
-    opt = torch.optim.SGD([{"params": decay, "weight_decay": o.weight_decay, "lr": lrs[0]},
-                           {"params": no_decay, "weight_decay": 0.0, "lr": lrs[1]},
-                           {"params": lam, "weight_decay": 0.0, "lr": lrs[2]}],
-                          lr=o.lr, momentum=o.momentum, nesterov=o.momentum > 0)
-    if o.schedule == "onecycle":
-        sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lrs, total_steps=total_steps,
-                                                    pct_start=float(o.warmup_frac), anneal_strategy="linear",
-                                                    cycle_momentum=False)
-    else:
-        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total_steps)
-    return opt, sched
+def end_epoch(job: Job, sums: EpochSums, images_per_s: float) -> None:
+    """Evaluate every member at once, record the epoch in each member's events and summary, save and log."""
+    epochs, last = job.cfg.trainer.epochs, job.epoch == job.cfg.trainer.epochs
+    held_out = "val" if job.loaders["val"] is not None else "test"  # with a validation split, test is read once
+    metrics = {held_out: evaluate(job.members, job.loaders[held_out], job.bf16)}
+    if held_out == "val" and last:
+        metrics["test"] = evaluate(job.members, job.loaders["test"], job.bf16)
+    robust = None
+    if job.loaders["robust"] is not None and robustness.due(job.cfg.eval.corruption_every, job.epoch, epochs):
+        robust = robustness.run(job.members, job.loaders["robust"], job.cfg, job.bf16,
+                                [run.tracker for run in job.runs], job.step)
+    for m in job.active:
+        record_epoch(job, m, sums, metrics, images_per_s)
+        if robust is not None:
+            job.runs[m].summary.update(robust[m])
+    m = job.active[0]
+    log.info("epoch %d/%d: train loss %.4f | %s acc %s | %s", job.epoch, epochs, sums.of(m)[0] / sums.seen, held_out,
+             " ".join(f"{acc:.4f}" for acc in metrics[held_out][1]), describe_lambdas(job.runs[m].summary["final_lambda"])
+             or "no λ")
+    save_all(job, None, 0, None)
+    for m in job.active:
+        records.finish(job.runs[m], m, job.members, "running", job.step, job.elapsed())
 
 
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
+def record_epoch(job: Job, m: int, sums: EpochSums, metrics: dict, images_per_s: float) -> None:
+    """Member m's epoch: scalars, λ histograms, attention maps when due, and its summary's running figures."""
+    run, step = job.runs[m], job.step
+    loss_sum, correct, seen = sums.of(m)
+    lam = records.lambdas(job.members, m)
+    scalars = {"acc/train": correct / seen, "loss/train": loss_sum / seen, "lr": job.scheduler.get_last_lr()[0],
+               "throughput/train_img_s": images_per_s,
+               **({f"lambda/{k}": v for k, v in lam.items()} if step % job.cfg.trainer.log_every_n_steps else {})}
+    for split, (losses, accs) in metrics.items():
+        scalars.update({f"acc/{split}": accs[m], f"loss/{split}": losses[m]})
+        best = run.summary.get(f"best_{split}_acc") or 0.0
+        run.summary.update({f"final_{split}_acc": accs[m], f"best_{split}_acc": max(best, accs[m])})
+    if "val" in metrics and "test" not in metrics:
+        run.summary.update(best_test_acc=None, final_test_acc=None)  # not read before the end
+    elif "val" in metrics:
+        run.summary["best_test_acc"] = None  # read once: no best to pick, and picking on test is what val avoids
+    run.tracker.scalars(scalars, step)
+    run.tracker.histograms({f"lambda_channels/{k}": v for k, v in job.members.lambdas(m).items() if v.ndim}, step)
+    every = run.cfg.tracking.attention_maps_every
+    if (job.epoch in (1, job.cfg.trainer.epochs) if every is None else every and job.epoch % every == 0):
+        x = job.loaders["test"].normalise(job.map_images.to(job.device)).float()
+        run.tracker.attention_maps(job.members.module(m), job.map_images, x, step)
+    run.summary.update(epochs_completed=job.epoch, step=step, final_lambda=lam)
 
 
-def train_step(forward, optimizer, scheduler, x, y, bf16: bool, label_smoothing: float):
-    """One optimizer step; returns (loss, logits), both still on the device."""
-    with torch.autocast(x.device.type, torch.bfloat16, enabled=bf16):
-        out = forward(x)
-        loss = F.cross_entropy(out, y, label_smoothing=label_smoothing)
-    optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    optimizer.step()
-    scheduler.step()
-    return loss, out
-
-
-def start_summary(cfg: DictConfig, config: dict, model, device: torch.device) -> dict:
-    """summary.json before the first step: what the run is, and its outcome so far (nothing yet)."""
-    return {
-        "pattern": cfg.pattern.name, "placement": cfg.pattern.placement,
-        "controlled": any(b.controlled for b in model.blocks.values()),
-        "lam_init": float(cfg.pattern.lam_init), "lam_learnable": cfg.pattern.lam_learnable,
-        "lam_shape": cfg.pattern.lam_shape, "attention": cfg.attention.name,
-        "attention_keys": {k: v for k, v in config["attention"].items() if k != "name"},
-        "model": cfg.model.name, "depth": cfg.model.get("depth"), "width": cfg.model.width,
-        "lr": cfg.optim.lr, "lam_lr_scale": cfg.optim.lam_lr_scale,
-        "data": cfg.data.name, "seed": cfg.seed, "device": str(device), "num_threads": torch.get_num_threads(),
-        "epochs": cfg.trainer.epochs, "epochs_completed": 0, "step": 0,
-        "best_test_acc": 0.0, "final_test_acc": 0.0, "final_lambda": {}, "wall_time_s": 0.0, "status": "running",
-    }
-
-
-def resume_path(resume, ckpt_path: Path) -> Path | None:
-    """The checkpoint trainer.resume names: the run folder's own (auto, when there is one), a path, or none."""
-    if resume == "auto":
-        return ckpt_path if ckpt_path.exists() else None
-    return None if resume in (False, None) else Path(str(resume))
-
-
-def restore(path: Path, config: dict, model, optimizer, scheduler, gen: torch.Generator) -> dict:
-    """Load a checkpoint of this very config into the model, optimizer, schedule and every RNG; its state."""
-    state = checkpoint.load(path, config)
-    try:
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-    except (RuntimeError, ValueError, KeyError) as err:
-        raise ConfigError(f"trainer.resume: '{path}' does not fit this model ({str(err).splitlines()[0]})") from None
-    checkpoint.set_rng_state(state["rng"])
-    gen.set_state(state["rng"]["data"])
-    return state
-
-
-def train(cfg: DictConfig, run_dir: Path, stop: list[int] | None = None) -> dict:
-    """Train as `cfg` says, writing events, checkpoint.pt and summary.json into run_dir.
-
-    A signal number put into `stop` (by a signal handler) ends the run after the current step.
-    Returns the summary; raises ConfigError, Diverged or Interrupted (after saving) otherwise."""
-    stop = [] if stop is None else stop
-    validate(cfg)
-    run_dir = Path(run_dir)
-    t = cfg.trainer
-    device = pick_device(t.device)
-    if t.num_threads != "auto":
-        torch.set_num_threads(int(t.num_threads))
-    bf16 = use_bf16(t.precision, device)
-    if device.type == "cuda":  # fixed shapes: let cuDNN pick its fastest kernels; TF32 where fp32 runs
-        torch.backends.cudnn.benchmark = True
-        torch.set_float32_matmul_precision("high")
-    seed_everything(cfg.seed)
-
-    ds = data.load(cfg.data)
-    mean, std = data.channel_stats(ds.train.images)
-    gen = torch.Generator().manual_seed(cfg.seed)
-    dtype = torch.bfloat16 if bf16 else torch.float32
-    train_loader = data.Loader(ds.train, t.batch_size, mean, std, device, dtype, t.channels_last,
-                               augment=cfg.data.augment, generator=gen, drop_last=True)  # one shape to compile
-    test_loader = data.Loader(ds.test, t.eval_batch_size, mean, std, device, dtype, t.channels_last)
-    robust_loader = robustness.corruption_loader(cfg, ds.test, test_loader)
-
-    model = build_model(cfg, len(ds.classes)).to(device)
-    if t.channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    steps_per_epoch = len(train_loader)
-    optimizer, scheduler = build_optimizer(cfg, model, t.epochs * steps_per_epoch)
-    compiled = use_compile(t.compile, device, t.epochs * steps_per_epoch)
-    if compiled:
-        # A fresh compile cache for each run: the jobs of a multirun share one process, and once one function
-        # has been compiled for recompile_limit (8) models, dynamo silently runs every later job uncompiled.
-        torch.compiler.reset()
-    forward = torch.compile(model) if compiled else model
-
-    config = OmegaConf.to_container(cfg, resolve=True)
-    summary = start_summary(cfg, config, model, device)
-
-    ckpt_path = run_dir / "checkpoint.pt"
-    resume_from = resume_path(t.resume, ckpt_path)
-    epoch, skip, step, train_sums, prior_time = 0, 0, 0, None, 0.0
-    if resume_from is not None:
-        state = restore(resume_from, config, model, optimizer, scheduler, gen)
-        epoch, skip, step = state["epoch"], state["batch"], state["step"]
-        train_sums = state["train_sums"]
-        prior_time = state["wall_time_s"]
-        summary.update(best_test_acc=state["best_test_acc"], final_test_acc=state["final_test_acc"],
-                       epochs_completed=epoch, step=step, **state.get("robustness", {}))
-        log.info("resuming from %s at epoch %d, step %d", resume_from, epoch, step)
-
-    map_images = ds.test.images[:8]  # fixed images for the attention maps
-    # Purge what a resumed run wrote after its checkpoint; a fresh run purges any older events in its folder.
-    tracker = Tracker(run_dir, purge_step=step + 1 if resume_from else 0, progress=cfg.tracking.progress,
-                      blocks=list(model.lambdas()))
-    start_step = step
-    start = time.perf_counter()
-
-    def lambdas() -> dict[str, float]:
-        """Mean λ per block (its one λ when lam_shape is scalar)."""
-        return {k: v.mean().item() for k, v in model.lambdas().items()}
-
-    def lambda_channels() -> dict[str, list[float]]:
-        return {k: v.tolist() for k, v in model.lambdas().items() if v.ndim}
-
-    def save(epoch_rng: torch.Tensor, batch: int, sums) -> None:
-        summary["wall_time_s"] = prior_time + time.perf_counter() - start
-        checkpoint.save(ckpt_path, {
-            "config": config, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(), "rng": {**checkpoint.rng_state(), "data": epoch_rng},
-            "epoch": epoch, "batch": batch, "step": step, "train_sums": sums,
-            "best_test_acc": summary["best_test_acc"], "final_test_acc": summary["final_test_acc"],
-            "wall_time_s": summary["wall_time_s"],
-            "robustness": {k: summary[k] for k in robustness.SUMMARY_KEYS if k in summary},
-        })
-
-    lam_start = torch.sigmoid(lam_to_logit(cfg.pattern.lam_init)).item()  # lam_init as the logit holds it
-
-    def finish(status: str, **extra) -> dict:
-        lam = lambdas()
-        summary.update(status=status, final_lambda=lam, lam_travel={k: v - lam_start for k, v in lam.items()}, step=step,
-                       wall_time_s=prior_time + time.perf_counter() - start, **extra)
-        if cfg.pattern.lam_shape == "channel":
-            summary["final_lambda_channels"] = lambda_channels()
-        write_json(run_dir / "summary.json", summary)
-        return summary
-
-    if step == 0:
-        tracker.scalars({f"lambda/{k}": v for k, v in lambdas().items()}, 0)
-    try:
-        log.info("training %s on %s (%s, %d steps an epoch, %s, %d CPU threads)", cfg.pattern.name, device,
-                 "bf16" if bf16 else "fp32", steps_per_epoch, "compiled" if compiled else "eager",
-                 torch.get_num_threads())
-        model.train()
-        while epoch < t.epochs:
-            epoch_rng = gen.get_state()
-            if train_sums is None:
-                loss_sum = torch.zeros((), device=device)
-                correct = torch.zeros((), dtype=torch.long, device=device)
-                seen = 0
-            else:
-                loss_sum, correct, seen = (torch.tensor(train_sums[0], device=device),
-                                           torch.tensor(train_sums[1], device=device), train_sums[2])
-            epoch_start, seen_before = time.perf_counter(), seen  # a resumed epoch counts from here
-            for i, (x, y) in enumerate(train_loader.batches(skip), start=skip):
-                loss, out = train_step(forward, optimizer, scheduler, x, y, bf16, cfg.optim.label_smoothing)
-                step += 1
-                # Kept on the device: read only at log steps, so the loop never waits on the GPU.
-                loss_sum += loss.detach().float() * len(y)
-                correct += (out.argmax(1) == y).sum()
-                seen += len(y)
-                if step % t.log_every_n_steps == 0:
-                    train_loss = loss_sum.item() / seen
-                    if not math.isfinite(train_loss):
-                        raise Diverged(f"non-finite training loss at step {step}")
-                    lam = lambdas()
-                    tracker.scalars({f"lambda/{k}": v for k, v in lam.items()}, step)
-                    tracker.show(f"epoch {epoch + 1}/{t.epochs}", i + 1, steps_per_epoch,
-                                 f"loss {train_loss:.3f} acc {correct.item() / seen:.3f} "
-                                 + describe_lambdas(lam)
-                                 + f" {(seen - seen_before) / (time.perf_counter() - epoch_start):.0f} img/s")
-                if stop:
-                    save(epoch_rng, i + 1, [loss_sum.item(), correct.item(), seen])
-                    raise Interrupted(stop[0])
-            train_time = time.perf_counter() - epoch_start
-            train_loss = loss_sum.item() / seen
-            if not math.isfinite(train_loss):
-                raise Diverged(f"non-finite training loss at step {step}")
-            test_loss, test_acc = evaluate(forward, test_loader, bf16)
-            epoch += 1
-            skip, train_sums = 0, None
-            lam = lambdas()
-            tracker.scalars({
-                "acc/train": correct.item() / seen, "acc/test": test_acc, "loss/train": train_loss,
-                "loss/test": test_loss, "lr": scheduler.get_last_lr()[0],
-                "throughput/train_img_s": (seen - seen_before) / train_time,
-                **({f"lambda/{k}": v for k, v in lam.items()} if step % t.log_every_n_steps else {}),
-            }, step)
-            tracker.histograms({f"lambda_channels/{k}": v for k, v in model.lambdas().items() if v.ndim}, step)
-            every = cfg.tracking.attention_maps_every
-            if (epoch in (1, t.epochs) if every is None else every and epoch % every == 0):
-                tracker.attention_maps(model, map_images, test_loader.normalise(map_images.to(device)).float(), step)
-            if robust_loader is not None and robustness.due(cfg.eval.corruption_every, epoch, t.epochs):
-                summary.update(robustness.run(forward, robust_loader, cfg, bf16, tracker, step))
-            summary.update(epochs_completed=epoch, step=step, final_test_acc=test_acc,
-                           best_test_acc=max(summary["best_test_acc"], test_acc), final_lambda=lam)
-            log.info("epoch %d/%d: train loss %.4f acc %.4f | test loss %.4f acc %.4f | %s", epoch, t.epochs,
-                     train_loss, correct.item() / seen, test_loss, test_acc,
-                     describe_lambdas(lam) or "no λ")
-            save(gen.get_state(), 0, None)
-            finish("running")
-        if stop:  # asked to stop during the last evaluation: the checkpoint is saved, say so
-            raise Interrupted(stop[0])
-        summary = finish("completed")
-        if step > start_step:  # a rerun of a finished run adds nothing, not even a second HParams point
-            tracker.hparams(summary, cfg)
-    except Interrupted as err:
-        finish("interrupted", epoch=epoch, signal=str(err))
-        raise
-    except Diverged as err:
-        finish("diverged", error=str(err))
-        raise
-    finally:
-        tracker.close()
-    tracker.table(summary)
-    return summary
+def save_all(job: Job, epoch_rngs: list | None, batch: int, sums: EpochSums | None) -> None:
+    """Every active member's checkpoint: mid-epoch (`epoch_rngs` replay the epoch's draws) or at its end."""
+    for m in job.active:
+        rng = job.runs[m].generator.get_state() if epoch_rngs is None else epoch_rngs[m]
+        progress = {"epoch": job.epoch, "batch": batch, "step": job.step, "epoch_rng": rng}
+        records.save(job.runs[m], m, job.members, job.optimizer, job.scheduler, progress,
+                     None if sums is None else sums.of(m), job.elapsed())

@@ -13,12 +13,19 @@ class Diverged(RuntimeError):
 
 
 class Interrupted(Exception):
-    """A stop was asked for (a signal or trainer.time_limit); the checkpoint is saved before this is raised."""
+    """A stop was asked for: a signal (`signum`), or trainer.time_limit (signum None). Checkpoints are saved
+    before this is raised; the same command resumes."""
 
-    def __init__(self, signum: int, reason: str | None = None):
+    TIME_LIMIT_EXIT = 124  # as timeout(1) exits
+
+    def __init__(self, signum: int | None):
         self.signum = signum
-        self.reason = reason or signal.Signals(signum).name
+        self.reason = "time_limit" if signum is None else signal.Signals(signum).name
         super().__init__(self.reason)
+
+    @property
+    def exit_code(self) -> int:
+        return self.TIME_LIMIT_EXIT if self.signum is None else 128 + self.signum
 
 
 def flatten(tree: dict, prefix: str = "") -> dict:

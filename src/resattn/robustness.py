@@ -23,8 +23,9 @@ def corruption_seed(seed: int, name: str, severity: int) -> int:
 
 
 def evaluate_corruptions(model, loader: data.Loader, names: list[str], severities: list[int], seed: int = 0,
-                         bf16: bool = False) -> dict[str, dict[int, float]]:
-    """{name: {severity: accuracy}} of `model` on the loader's images under each corruption.
+                         bf16: bool = False) -> list[dict[str, dict[int, float]]]:
+    """{name: {severity: accuracy}} of `model` on the loader's images under each corruption, one per member
+    (a plain model is one member; resattn.members.Members are evaluated together, on the same images).
 
     `loader`: an evaluation loader (no augmentation), e.g. the test loader or one over a subset of the
     test split. Its uint8 images are corrupted on their device, a whole set at a time, then evaluated
@@ -33,13 +34,15 @@ def evaluate_corruptions(model, loader: data.Loader, names: list[str], severitie
     every run with the same seed and images, on any device, sees the same corrupted images, whatever
     other names are chosen."""
     corrupted = copy.copy(loader)  # shares labels, batch size and normalisation; only the images change
-    results: dict[str, dict[int, float]] = {}
+    results: list[dict[str, dict[int, float]]] = []
     for name in names:
-        results[name] = {}
         for severity in severities:
             generator = torch.Generator().manual_seed(corruption_seed(seed, name, severity))
             corrupted.images = corrupt(loader.images, name, severity, generator)
-            results[name][severity] = evaluate(model, corrupted, bf16)[1]
+            accs = evaluate(model, corrupted, bf16)[1]
+            results = results or [{} for _ in accs]
+            for member, acc in zip(results, accs):
+                member.setdefault(name, {})[severity] = acc
     return results
 
 
@@ -69,12 +72,17 @@ def due(every: int | None, epoch: int, epochs: int) -> bool:
     return epoch == epochs or (every is not None and epoch % every == 0)
 
 
-def run(model, loader: data.Loader, cfg, bf16: bool, tracker, step: int) -> dict:
-    """Evaluate, log acc/corrupt/<name> (mean over severities) and acc/corrupt/mean; the summary's entries."""
+def run(model, loader: data.Loader, cfg, bf16: bool, trackers: list, step: int) -> list[dict]:
+    """Evaluate every member, log acc/corrupt/<name> (mean over severities) and acc/corrupt/mean into each
+    member's tracker; each member's summary entries."""
     start = time.perf_counter()
-    acc = evaluate_corruptions(model, loader, resolve_names(cfg.eval.corruptions),
-                               resolve_severities(cfg.eval.severities), seed=cfg.data.subset_seed, bf16=bf16)
-    per_name, robust_acc = summarise(acc)
-    tracker.scalars({**{f"acc/corrupt/{name}": a for name, a in per_name.items()}, "acc/corrupt/mean": robust_acc},
-                    step)
-    return dict(zip(SUMMARY_KEYS, (acc, robust_acc, time.perf_counter() - start)))
+    accs = evaluate_corruptions(model, loader, resolve_names(cfg.eval.corruptions),
+                                resolve_severities(cfg.eval.severities), seed=cfg.data.subset_seed, bf16=bf16)
+    seconds = time.perf_counter() - start
+    entries = []
+    for acc, tracker in zip(accs, trackers):
+        per_name, robust_acc = summarise(acc)
+        tracker.scalars({**{f"acc/corrupt/{name}": a for name, a in per_name.items()},
+                         "acc/corrupt/mean": robust_acc}, step)
+        entries.append(dict(zip(SUMMARY_KEYS, (acc, robust_acc, seconds))))
+    return entries
