@@ -156,3 +156,46 @@ def test_export_leaves_out_checkpoints_of_completed_runs_only_and_report_reads_i
                             cwd=ROOT, capture_output=True, text=True, timeout=240)
     assert report.returncode == 0, report.stderr[-2000:]
     assert "seed=0" in (tmp_path / "report" / "runs.csv").read_text()
+
+
+# --- the sweeper's launches: which jobs reach the launcher, under which numbers (no training) ---
+
+class RecordingLauncher:
+    def __init__(self):
+        self.launches = []
+
+    def launch(self, job_overrides, initial_job_idx):
+        self.launches.append(([list(o) for o in job_overrides], initial_job_idx))
+        return [f"ran {o[0]}" for o in job_overrides]
+
+
+class FolderPerOverride:
+    """A config loader whose job folder is its override (`seed=1`), or `job<num>` when `by_number`."""
+
+    def __init__(self, sweep_dir: Path, by_number: bool):
+        self.sweep_dir, self.by_number = sweep_dir, by_number
+
+    def load_sweep_config(self, master, overrides):
+        subdir = "job${hydra.job.num}" if self.by_number else overrides[0]
+        return OmegaConf.create({"hydra": {"sweep": {"dir": str(self.sweep_dir), "subdir": subdir}, "job": {"num": 0}},
+                                 "trainer": {"resume": "auto"}})
+
+
+@pytest.mark.parametrize("by_number, launches", [
+    (False, [([["seed=1"], ["seed=3"]], 1)]),  # one launch: a parallel launcher runs both at once
+    (True, [([["seed=1"]], 1), ([["seed=3"]], 3)]),  # each job keeps its number, so its folder
+])
+def test_only_unfinished_jobs_reach_the_launcher(tmp_path, by_number, launches):
+    from hydra_plugins.resattn_sweeper.resattn_sweeper import FinishingLauncher
+
+    batch = [[f"seed={i}"] for i in range(4)]
+    for i in (0, 2):  # completed
+        folder = tmp_path / (f"job{i}" if by_number else f"seed={i}")
+        folder.mkdir()
+        (folder / "summary.json").write_text(json.dumps({"status": "completed", "epochs_completed": 1}))
+    inner = RecordingLauncher()
+    master = OmegaConf.create({"hydra": {"hydra_logging": None, "verbose": False}})
+    results = FinishingLauncher(inner, FolderPerOverride(tmp_path, by_number), master).launch(batch, 0)
+    assert inner.launches == launches
+    assert results[1] == "ran seed=1" and results[3] == "ran seed=3"
+    assert results[0].return_value == {"status": "completed", "epochs_completed": 1}  # as the job itself returns

@@ -143,18 +143,18 @@ def status_table(jobs: list[JobStatus], width: int = 80) -> Table:
 
 
 def totals(jobs: list[JobStatus]) -> str:
+    """The counts per state, and the time the unfinished jobs still need, in a few short lines."""
     counts: dict[str, int] = {}
     for job in jobs:
         counts[job.state] = counts.get(job.state, 0) + 1
     known = [j.remaining_s for j in jobs if j.remaining_s is not None]
-    unknown = len(jobs) - len(known)
-    line = f"{len(jobs)} jobs: " + ", ".join(f"{n} {state}" for state, n in sorted(counts.items()))
-    line += f"; still needed: {duration(sum(known))}"
+    lines = [f"{len(jobs)} jobs: " + ", ".join(f"{n} {state}" for state, n in sorted(counts.items())),
+             f"still needed: {duration(sum(known))}, one job at a time, on the machine that timed the epochs"]
+    if len(known) < len(jobs):
+        lines.append(f"  and {len(jobs) - len(known)} jobs with no epoch timed in the sweep yet")
     if any(j.estimated and j.state != "completed" for j in jobs):
-        line += " (*: estimated from the sweep's mean time per epoch)"
-    if unknown:
-        line += f", plus {unknown} jobs with no time measured yet"
-    return line + " (one job at a time, on the machine that measured it)"
+        lines.append("*: estimated from the mean time per epoch of the sweep's other jobs")
+    return "\n".join(lines)
 
 
 # --- export: the study without the checkpoints of completed runs ---
