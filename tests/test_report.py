@@ -410,6 +410,33 @@ def test_one_seed_or_one_group_gives_no_verdict(verdict_report, tmp_path):
     assert rows(no_baseline / "comparisons.csv") == []
 
 
+def test_two_seeds_give_an_interval_not_a_verdict_and_intervals_stay_possible(tmp_path):
+    """Issue 18: "worse (Holm p = 0.0335, n = 2 / 2)" from two seeds; wall-time CIs below 0 s; accuracy
+    differences beyond ±100 points."""
+    root = tmp_path / "two_seeds"
+    finals = {"baseline": [0.50, 0.50], "p1": [0.60, 0.601], "p3": [0.95, 0.05]}
+    for pattern, values in finals.items():
+        for seed, final in enumerate(values):
+            fake_run(root / f"{pattern}_{seed}", pattern, seed, final, summary={"wall_time_s": [1.0, 300.0][seed]})
+    md = report.write_report([root], tmp_path / "out", console=Console(file=io.StringIO())).read_text()
+    comp = [r for r in rows(tmp_path / "out" / "comparisons.csv") if r["metric"] == "final_test_acc"]
+    p1, p3 = comp
+    assert num(p1["p_holm"]) < 0.05  # what used to be a verdict
+    assert {p1["verdict"], p3["verdict"]} == {"too few seeds for a verdict"}
+    answer_part = md.split("## Groups")[0]
+    assert "better (" not in answer_part and "worse (" not in answer_part
+    assert ("too few seeds for a verdict (n = 2 / 2; a verdict needs 3 seeds a side)" in answer_part)
+    assert -1 <= num(p3["ci95_low"]) and num(p3["ci95_high"]) <= 1  # the t-interval reaches about ±440 points
+    assert "points [-100.00, +100.00], too few seeds" in answer_part
+    header, *body = [line for line in md.splitlines() if "wall time s (mean ± sd)" in line
+                     or line.startswith(("| baseline |", "| p1 |", "| p3 |"))]
+    assert len(body) == 3
+    column = [c.strip() for c in header.split("|")].index("wall time s (mean ± sd)") + 1
+    for line in body:
+        low = [c.strip() for c in line.split("|")][column].strip("[]").split(",")[0]
+        assert float(low) >= 0, line
+
+
 def test_diverged_runs_are_counted_per_group_never_averaged(tmp_path):
     root = tmp_path / "lr_stress"
     for lr in (0.1, 1.6):

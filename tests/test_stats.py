@@ -69,6 +69,21 @@ def test_verdicts():
     assert stats.verdict(-0.01, 0.01) == "worse"
     assert stats.verdict(0.01, 0.05) == "no difference detected"
     assert stats.verdict(0.01, math.nan) == "not testable"
+    assert stats.verdict(0.01, 0.001, seeds=2) == "too few seeds for a verdict"  # one degree of freedom
+    assert stats.verdict(0.01, 0.001, seeds=3) == "better"
+
+
+def test_intervals_are_cut_to_the_possible_range():
+    # two seeds: scipy's own t-interval of a paired difference reaches far beyond ±1
+    a, b = [0.95, 0.05], [0.5, 0.5]
+    ci = scipy_stats.ttest_rel(a, b).confidence_interval()
+    cmp = stats.compare(dict(enumerate(a)), dict(enumerate(b)))
+    assert (cmp["ci95_low"], cmp["ci95_high"]) == pytest.approx((ci.low, ci.high)) and ci.high > 1
+    assert stats.clip_interval(cmp["ci95_low"], cmp["ci95_high"], -1, 1) == (-1, 1)
+    assert stats.clip_interval(-107.9, 371.4, 0, math.inf) == (0, 371.4)  # a wall time
+    assert stats.clip_interval(0.2, 0.3, -1, 1) == (0.2, 0.3)
+    low, high = stats.clip_interval(math.nan, math.nan, 0, 1)
+    assert math.isnan(low) and math.isnan(high)
 
 
 def test_mde_paired_reaches_the_power_it_claims():

@@ -23,6 +23,9 @@ def points(x: float) -> str:
 
 def verdict_line(row: dict) -> str:
     head = f"{row['group']} vs {row['reference']}: {points(row['diff'])} points"
+    if row["verdict"] == stats.TOO_FEW:
+        return (f"{head} [{points(row['ci95_low'])}, {points(row['ci95_high'])}], {stats.TOO_FEW} "
+                f"(n = {row['n']} / {row['n_ref']}; a verdict needs {stats.MIN_SEEDS} seeds a side)")
     if row["verdict"] != "not testable":
         return (f"{head} [{points(row['ci95_low'])}, {points(row['ci95_high'])}], {row['verdict']} "
                 f"(Holm p = {row['p_holm']:.3g}, {row['test']} t-test, n = {row['n']} / {row['n_ref']})")

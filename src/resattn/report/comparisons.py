@@ -14,6 +14,7 @@ from resattn.report import stats
 from resattn.report.runs import ACC_METRICS, VAL_METRICS, Group, ReportError, fmt_value
 
 TARGET_DIFF = 0.005  # 0.5 percentage points: the difference the "seeds needed" line is about
+DIFF_RANGE = (-1.0, 1.0)  # every compared metric is an accuracy (a fraction): differences lie within ±1
 
 
 def parse_reference(items) -> dict[str, str]:
@@ -93,11 +94,13 @@ def comparisons(groups: list[Group], refs: list[Group], keys: list[str], metrics
         for metric in metrics if ref is not None else ():
             values, ref_values = by_seed(group, metric), by_seed(ref, metric)
             if values and ref_values:
-                rows.append({"group": group.label, "reference": ref.label, "metric": metric,
-                             **stats.compare(values, ref_values)})
+                row = stats.compare(values, ref_values)
+                row["ci95_low"], row["ci95_high"] = stats.clip_interval(row["ci95_low"], row["ci95_high"], *DIFF_RANGE)
+                rows.append({"group": group.label, "reference": ref.label, "metric": metric, **row})
     for metric in metrics:  # each metric's comparisons are one family
         family = [r for r in rows if r["metric"] == metric]
         for row, p_holm in zip(family, stats.holm([r["p"] for r in family])):
-            row.update(p_holm=p_holm, verdict=stats.verdict(row["diff"], p_holm), mde=stats.mde(row),
+            seeds = min(row["n"], row["n_ref"])
+            row.update(p_holm=p_holm, verdict=stats.verdict(row["diff"], p_holm, seeds), mde=stats.mde(row),
                        seeds_needed=stats.seeds_needed(row, TARGET_DIFF))
     return rows, notes

@@ -12,7 +12,7 @@ from rich.table import Table
 
 from resattn.report import corruption
 from resattn.report.runs import ACC_METRICS, VAL_METRICS, Group, Run, fmt_value, short
-from resattn.report.stats import describe
+from resattn.report.stats import clip_interval, describe
 
 PERCENT = (*ACC_METRICS, *VAL_METRICS, "robust_acc")  # fractions shown in %
 HEADLINE = (*PERCENT, "wall_time_s")  # the groups table; λ per block has a table of its own
@@ -34,9 +34,18 @@ def mean_sd(s: dict, metric: str) -> str:
     return f"{fmt(s['mean'], scale, digits)} ± {fmt(s['std'], scale, digits)}" if s["n"] else "–"
 
 
+def possible_range(metric: str) -> tuple[float, float]:
+    """The values a metric can take: accuracies and λ are fractions, times are never negative."""
+    if metric in PERCENT or metric.startswith("final_lambda"):
+        return 0.0, 1.0
+    return (0.0, math.inf) if metric == "wall_time_s" else (-math.inf, math.inf)
+
+
 def interval(s: dict, metric: str) -> str:
+    """The 95% interval of the mean, cut to the metric's possible range (the t-interval knows no bounds)."""
     scale, digits = scale_digits(metric)
-    return f"[{fmt(s['ci95_low'], scale, digits)}, {fmt(s['ci95_high'], scale, digits)}]" if s["n"] > 1 else "–"
+    low, high = clip_interval(s["ci95_low"], s["ci95_high"], *possible_range(metric))
+    return f"[{fmt(low, scale, digits)}, {fmt(high, scale, digits)}]" if s["n"] > 1 else "–"
 
 
 def diverged_cell(group: Group) -> str:

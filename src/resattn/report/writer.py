@@ -6,7 +6,7 @@ from pathlib import Path
 
 from rich.console import Console
 
-from resattn.report import plots, tables
+from resattn.report import plots, stats, tables
 from resattn.report.answer import answer
 from resattn.report.comparisons import comparisons, parse_reference, reference_groups
 from resattn.report.runs import (Group, ReportError, find_run_dirs, group_notes, group_runs, grouping_keys,
@@ -92,11 +92,13 @@ def report_sections(runs, groups, group_stats, keys, metrics, rows, out_dir: Pat
     """title -> (explanation, (headers, rows), text when empty: "" leaves the section out)."""
     return {
         "Groups": ("Completed runs only. Accuracy in %, mean ± sample standard deviation over seeds, 95% confidence "
-                   "interval of the mean from the t distribution (– where n < 2). Diverged runs are counted.",
+                   "interval of the mean from the t distribution (– where n < 2), cut to the possible range. "
+                   "Diverged runs are counted.",
                    tables.group_rows(groups, group_stats, keys, metrics, ci_columns=True), "No completed runs."),
         "Comparisons": ("Group mean minus reference mean, in percentage points, with its 95% interval: a paired "
                         "t-test on per-seed differences where both groups hold the same seeds, otherwise Welch's. "
-                        "p Holm: adjusted over each metric's comparisons; verdict at p Holm < 0.05; MDE: the "
+                        "p Holm: adjusted over each metric's comparisons; verdict at p Holm < 0.05 with at least "
+                        f"{stats.MIN_SEEDS} seeds a side; intervals cut to the possible range; MDE: the "
                         "difference these seeds detect with 80% power.", tables.comparison_rows(rows), "None."),
         "Accuracy under corruptions": ("Per family, mean over its corruptions and severities; % mean ± sd over "
                                        "seeds.", tables.corruption_rows(groups), ""),
