@@ -62,7 +62,7 @@ def test_a_finished_sweep_run_again_leaves_its_jobs_untouched(finished_sweep, tm
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     assert "#0 seed=0: skipped: completed" in rerun.stdout
     assert "#1 seed=1: skipped: completed" in rerun.stdout
-    assert "training" not in rerun.stdout + rerun.stderr  # no job started, so no data was loaded
+    assert "[resattn.engine]" not in rerun.stdout + rerun.stderr  # no job started, so no data was loaded
     assert {job: job_files(sweep_dir, job) for job in before} == before
 
 
