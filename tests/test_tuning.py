@@ -3,6 +3,8 @@ of tuned rates and the comparison at them."""
 
 import csv
 import json
+import subprocess
+import sys
 
 import pytest
 from hydra import compose, initialize_config_dir
@@ -79,3 +81,95 @@ def test_the_objective_is_validation_accuracy_only(tmp_path):
     (tmp_path / "summary.json").write_text(json.dumps({"status": "failed"}))
     with pytest.raises(RuntimeError, match="failed"):
         objective_value("final_val_acc", None, tmp_path)
+
+
+# ---------------------------------------------------------------- the table of tuned rates, and runs at them
+
+def load_script():
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("tuned_lr", ROOT / "scripts" / "tuned_lr.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def fake_study(folder, pattern, best_lr, best_value, statuses=("completed", "completed", "diverged"), width=0.5):
+    """A study folder as the Optuna sweeper leaves it."""
+    from omegaconf import OmegaConf
+    folder.mkdir(parents=True)
+    OmegaConf.save({"name": "optuna", "best_params": {"optim.lr": best_lr}, "best_value": best_value},
+                   folder / "optimization_results.yaml")
+    OmegaConf.save({"pattern": {"name": pattern}, "model": {"name": "simplecnn", "width": width},
+                    "data": {"name": "folder", "train_size": 10000, "val_size": 2000}, "trainer": {"epochs": 15},
+                    "objective": "final_val_acc", "optim": {"lr": 0.2}}, folder / "multirun.yaml")
+    for i, status in enumerate(statuses):
+        (folder / f"trial{i}").mkdir()
+        (folder / f"trial{i}" / "summary.json").write_text(json.dumps({"status": status}))
+    return folder
+
+
+def test_table_of_tuned_rates_and_the_configs_it_writes(tmp_path):
+    from omegaconf import OmegaConf
+    script = load_script()
+    studies = tmp_path / "sweeps"
+    fake_study(studies / "baseline" / "2026-12-01_10-00-00", "baseline", 0.31234567, 0.81)
+    fake_study(studies / "p1" / "2026-12-01_09-00-00", "p1", 0.9, 0.70)  # older: left out
+    fake_study(studies / "p1" / "2026-12-01_11-00-00", "p1", 0.0523456, 0.79, statuses=("completed",) * 4)
+    assert script.main([str(studies), "--configs", str(tmp_path / "sp" / "tuned_lr")]) == 0
+    table = rows(studies / "tuned_lr.csv")
+    assert [(r["pattern"], r["best optim.lr"], r["best val acc"], r["trials"], r["diverged"]) for r in table] == [
+        ("baseline", "0.3123", "0.8100", "3", "1"), ("p1", "0.05235", "0.7900", "4", "0")]
+    md = (studies / "tuned_lr.md").read_text()
+    assert "2026-12-01_09-00-00 left out" in md and "model.width=0.5" in md
+    # the configs compare_tuned sweeps: each job gets its pattern and its lr
+    with initialize_config_dir(str(ROOT / "configs"), version_base="1.3"):
+        for pattern, lr in (("baseline", 0.3123), ("p1", 0.05235)):
+            cfg = compose("config", overrides=["experiment=compare_tuned", f"tuned_lr={pattern}",
+                                               f"hydra.searchpath=[file://{tmp_path / 'sp'}]"])
+            assert (cfg.pattern.name, cfg.optim.lr, cfg.optim.weight_decay) == (pattern, lr, 5e-4)
+        cfg = compose("config", overrides=["experiment=compare_tuned", "tuned_lr=p1", "model=resnet",
+                                           f"hydra.searchpath=[file://{tmp_path / 'sp'}]"])
+        assert cfg.optim.lr == 0.05235  # the tuned rate wins over a backbone's own recipe
+    assert OmegaConf.load(tmp_path / "sp" / "tuned_lr" / "p1.yaml").optim.lr == 0.05235
+
+
+def test_studies_of_different_recipes_are_refused(tmp_path):
+    script = load_script()
+    fake_study(tmp_path / "a" / "2026-12-01_10-00-00", "baseline", 0.3, 0.8)
+    fake_study(tmp_path / "b" / "2026-12-01_10-00-00", "p1", 0.3, 0.8, width=1.0)
+    with pytest.raises(SystemExit, match="tuned different recipes"):
+        script.main([str(tmp_path), "--configs", str(tmp_path / "out")])
+
+
+def test_two_tiny_trials_then_the_comparison_at_the_tuned_rates(tmp_path):
+    """Real subprocesses: experiment=tune_lr runs two Optuna trials on synthetic data and writes
+    optimization_results.yaml; the table script turns it into a config; compare_tuned runs each arm at its lr."""
+    from conftest import TINY, run_train
+    from omegaconf import OmegaConf
+    study = tmp_path / "tune"
+    proc = run_train("experiment=tune_lr", "pattern=p1", *TINY, "data.val_size=64", "hydra.sweeper.n_trials=2",
+                     "hydra.sweeper.n_jobs=1", f"hydra.sweep.dir={study}")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    best = OmegaConf.load(study / "optimization_results.yaml")
+    trials = {float(OmegaConf.load(study / t / ".hydra" / "config.yaml").optim.lr):
+              json.loads((study / t / "summary.json").read_text()) for t in ("trial0", "trial1")}
+    assert len(trials) == 2 and all(0.01 <= lr <= 2.0 for lr in trials)
+    assert all(s["status"] == "completed" and s["best_test_acc"] is None for s in trials.values())
+    assert best.best_value == max(s["final_val_acc"] for s in trials.values())
+    assert trials[best.best_params["optim.lr"]]["final_val_acc"] == best.best_value
+
+    sp = tmp_path / "sp" / "tuned_lr"
+    assert load_script().main([str(study), "--configs", str(sp)]) == 0
+    (sp / "baseline.yaml").write_text("# @package _global_\ndefaults:\n  - override /pattern: baseline\n"
+                                      "optim:\n  lr: 0.05\n")
+    tuned = OmegaConf.load(sp / "p1.yaml").optim.lr
+    compare = tmp_path / "compare"
+    # Hydra's own entry (train.main): `python -m train` checks group choices against configs/ alone, and these
+    # options live on a search path of the test's own, not in the checkout
+    args = ["-m", f"--config-path={ROOT / 'configs'}", "experiment=compare_tuned", "tuned_lr=baseline,p1", "seed=0", *TINY,
+            f"hydra.searchpath=[file://{tmp_path / 'sp'}]", f"hydra.sweep.dir={compare}"]
+    proc = subprocess.run([sys.executable, "-c", "import train; train.main()", *args], cwd=ROOT, text=True,
+                          capture_output=True, timeout=240)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    groups = {r["pattern.name"]: float(r["optim.lr"]) for r in rows(compare / "groups.csv")}
+    assert groups == {"baseline": 0.05, "p1": tuned}
