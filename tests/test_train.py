@@ -84,13 +84,15 @@ def test_hparams_are_in_the_run_itself_with_readable_values(p3c_run):
     experiment, start = hparams(p3c_run)
     assert [p.name for p in p3c_run.iterdir() if p.is_dir()] == [".hydra"]  # no sub-run
     values = {k: v.string_value or v.number_value for k, v in start.hparams.items()}
+    # integers as text: a number is a float64 in HParams, where seed 0 read 0.0000
     assert {k: values[k] for k in ("pattern.name", "pattern.lam_learnable", "pattern.controlled", "model.width",
                                    "optim.lr", "trainer.epochs", "trainer.batch_size", "data.name", "seed")} == {
         "pattern.name": "p3_controlled", "pattern.lam_learnable": "true", "pattern.controlled": "true",
-        "model.width": 0.25, "optim.lr": 0.2, "trainer.epochs": 2, "trainer.batch_size": 64, "data.name": "synthetic",
-        "seed": 0}
+        "model.width": 0.25, "optim.lr": 0.2, "trainer.epochs": "2", "trainer.batch_size": "64",
+        "data.name": "synthetic", "seed": "0"}
     assert {h.name for h in experiment.hparam_infos} == set(values)
-    assert not any(h.differs for h in experiment.hparam_infos)  # a single run varies nothing
+    # a single run varies nothing, but pattern and seed are what every comparison varies: ticked in any logdir
+    assert [h.name for h in experiment.hparam_infos if h.differs] == ["pattern.name", "seed"]
     assert start.group_name == f"{p3c_run.name} ({p3c_run.parent.name})"
     s = json.loads((p3c_run / "summary.json").read_text())
     metrics = [m.name.tag for m in experiment.metric_infos]
@@ -130,8 +132,8 @@ def test_multirun_names_jobs_by_what_varies(tmp_path):
         assert events(tmp_path / job).Scalars("lambda/block1")[0].value == pytest.approx(s["lam_init"], abs=1e-6)
         # HParams: the varied key is marked as differing (TensorBoard ticks those columns first)
         experiment, start = hparams(tmp_path / job)
-        assert [h.name for h in experiment.hparam_infos if h.differs] == ["pattern.lam_init"]
-        assert start.group_name == f"{job} ({tmp_path.name})"
+        assert [h.name for h in experiment.hparam_infos if h.differs] == ["pattern.lam_init", "pattern.name", "seed"]
+        assert start.group_name == f"lam_init={s['lam_init']} ({tmp_path.name})"  # short: TensorBoard cuts names
     # relaunched into the same folder (as after a crash): the same names, so each job finds its checkpoint
     again = run_train("-m", *TINY, "trainer.epochs=1", "pattern.lam_init=0.1,0.5", f"hydra.sweep.dir={tmp_path}")
     assert again.returncode == 0 and sorted(p.name for p in tmp_path.iterdir() if p.is_dir()) == jobs
@@ -195,6 +197,15 @@ def test_a_refused_run_leaves_nothing_in_outputs(tmp_path):
     assert proc.returncode == 2 and "pattern.lam_init" in proc.stderr
     runs = tmp_path / "outputs" / "runs"
     assert not runs.exists() or not any(runs.iterdir())
+
+
+def test_a_single_run_is_named_by_what_it_is(tmp_path):
+    proc = run_train(*TINY, "trainer.epochs=1", "pattern=p1", "attention=se", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    (run,) = (tmp_path / "outputs" / "runs").glob("*/*")
+    assert run.name.endswith("_p1_se") and (run / "summary.json").exists()
+    _, start = hparams(run)
+    assert start.group_name == f"{run.name} ({run.parent.name})"
 
 
 def test_lambda_keys_without_a_gate_get_one_warning_line(tmp_path):

@@ -101,4 +101,11 @@ def write_record(sweep_dir: Path, params: dict | None, task: list[str]) -> None:
                                     "are named by\n" + OmegaConf.to_yaml(OmegaConf.create(record)))
 
 
+def run_name(pattern: str, attention: str) -> str:
+    """A single run's folder names what it is, after its time: p3_controlled_cbam; baseline alone (it has
+    no attention), so TensorBoard's run list says what each curve is."""
+    return pattern if pattern == "baseline" else f"{pattern}_{attention}"
+
+
 OmegaConf.register_new_resolver("resattn.job_name", resolve_job_name, replace=True)
+OmegaConf.register_new_resolver("resattn.run_name", run_name, replace=True)

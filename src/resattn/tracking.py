@@ -45,16 +45,33 @@ def custom_scalars_layout(blocks) -> dict:
     return {"resattn": charts}
 
 
+# The keys every comparison varies: marked as differing in every run, even one that varies nothing. TensorBoard
+# takes the columns of one run's record (the first it finds) and ticks the first five, differing keys first:
+# without this, a logdir of single runs and sweeps showed attention, data, model, width and lr, not these.
+ALWAYS_SHOWN = ("pattern.name", "seed")
+
+
 def hparam_value(value):
-    """An HParams value TensorBoard shows as written: booleans as true/false (not 1.0), lists as text."""
+    """An HParams value TensorBoard shows as written: booleans as true/false (not 1.0), integers as text
+    (a number is a float64 there, shown as 0.0000), lists as text."""
     if isinstance(value, bool):
         return str(value).lower()
-    return value if isinstance(value, (int, float, str)) else json.dumps(value)
+    if isinstance(value, int):
+        return str(value)
+    return value if isinstance(value, (float, str)) else json.dumps(value)
+
+
+def trial_name(values: dict, shown: list[str], run_dir: Path) -> str:
+    """The HParams trial name: a sweep job's varied values, short (a config group by its choice alone,
+    another key by its last part: "se baseline seed=0"), or a single run's folder name; then the folder
+    above it. The values come first, where TensorBoard's column cuts a long name."""
+    parts = [str(values[k]) if k.endswith(".name") else f"{k.rsplit('.', 1)[-1]}={values[k]}" for k in shown]
+    return f"{' '.join(parts) or run_dir.name} ({run_dir.parent.name})"
 
 
 def hparam_info(name: str, value, varied: bool) -> api_pb2.HParamInfo:
     """`differs` puts a sweep's varied keys first: TensorBoard ticks the first five columns."""
-    info = api_pb2.HParamInfo(name=name, display_name=name, differs=varied)
+    info = api_pb2.HParamInfo(name=name, display_name=name, differs=varied or name in ALWAYS_SHOWN)
     if isinstance(value, str):
         info.type = api_pb2.DATA_TYPE_STRING
         if value in ("true", "false"):  # the whole domain: a filter with both boxes ticked hides no run
@@ -160,7 +177,7 @@ class Tracker:
     def hparams(self, summary: dict, cfg: DictConfig) -> None:
         """The HParams tab entry, written into this run itself (add_hparams would make a sub-run): the config
         keys of tracking.hparams and the keys a sweep varies (tracking.varied: first, and ticked) against
-        METRICS. The trial ID is the run folder's name, then its parent's (a sweep's start time)."""
+        METRICS. The trial name: see trial_name."""
         config = flatten(OmegaConf.to_container(cfg, resolve=True))
         keys, varied = list(cfg.tracking.hparams), list(cfg.tracking.get("varied") or [])
         values = {}
@@ -174,7 +191,8 @@ class Tracker:
             hparam_infos=[hparam_info(k, v, k in shown) for k, v in values.items()],
             metric_infos=[api_pb2.MetricInfo(name=api_pb2.MetricName(tag=tag), display_name=tag.split("/")[1])
                           for tag in metrics])
-        start = plugin_data_pb2.SessionStartInfo(group_name=f"{self.run_dir.name} ({self.run_dir.parent.name})")
+        start = plugin_data_pb2.SessionStartInfo(group_name=trial_name(values, [k for k in values if k in shown],
+                                                                       self.run_dir))
         for key, value in values.items():
             if isinstance(value, str):
                 start.hparams[key].string_value = value
