@@ -166,7 +166,8 @@ def test_two_tiny_trials_then_the_comparison_at_the_tuned_rates(tmp_path):
     compare = tmp_path / "compare"
     # Hydra's own entry (train.main): `python -m train` checks group choices against configs/ alone, and these
     # options live on a search path of the test's own, not in the checkout
-    args = ["-m", f"--config-path={ROOT / 'configs'}", "experiment=compare_tuned", "tuned_lr=baseline,p1", "seed=0", *TINY,
+    args = ["-m", f"--config-path={ROOT / 'configs'}", "experiment=compare_tuned", "tuned_lr=baseline,p1", "seed=0",
+            *TINY,
             f"hydra.searchpath=[file://{tmp_path / 'sp'}]", f"hydra.sweep.dir={compare}"]
     proc = subprocess.run([sys.executable, "-c", "import train; train.main()", *args], cwd=ROOT, text=True,
                           capture_output=True, timeout=240)

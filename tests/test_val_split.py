@@ -85,7 +85,8 @@ def test_folder_holds_out_validation_images(tmp_path):
         for c in ("a", "b"):
             (tmp_path / split / c).mkdir(parents=True)
             for i in range(n):
-                Image.new("RGB", (32, 32), (i * 20, 100 if c == "a" else 200, 0)).save(tmp_path / split / c / f"{i}.png")
+                colour = (i * 20, 100 if c == "a" else 200, 0)
+                Image.new("RGB", (32, 32), colour).save(tmp_path / split / c / f"{i}.png")
     cfg = OmegaConf.create({"name": "folder", "root": str(tmp_path), "train_size": 10, "test_size": None,
                             "val_size": 4, "subset_seed": 0})
     ds = data.load(cfg)
