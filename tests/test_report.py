@@ -437,6 +437,24 @@ def test_two_seeds_give_an_interval_not_a_verdict_and_intervals_stay_possible(tm
         assert float(low) >= 0, line
 
 
+def test_terminal_tables_fit_80_columns_without_breaking_names(tmp_path):
+    root = tmp_path / "grid"
+    for attention in ("cbam", "se"):
+        for pattern in ("baseline", "p3_controlled"):
+            for seed, base in enumerate(BASE[:3]):
+                fake_run(root / f"{attention}_{pattern}_{seed}", pattern, seed, base + (pattern != "baseline") * 0.01,
+                         config={"attention.name": attention})
+    terminal = io.StringIO()
+    report.write_report([root], tmp_path / "out", console=Console(file=terminal, width=80))
+    text = terminal.getvalue()
+    assert max(map(len, text.splitlines())) <= 80
+    # each comparison row names its group whole: "pattern=p3_controlled" on one line, never "pattern=p3_cont" + "rolled"
+    comparisons = text.split("Comparisons")[1].split("λ per block")[0]
+    assert comparisons.count("pattern=p3_controlled") == 4
+    assert "attention=cbam" in text and "attentio" not in text.replace("attention", "")
+    assert "testable" in comparisons  # the verdict column is shown, its words whole
+
+
 def test_diverged_runs_are_counted_per_group_never_averaged(tmp_path):
     root = tmp_path / "lr_stress"
     for lr in (0.1, 1.6):

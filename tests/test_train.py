@@ -42,6 +42,19 @@ def test_no_progress_bar_frames_without_a_terminal(p3c_proc):
     assert "━" not in stderr and "epoch 1/2" not in stderr and "epoch 2/2" not in stderr, stderr
 
 
+def test_the_end_of_run_panel_says_what_the_run_was(p3c_proc):
+    from resattn.tracking import model_rows, pattern_cell
+
+    out = p3c_proc[0].stderr  # the panel goes where the progress bar goes
+    assert "simplecnn, width 0.25" in out and "│ cbam" in out and "p3_controlled (controlled, lam_init=0.1" in out
+    resnet = {"model": "resnet", "depth": 56, "width": 0.5, "attention": "se", "placement": "pre"}
+    assert model_rows(resnet) == {"model": "resnet-56, width 0.5", "attention": "se"}
+    baseline = {"pattern": "baseline", "controlled": False, "placement": "none", "attention": "cbam",
+                "model": "simplecnn", "width": 1.0, "lam_init": 0.3, "lam_learnable": True}
+    assert model_rows(baseline)["attention"] == "none (baseline)"
+    assert pattern_cell(baseline) == "baseline (no λ gate)"  # not lam_init=0.3: there is no λ
+
+
 def test_run_writes_a_complete_summary(p3c_run):
     s = json.loads((p3c_run / "summary.json").read_text())
     assert {"pattern", "controlled", "lam_init", "lam_learnable", "seed", "epochs", "best_test_acc",

@@ -81,6 +81,23 @@ def hparam_info(name: str, value, varied: bool) -> api_pb2.HParamInfo:
     return info
 
 
+def model_rows(summary: dict) -> dict[str, str]:
+    """The panel's model and attention rows (summaries written before they were recorded have neither)."""
+    if "model" not in summary:
+        return {}
+    depth = f"-{summary['depth']}" if summary["model"] == "resnet" and summary.get("depth") else ""
+    attention = "none (baseline)" if summary.get("placement") == "none" else summary.get("attention", "-")
+    return {"model": f"{summary['model']}{depth}, width {summary['width']:g}", "attention": attention}
+
+
+def pattern_cell(summary: dict) -> str:
+    """The pattern and, where it has a λ gate, the gate's settings (a run without one has no λ to describe)."""
+    if not summary["controlled"]:
+        return f"{summary['pattern']} (no λ gate)"
+    return (f"{summary['pattern']} (controlled, lam_init={summary['lam_init']:g}, "
+            f"learnable={summary['lam_learnable']})")
+
+
 def hparams_summary(tag: str, **data) -> summary_pb2.Summary:
     """One HParams plugin record (experiment, session start or end), as the plugin's own summaries write it."""
     summary = summary_pb2.Summary()
@@ -211,11 +228,14 @@ class Tracker:
         self.writer.close()
 
     def table(self, summary: dict) -> None:
+        """The end-of-run panel: what the run was (model, attention, pattern, seed) and how it ended."""
         table = Table(title=f"resattn run: {self.run_dir}", show_header=False)
+        table.add_column(no_wrap=True)
+        table.add_column(overflow="fold")  # a long folder path may fold; names fit in 80 columns
         lam = ", ".join(f"{k} {v:.4f}" for k, v in summary["final_lambda"].items()) or "-"
         rows = {
-            "pattern": f"{summary['pattern']} (controlled={summary['controlled']}, lam_init={summary['lam_init']:g}, "
-                       f"learnable={summary['lam_learnable']})",
+            **model_rows(summary),
+            "pattern": pattern_cell(summary),
             "seed": str(summary["seed"]),
             "epochs": f"{summary['epochs_completed']}/{summary['epochs']}",
             # with a validation split the test set is read at the end only: no best test acc

@@ -127,13 +127,42 @@ def relpath(path: Path, start: Path) -> str:
         return str(path)
 
 
+NAME_WIDTH_LIMIT = 32  # a name longer than this (a folder path) may still fold
+
+
+def is_number(text: str) -> bool:
+    return text.lstrip("+-").replace(".", "", 1).isdigit()
+
+
+def name_width(header: str, cells: list[str]) -> int:
+    """The longest word of a text column (its header's too): its width, so a name such as
+    pattern=p3_controlled wraps between words (at ", ") and never inside one; 0 for a column of numbers."""
+    if all(is_number(cell) for cell in cells):
+        return 0
+    words = [w for text in (header, *cells) for w in text.split()]
+    return min(max(map(len, words), default=0), NAME_WIDTH_LIMIT)
+
+
 def rich_table(title: str, headers: list[str], rows: list[list[str]]) -> Table:
     table = Table(title=title, title_justify="left")
-    for h in headers:
-        table.add_column(h, overflow="fold")
+    for i, h in enumerate(headers):
+        # a fixed width: rich narrows the other columns first (a min_width alone is outbid: the table is cropped)
+        table.add_column(h, overflow="fold", width=name_width(h, [row[i] for row in rows]) or None)
     for row in rows:
         table.add_row(*row)
     return table
+
+
+# The comparison columns the terminal shows: all twelve fold every cell at 80 columns; report.md and
+# comparisons.csv hold them all
+TERMINAL_COMPARISON_COLUMNS = ("group", "metric", "Δ mean (pp)", "95% CI (pp)", "p Holm", "verdict")
+
+
+def terminal_comparison_rows(rows: list[dict]) -> tuple[list[str], list[list[str]]]:
+    headers, cells = comparison_rows(rows)
+    keep = [headers.index(h) for h in TERMINAL_COMPARISON_COLUMNS]
+    return [headers[i] for i in keep], [[row[i].replace("_", " ") if headers[i] == "metric" else row[i]
+                                         for i in keep] for row in cells]
 
 
 def md_table(headers: list[str], rows: list[list[str]]) -> str:

@@ -108,12 +108,15 @@ def report_sections(runs, groups, group_stats, keys, metrics, rows, out_dir: Pat
     }
 
 
-def show(console: Console, intro: str, group_table, sections: dict, notes: list[str]) -> None:
-    """The same tables in the terminal; there the groups' intervals go on a second line of each cell."""
+def show(console: Console, intro: str, group_table, sections: dict, notes: list[str], comparison_terminal) -> None:
+    """The same tables in the terminal; there the groups' intervals go on a second line of each cell, and
+    the comparisons show their main columns (comparison_terminal)."""
     console.print(intro)
     console.print(tables.rich_table("Groups (accuracy in %, 95% CI of the mean, t distribution)", *group_table))
     for title, (_, (headers, rows), _) in sections.items():
-        if title != "Groups" and rows:
+        if title == "Comparisons" and rows:
+            console.print(tables.rich_table(f"{title} (all columns in report.md)", *comparison_terminal))
+        elif title != "Groups" and rows:
             console.print(tables.rich_table(title, headers, rows))
     for note in notes:
         console.print(f"[yellow]note:[/] {note}")
@@ -159,7 +162,8 @@ def write_report(paths, out_dir=None, reference=None, console: Console | None = 
              f"Grouped by: {', '.join(short(k) for k in keys) or 'nothing (all runs share one config)'}.")
     sections = report_sections(runs, groups, group_stats, keys, metrics, rows, out_dir)
     console = console or default_console()
-    show(console, intro, tables.group_rows(groups, group_stats, keys, metrics, ci_columns=False), sections, notes)
+    show(console, intro, tables.group_rows(groups, group_stats, keys, metrics, ci_columns=False), sections, notes,
+         tables.terminal_comparison_rows(rows))
     report = out_dir / "report.md"
     report.write_text(markdown(intro, paths, out_dir, sections, answer(groups, rows, notes, keys), plot_names))
     console.print(f"report: {report}")
