@@ -137,6 +137,9 @@ def validate(cfg: DictConfig) -> None:
     if resume is True or (resume not in ("auto", False, None) and not isinstance(resume, str)):
         raise ConfigError(f"trainer.resume must be auto, false or a checkpoint path, got {resume!r}")
     _one_of("data.augment", cfg.data.augment, (True, False))
+    limit = cfg.trainer.get("time_limit")
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, (int, float)) or not 0 < limit < math.inf):
+        raise ConfigError(f"trainer.time_limit must be null or a number of seconds > 0, got {limit!r}")
     threads = cfg.trainer.num_threads
     if threads != "auto":
         _at_least_one(cfg, "trainer.num_threads")

@@ -120,6 +120,9 @@ def prepare(cfgs: list[DictConfig], run_dirs: list[Path], started: float) -> Job
     device = pick_device(t.device)
     threads = set_threads(t.num_threads)
     bf16 = use_bf16(t.precision, device)
+    if bf16 and len(cfgs) > 1:  # measured on the CPU: under vmap, autocast leaves the convolutions in fp32
+        log.warning("fused members train in fp32: bf16 autocast does not reach convolutions under vmap")
+        bf16 = False
     configure_device(device)
     ds = data.load(cfg.data)
     mean, std = data.channel_stats(ds.train.images)
@@ -148,16 +151,16 @@ def prepare(cfgs: list[DictConfig], run_dirs: list[Path], started: float) -> Job
              "compiled": compiled, "torch_version": torch.__version__, "num_threads": threads,
              "data_fingerprint": getattr(ds, "fingerprint", None), "members": len(cfgs)}
     job = Job(cfg, [], members, optimizer, scheduler, loaders, ds.test.images[:8], device, bf16, started)
-    job.runs = [member_record(job, *run, setup) for run in runs]
+    for m, run in enumerate(runs):
+        job.runs.append(member_record(job, m, *run, setup))
     log.info("training %s on %s (%s, %d steps an epoch, %s, %d CPU threads%s)",
              cfg.pattern.name, device, setup["precision"], len(runs[0][3]), "compiled" if compiled else "eager",
              threads, f", {len(cfgs)} fused members" if len(cfgs) > 1 else "")
     return job
 
 
-def member_record(job: Job, cfg: DictConfig, run_dir: Path, generator, loader, setup: dict) -> Member:
+def member_record(job: Job, m: int, cfg: DictConfig, run_dir: Path, generator, loader, setup: dict) -> Member:
     """Member m's record, resumed from its checkpoint when it has one (all members must stand at the same step)."""
-    m = len(job.runs)
     config = records.resolved(cfg)
     run = Member(cfg, run_dir, config, generator, loader, records.start_summary(cfg, config, setup),
                  finished_before=records.was_finished(run_dir))

@@ -19,7 +19,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, open_dict
 
 from resattn.config import inert_keys, inert_keys_message, moved_keys, validate
-from resattn.engine import train
+from resattn.engine import train_members
 from resattn.errors import ConfigError, Diverged, Interrupted
 from resattn.sweep import recorded_varied_keys  # importing it registers the resolver naming sweep jobs
 from resattn.tracking import read_summary, write_json
@@ -104,7 +104,8 @@ def check_choices(argv: list[str] | None = None) -> None:
             # a sweep gives a comma-separated list; Hydra's sweep functions (range, glob...) are left to Hydra
             for choice in value.split(",") if "(" not in value else []:
                 if choice not in allowed and choice != "null":
-                    usage_error(f"{key}={choice} is not {article(key)} {key} config; choose one of {', '.join(allowed)}")
+                    usage_error(f"{key}={choice} is not {article(key)} {key} config; "
+                                f"choose one of {', '.join(allowed)}")
 
 
 def available_cores() -> int:
@@ -121,7 +122,7 @@ def cpu_threads(launcher: DictConfig, cores: int) -> int | None:
     target = str(launcher.get("_target_", ""))
     if launcher.get("cpus_per_task"):  # submitit: the cores SLURM (or the local executor) gives each job
         return int(launcher.cpus_per_task)
-    if "Joblib" in target:
+    if "Joblib" in target or "Fused" in target:  # n_jobs processes side by side
         n = int(launcher.get("n_jobs") or 1)
         return threads_per_job(cores, cores + 1 + n if n < 0 else n)
     return None
@@ -212,33 +213,44 @@ def run(cfg: DictConfig) -> dict | None:
     or None when it did not complete."""
     hc = HydraConfig.get()
     warn_inert_keys(cfg, hc.overrides.task)
-    run_dir = Path(hc.runtime.output_dir)
+    return run_group([cfg], [Path(hc.runtime.output_dir)], hc)[0]
+
+
+def run_group(cfgs: list[DictConfig], run_dirs: list[Path], hc) -> list[dict | None]:
+    """Run jobs as the members of one training process (one job: an ordinary run); each member's summary,
+    None where it did not complete. `hc`: the Hydra config of the first job (mode, launcher, sweep folder)."""
     multirun = hc.mode == RunMode.MULTIRUN
-    place(cfg, hc)
-    if multirun:  # the HParams columns TensorBoard shows first
-        with open_dict(cfg):
-            cfg.tracking.varied = sorted(k.lstrip("+") for k in recorded_varied_keys(hc.sweep.dir) or ())
+    varied = sorted(k.lstrip("+") for k in recorded_varied_keys(hc.sweep.dir) or ()) if multirun else None
+    for cfg in cfgs:
+        place(cfg, hc)
+        if multirun:  # the HParams columns TensorBoard shows first
+            with open_dict(cfg):
+                cfg.tracking.varied = varied
     try:
         with stop_on_signals() as stop:
-            return train(cfg, run_dir, stop)
+            return [s if s["status"] == "completed" else None for s in train_members(cfgs, run_dirs, stop)]
     except Interrupted as err:
-        print(f"interrupted by {err}: checkpoint saved in {run_dir}; run the same command to resume", file=sys.stderr)
-        sys.exit(128 + err.signum)  # a stop request ends a sweep too
+        where = run_dirs[0] if len(run_dirs) == 1 else f"the {len(run_dirs)} members' folders"
+        print(f"interrupted by {err}: checkpoint saved in {where}; run the same command to resume", file=sys.stderr)
+        sys.exit(err.exit_code)  # a stop request ends a sweep too
     except ConfigError as err:
-        if not multirun and discard_unstarted(run_dir, f"{hc.job.name}.log"):
+        if not multirun and discard_unstarted(run_dirs[0], f"{hc.job.name}.log"):
             usage_error(str(err))  # no run happened: nothing is left in outputs/runs/
-        record_failure(run_dir, cfg, str(err))
+        for cfg, run_dir in zip(cfgs, run_dirs):
+            record_failure(run_dir, cfg, str(err))
         if not multirun:
             usage_error(str(err))
         print(f"error: {err}", file=sys.stderr)
-    except Diverged as err:  # its summary already says so
+    except Diverged as err:  # every member diverged; their summaries already say so
         print(f"error: {err}", file=sys.stderr)
         if not multirun:
             sys.exit(1)
     except Exception as err:
         line = f"{type(err).__name__}: {err}".splitlines()[0]
-        record_failure(run_dir, cfg, line)
+        for cfg, run_dir in zip(cfgs, run_dirs):
+            record_failure(run_dir, cfg, line)
         if not multirun:
             raise
         log.exception("job failed: %s", line)  # the traceback goes to the job's log file
         print(f"error: job {hc.job.num} failed: {line}", file=sys.stderr)
+    return [None] * len(cfgs)

@@ -1,0 +1,183 @@
+"""`hydra/launcher=fused`: the jobs of a sweep that differ only in seed (and pattern.lam_init) train as the
+members of one process and one stacked model (resattn.members), so seeds cost a fraction of a run each.
+
+    python -m train -m experiment=compare_patterns seed=0,1,2,3,4,5,6,7,8,9 hydra/launcher=fused
+    ... hydra.launcher.n_jobs=3        # groups side by side, each in its own process
+    ... hydra.launcher.max_members=5   # at most 5 members in one group
+
+Every member is an ordinary job to everything after it: its own folder (named as without fusion), its
+.hydra/ record, log, events, checkpoint.pt and summary.json (with `members`: how many trained together).
+Jobs whose network, data or schedule differ form groups of their own; a job alone in its group is an
+ordinary run of one member. Hydra's on_job_start/on_job_end callbacks are not called for fused jobs (this
+project has none; SweepEnd acts at the sweep's start and end).
+"""
+
+import logging
+import os
+import signal
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from multiprocessing import get_context
+from pathlib import Path
+from typing import Any, Sequence
+
+from hydra.core.config_store import ConfigStore
+from hydra.core.hydra_config import HydraConfig
+from hydra.core.singleton import Singleton
+from hydra.core.utils import JobReturn, JobStatus, _save_config, configure_log, setup_globals
+from hydra.plugins.launcher import Launcher
+from omegaconf import DictConfig, OmegaConf, open_dict, read_write
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class FusedLauncherConf:
+    _target_: str = "hydra_plugins.resattn_fused_launcher.fused_launcher.FusedLauncher"
+    n_jobs: int = 1  # processes, each training one group at a time
+    max_members: int = 10  # most jobs in one group
+
+
+ConfigStore.instance().store(group="hydra/launcher", name="fused", node=FusedLauncherConf, provider="resattn")
+
+
+def task_config(sweep_config: DictConfig) -> DictConfig:
+    cfg = OmegaConf.masked_copy(sweep_config, [k for k in sweep_config if k != "hydra"])
+    return cfg
+
+
+def group_jobs(configs: list[DictConfig], max_members: int) -> list[list[int]]:
+    """Indices of the jobs that train together, in sweep order: same fusion key and same progress (the step
+    their summary.json reached: members resume together), at most max_members each."""
+    from resattn.members import fusion_key
+    from resattn.tracking import read_summary
+
+    groups: dict[tuple, list[list[int]]] = {}
+    for i, cfg in enumerate(configs):
+        summary = read_summary(job_folder(cfg)) or {}
+        key = (fusion_key(task_config(cfg)), summary.get("step", 0) if summary.get("status") != "failed" else 0)
+        chunks = groups.setdefault(key, [[]])
+        if len(chunks[-1]) == max_members:
+            chunks.append([])
+        chunks[-1].append(i)
+    return sorted((chunk for chunks in groups.values() for chunk in chunks), key=lambda g: g[0])
+
+
+def splitting_keys(configs: list[DictConfig]) -> list[str]:
+    """Config keys that vary across the jobs and keep them apart (all but the fusable ones)."""
+    from resattn.errors import flatten
+    from resattn.members import FUSABLE_KEYS
+
+    flat = [flatten(OmegaConf.to_container(task_config(c), resolve=True)) for c in configs]
+    keys = dict.fromkeys(k for f in flat for k in f)
+    return [k for k in keys if k not in FUSABLE_KEYS and len({repr(f.get(k)) for f in flat}) > 1
+            and not k.startswith("tracking.")]
+
+
+def job_folder(cfg: DictConfig) -> Path:
+    HydraConfig.instance().set_config(cfg)  # the subdir's resolvers may read hydra:... of this job
+    return Path(str(cfg.hydra.sweep.dir)) / str(cfg.hydra.sweep.subdir)
+
+
+def start_member(cfg: DictConfig) -> tuple[DictConfig, Path]:
+    """What Hydra's run_job does before calling the task: the job's folder and its .hydra/ record."""
+    run_dir = job_folder(cfg)
+    with read_write(cfg.hydra.runtime), open_dict(cfg.hydra.runtime):
+        cfg.hydra.runtime.output_dir = str(run_dir.resolve())
+    HydraConfig.instance().set_config(cfg)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    task_cfg = task_config(cfg)
+    if cfg.hydra.output_subdir is not None:
+        record = run_dir / str(cfg.hydra.output_subdir)
+        _save_config(task_cfg, "config.yaml", record)
+        _save_config(HydraConfig.instance().cfg, "hydra.yaml", record)
+        _save_config(cfg.hydra.overrides.task, "overrides.yaml", record)
+    return task_cfg, run_dir
+
+
+def run_group(sweep_configs: list[DictConfig], singleton_state: dict | None = None) -> list[JobReturn]:
+    """Train one group (in this process, or in a worker given Hydra's singletons); a JobReturn per member."""
+    from resattn.job import run_group as run_members
+
+    if singleton_state is not None:
+        setup_globals()
+        Singleton.set_state(singleton_state)
+    started = [start_member(cfg) for cfg in sweep_configs]
+    HydraConfig.instance().set_config(sweep_configs[0])
+    configure_log(sweep_configs[0].hydra.job_logging, sweep_configs[0].hydra.verbose)
+    root = logging.getLogger()
+    files = [logging.FileHandler(run_dir / f"{cfg.hydra.job.name}.log") for cfg, (_, run_dir) in
+             zip(sweep_configs[1:], started[1:])]
+    for handler in files:  # each member's own log file gets the group's lines too
+        handler.setFormatter(root.handlers[0].formatter if root.handlers else None)
+        root.addHandler(handler)
+    try:
+        summaries = run_members([c for c, _ in started], [d for _, d in started], HydraConfig.get())
+    finally:
+        for handler in files:
+            root.removeHandler(handler)
+            handler.close()
+    returns = []
+    for cfg, (task_cfg, run_dir), summary in zip(sweep_configs, started, summaries):
+        ret = JobReturn(overrides=list(cfg.hydra.overrides.task), cfg=task_cfg, hydra_cfg=cfg,
+                        working_dir=os.getcwd(), task_name=cfg.hydra.job.name, status=JobStatus.COMPLETED)
+        ret.return_value = summary
+        returns.append(ret)
+    return returns
+
+
+class FusedLauncher(Launcher):
+    def __init__(self, n_jobs: int = 1, max_members: int = 10) -> None:
+        from resattn.errors import ConfigError
+
+        for key, value in (("n_jobs", n_jobs), ("max_members", max_members)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ConfigError(f"hydra.launcher.{key} must be an integer >= 1, got {value!r}")
+        self.n_jobs, self.max_members = n_jobs, max_members
+        self.config = self.hydra_context = self.task_function = None
+
+    def setup(self, *, hydra_context, task_function, config: DictConfig) -> None:
+        self.config, self.hydra_context, self.task_function = config, hydra_context, task_function
+
+    def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
+        setup_globals()
+        configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
+        Path(str(self.config.hydra.sweep.dir)).mkdir(parents=True, exist_ok=True)
+        configs = []
+        for i, overrides in enumerate(job_overrides):
+            cfg = self.hydra_context.config_loader.load_sweep_config(self.config, list(overrides))
+            with open_dict(cfg):
+                cfg.hydra.job.id = f"{cfg.hydra.job.name}_{initial_job_idx + i}"
+                cfg.hydra.job.num = initial_job_idx + i
+            configs.append(cfg)
+        groups = group_jobs(configs, self.max_members)
+        self.describe(configs, groups)
+        if self.n_jobs == 1 or len(groups) == 1:
+            results = [run_group([configs[i] for i in group]) for group in groups]
+        else:
+            results = self.in_workers([[configs[i] for i in group] for group in groups])
+        by_index = {i: ret for group, rets in zip(groups, results) for i, ret in zip(group, rets)}
+        return [by_index[i] for i in range(len(configs))]
+
+    def describe(self, configs: list[DictConfig], groups: list[list[int]]) -> None:
+        split = splitting_keys(configs)
+        log.info("fused launcher: %d jobs in %d groups, %d process(es)%s", len(configs), len(groups),
+                 min(self.n_jobs, len(groups)), f"; kept apart by {', '.join(split)}" if split else "")
+        for group in groups:
+            names = [job_folder(configs[i]).name for i in group]
+            kind = f"{len(group)} fused members" if len(group) > 1 else "alone, unfused (no other job to fuse with)"
+            log.info("\t%s: %s", kind, "; ".join(names))
+
+    def in_workers(self, groups: list[list[DictConfig]]) -> list[list[JobReturn]]:
+        """Groups side by side in n_jobs spawned processes; a signal to this process is passed on to them
+        (each saves its members and stops), and the first stop ends the sweep, as with one process."""
+        state = Singleton.get_state()
+        with ProcessPoolExecutor(self.n_jobs, mp_context=get_context("spawn")) as pool:
+            forward = lambda signum, frame: [os.kill(pid, signum) for pid in list(pool._processes)]  # noqa: E731
+            previous = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM)}
+            try:
+                futures = [pool.submit(run_group, group, state) for group in groups]
+                return [f.result() for f in futures]
+            finally:
+                for s, handler in previous.items():
+                    signal.signal(s, handler)
