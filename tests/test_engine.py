@@ -189,8 +189,8 @@ def test_a_file_that_is_no_checkpoint_is_named_for_what_it_is(tmp_path):
     """Not the exception torch raises ("list index out of range" for a text file such as /etc/passwd)."""
     (tmp_path / "passwd").write_text("root:x:0:0:root:/root:/bin/bash\n")
     (tmp_path / "empty.pt").write_bytes(b"")
-    for name, what in (("passwd", "not a PyTorch checkpoint file (not a zip archive"), ("empty.pt", "the file is empty"),
-                       (".", "it is a folder")):
+    for name, what in (("passwd", "not a PyTorch checkpoint file (not a zip archive"),
+                       ("empty.pt", "the file is empty"), (".", "it is a folder")):
         with pytest.raises(checkpoint.ConfigError) as err:
             checkpoint.load(tmp_path / name, {})
         assert what in str(err.value) and "index" not in str(err.value)
