@@ -3,11 +3,13 @@
     python scripts/bench.py                      # defaults of the current device
     python scripts/bench.py --steps 30 --json bench.json
     python scripts/bench.py --model resnet --depth 20 --attention se --pattern p4 --batch-size 128
+    python scripts/bench.py --members 10 --skip-plain        # 10 seeds trained as one (hydra/launcher=fused)
 
 (a) plain: a CIFAR10-style dataset of PIL images with torchvision transforms (RandomCrop(32, 4),
     RandomHorizontalFlip, ToTensor, Normalize) through a DataLoader, float32, NCHW.
 (b) resattn: uint8 images on the device, batched crop/flip, channels_last, and the trainer's
-    precision and compile defaults (engine.train_step, the same step the trainer runs).
+    precision and compile defaults (engine.train_step, the same step the trainer runs); with --members N,
+    N models stacked as the fused launcher trains them (images/s then counts every member's images).
 Both train the same model, attention and pattern at the same batch size on synthetic data of CIFAR shape,
 so it runs offline. Reported: images/s, the ratio b/a, achieved GFLOP/s (torch.utils.flop_counter),
 its share of the machine's peak measured on the spot (float32 matmul on CPU, bf16 on CUDA) and
@@ -31,7 +33,9 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from resattn import data
 from resattn.attention import ATTENTIONS
-from resattn.engine import build_optimizer, pick_device, train_step, use_bf16, use_compile
+from resattn.build import build_optimizer, pick_device, use_bf16, use_compile
+from resattn.engine import stack_batches, train_step
+from resattn.members import Members
 from resattn.evaluate import evaluate
 from resattn.model import PATTERNS, SimpleCNN
 from resattn.resnet import DEPTHS, SHORTCUTS, CifarResNet
@@ -136,31 +140,39 @@ def plain(args, images, labels, mean, std, device) -> float:
 
 
 def project(args, images, labels, mean, std, device, bf16: bool, compiled: bool) -> tuple[float, dict]:
+    """Images/s of the trainer's own step (engine.train_step) over --members models trained as one."""
     torch.manual_seed(0)
-    model = make_model(args).to(device, memory_format=torch.channels_last)
+    fused = args.members > 1
+    models = [make_model(args).to(device) for _ in range(args.members)]
+    if not fused:  # the trainer's layout: channels_last for one member, NCHW under vmap
+        models = [m.to(memory_format=torch.channels_last) for m in models]
+    members = Members(models)
     # the trainer's own optimizer config, at a learning rate that keeps a long benchmark from diverging
     cfg = OmegaConf.create({"optim": {**OmegaConf.load(CONFIGS / "optim" / "sgd.yaml"), "lr": 0.05}})
-    opt, sched = build_optimizer(cfg, model, total_steps=10**6)
-    forward = torch.compile(model) if compiled else model
-    loader = data.Loader(data.Split(images, labels), args.batch_size, mean, std, device,
-                         torch.bfloat16 if bf16 else torch.float32, augment=True,
-                         generator=torch.Generator().manual_seed(0), drop_last=True)
-    batches = endless(loader.batches)
+    opt, sched = build_optimizer(cfg, members.params, members.member_dims, total_steps=10**6)
+    if compiled:
+        members.compile()
+    dtype = torch.bfloat16 if bf16 else torch.float32
+    loaders = [data.Loader(data.Split(images, labels), args.batch_size, mean, std, device, dtype, not fused,
+                           augment=True, generator=torch.Generator().manual_seed(m), drop_last=True)
+               for m in range(args.members)]
+    batches = endless(lambda: zip(*(loader.batches() for loader in loaders)))
+    active = torch.ones(args.members, dtype=torch.bool, device=device)
 
     def run_steps(n):
         for _ in range(n):
-            x, y = next(batches)
-            train_step(forward, opt, sched, x, y, bf16, 0.1)
+            x, y = stack_batches(next(batches))
+            train_step(members, opt, sched, x, y, active, bf16, 0.1)
 
-    speed = timed(run_steps, args.steps, args.warmup, args.batch_size, device)
+    speed = timed(run_steps, args.steps, args.warmup, args.batch_size * args.members, device)
     extra = {}
     if args.eval_images:
         test = data.Loader(data.Split(images[: args.eval_images], labels[: args.eval_images]), 1000, mean, std,
-                           device, torch.bfloat16 if bf16 else torch.float32)
+                           device, dtype, not fused)
         t = time.perf_counter()
-        evaluate(forward, test, bf16)
+        evaluate(members, test, bf16)
         sync(device)
-        extra["eval_img_s"] = args.eval_images / (time.perf_counter() - t)
+        extra["eval_img_s"] = args.eval_images * args.members / (time.perf_counter() - t)
     return speed, extra
 
 
@@ -173,6 +185,7 @@ def main() -> None:
     parser.add_argument("--pattern", default="p3_controlled", choices=list(PATTERNS))
     parser.add_argument("--width", type=float, default=1.0)
     parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--members", type=int, default=1, help="models trained as one (the fused launcher's members)")
     parser.add_argument("--steps", type=int, default=20, help="timed steps, after --warmup steps")
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--images", type=int, default=50_000, help="synthetic training images (CIFAR-10 has 50,000)")
@@ -186,7 +199,7 @@ def main() -> None:
     args = parser.parse_args()
 
     device = pick_device(args.device)
-    bf16 = use_bf16(args.precision, device)
+    bf16 = use_bf16(args.precision, device) and args.members == 1  # fused members train in fp32, as the trainer
     # auto: what the trainer picks for a default 30-epoch CIFAR-10 run
     compiled = use_compile({"auto": "auto", "true": True, "false": False}[args.compile], device,
                            30 * (50_000 // args.batch_size))
@@ -204,6 +217,7 @@ def main() -> None:
               "threads": torch.get_num_threads(), "torch": torch.__version__, "model": args.model,
               "depth": args.depth if args.model == "resnet" else None, "attention": args.attention,
               "pattern": args.pattern, "width": args.width, "batch_size": args.batch_size, "steps": args.steps,
+              "members": args.members,
               "gflop_per_image": flops / 1e9, "peak_gflops": peak, "peak_dtype": str(peak_dtype).split(".")[-1],
               "resattn_precision": "bf16" if bf16 else "fp32", "resattn_compiled": compiled}
     if not args.skip_plain:
@@ -232,7 +246,8 @@ def main() -> None:
     if "plain_img_s" in result:
         table.add_row("(a) plain loop", f"{result['plain_img_s']:.1f}", f"{result['plain_img_s'] * flops / 1e9:.1f}",
                       f"{result['plain_share_of_peak']:.0%}")
-    table.add_row(f"(b) resattn ({result['resattn_precision']}{', compiled' if compiled else ''})",
+    many = f", {args.members} members" if args.members > 1 else ""
+    table.add_row(f"(b) resattn ({result['resattn_precision']}{', compiled' if compiled else ''}{many})",
                   f"{speed:.1f}", f"{result['resattn_gflops']:.1f}", f"{result['resattn_share_of_peak']:.0%}")
     console = Console()
     console.print(table)

@@ -33,3 +33,15 @@ def test_bench_times_a_resnet_with_any_attention(tmp_path):
     # ResNet-20 takes about 41 MMAC forward, so about 0.25 GFLOP forward and backward; width 0.25 a sixteenth
     assert 0.008 < result["gflop_per_image"] < 0.03 and result["resattn_img_s"] > 0
     assert "ResNet-20" in proc.stdout
+
+
+def test_bench_times_fused_members_with_the_trainers_step(tmp_path):
+    out = tmp_path / "bench.json"
+    proc = subprocess.run([sys.executable, "scripts/bench.py", "--members", "3", "--width", "0.25", "--images", "128",
+                           "--batch-size", "16", "--steps", "1", "--warmup", "1", "--skip-plain", "--compile", "false",
+                           "--eval-images", "32", "--json", str(out)],
+                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(out.read_text())
+    assert result["members"] == 3 and result["resattn_precision"] == "fp32" and result["resattn_img_s"] > 0
+    assert "members" in proc.stdout

@@ -256,3 +256,49 @@ def test_every_compiled_run_of_a_multirun_is_compiled(tmp_path):
     finally:
         logging.getLogger("torch._dynamo").removeHandler(handler)
     assert not [h for h in hits if "recompile_limit" in h]
+
+
+def test_a_time_limited_run_stops_cleanly_and_the_same_command_finishes_it_exactly(reference, tmp_path):
+    proc = run_train(*LONGER, "trainer.time_limit=0.001", f"hydra.run.dir={tmp_path}")
+    assert proc.returncode == 124, proc.stderr  # stopped at the first step past the limit, as timeout(1) exits
+    s = summary(tmp_path)
+    assert (s["status"], s["stop_reason"], s["step"]) == ("interrupted", "time_limit", 1)
+    again = run_train(*LONGER, f"hydra.run.dir={tmp_path}")  # without the limit
+    assert again.returncode == 0, again.stderr
+    assert_same_as_reference(tmp_path, reference)
+
+
+def test_a_stop_during_the_last_evaluation_still_completes_the_run_with_its_hparams(tmp_path, monkeypatch):
+    from hydra import compose, initialize_config_dir
+
+    from resattn import engine
+
+    with initialize_config_dir(str(ROOT / "configs"), version_base="1.3"):
+        cfg = compose("config", overrides=[*TINY, "trainer.epochs=1"])
+    stop: list[int] = []
+    evaluate = engine.evaluate
+
+    def evaluate_then_signal(*args, **kwargs):  # the signal arrives while the last epoch is evaluated
+        stop.append(signal.SIGTERM)
+        return evaluate(*args, **kwargs)
+
+    monkeypatch.setattr(engine, "evaluate", evaluate_then_signal)
+    assert engine.train(cfg, tmp_path, stop)["status"] == "completed"
+    acc = EventAccumulator(str(tmp_path))
+    acc.Reload()
+    assert "_hparams_/session_start_info" in acc.summary_metadata
+    assert len(acc.Scalars("summary/final_test_acc")) == 1
+
+
+def test_each_job_of_one_process_gets_the_threads_it_asks_for(tmp_path):
+    from hydra import compose, initialize_config_dir
+
+    from resattn import engine
+    from resattn.build import DEFAULT_THREADS
+
+    with initialize_config_dir(str(ROOT / "configs"), version_base="1.3"):
+        one, auto = (compose("config", overrides=[*TINY, "trainer.epochs=1", f"trainer.num_threads={n}"])
+                     for n in (1, "auto"))
+    assert engine.train(one, tmp_path / "one")["num_threads"] == 1
+    assert engine.train(auto, tmp_path / "auto")["num_threads"] == DEFAULT_THREADS  # not left at 1
+    assert torch.get_num_threads() == DEFAULT_THREADS

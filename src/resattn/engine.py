@@ -162,9 +162,9 @@ def prepare(cfgs: list[DictConfig], run_dirs: list[Path], started: float) -> Job
 def member_record(job: Job, m: int, cfg: DictConfig, run_dir: Path, generator, loader, setup: dict) -> Member:
     """Member m's record, resumed from its checkpoint when it has one (all members must stand at the same step)."""
     config = records.resolved(cfg)
+    resume_from = records.resume_path(cfg.trainer.resume, run_dir / "checkpoint.pt")
     run = Member(cfg, run_dir, config, generator, loader, records.start_summary(cfg, config, setup),
-                 finished_before=records.was_finished(run_dir))
-    resume_from = records.resume_path(cfg.trainer.resume, run.checkpoint_path)
+                 finished_before=resume_from is not None and records.was_finished(run_dir))
     if resume_from is not None:
         state = records.restore(run, m, resume_from, job.members, job.optimizer, job.scheduler)
         where = (state["epoch"], state["batch"], state["step"])
@@ -203,7 +203,8 @@ def train_epoch(job: Job, epoch_rngs: list, stop: list[int]) -> tuple[EpochSums,
     batches = zip(*(run.loader.batches(job.skip) for run in job.runs))
     for i, pairs in enumerate(batches, start=job.skip):
         x, y = stack_batches(pairs)
-        losses, out = train_step(job, x, y, active)
+        losses, out = train_step(job.members, job.optimizer, job.scheduler, x, y, active, job.bf16,
+                                 job.cfg.optim.label_smoothing)
         job.step += 1
         sums.add(losses, out, y)
         if job.step % t.log_every_n_steps == 0:
@@ -224,19 +225,20 @@ def stack_batches(pairs) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.stack([x for x, _ in pairs]), torch.stack([y for _, y in pairs])
 
 
-def train_step(job: Job, x: torch.Tensor, y: torch.Tensor, active: torch.Tensor):
+def train_step(members: Members, optimizer, scheduler, x: torch.Tensor, y: torch.Tensor, active: torch.Tensor,
+               bf16: bool, label_smoothing: float):
     """One optimizer step for every member; (each member's loss, logits), still on the device.
 
     The members' losses are summed, so each member's gradient is that of its own mean loss; a diverged
     member's loss is left out (its NaNs stay in its own slice of every tensor)."""
-    with torch.autocast(x.device.type, torch.bfloat16, enabled=job.bf16):
-        out = job.members(x)
-        losses = F.cross_entropy(out.flatten(0, 1), y.flatten(), label_smoothing=job.cfg.optim.label_smoothing,
+    with torch.autocast(x.device.type, torch.bfloat16, enabled=bf16):
+        out = members(x)
+        losses = F.cross_entropy(out.flatten(0, 1), y.flatten(), label_smoothing=label_smoothing,
                                  reduction="none").view(y.shape).mean(1)
-    job.optimizer.zero_grad(set_to_none=True)
+    optimizer.zero_grad(set_to_none=True)
     torch.where(active, losses, 0.0).sum().backward()
-    job.optimizer.step()
-    job.scheduler.step()
+    optimizer.step()
+    scheduler.step()
     return losses.detach(), out
 
 
