@@ -5,7 +5,6 @@ several, an ordinary job one. Everything here concerns a single member.
 """
 
 import logging
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 

@@ -19,7 +19,7 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from multiprocessing import get_context
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Sequence
 
 from hydra.core.config_store import ConfigStore
 from hydra.core.hydra_config import HydraConfig
@@ -42,8 +42,8 @@ ConfigStore.instance().store(group="hydra/launcher", name="fused", node=FusedLau
 
 
 def task_config(sweep_config: DictConfig) -> DictConfig:
-    cfg = OmegaConf.masked_copy(sweep_config, [k for k in sweep_config if k != "hydra"])
-    return cfg
+    """The config the task sees: everything but the hydra node (as run_job gives it)."""
+    return OmegaConf.masked_copy(sweep_config, [k for k in sweep_config if k != "hydra"])
 
 
 def group_jobs(configs: list[DictConfig], max_members: int) -> list[list[int]]:
