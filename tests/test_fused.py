@@ -130,3 +130,15 @@ def test_a_fused_sweep_stopped_by_sigterm_resumes_every_member(tmp_path):
     acc.Reload()
     assert "_hparams_/session_start_info" in acc.summary_metadata  # an ordinary job's HParams entry
     assert (sweep / "report.md").exists()
+
+
+def test_groups_run_side_by_side_in_worker_processes(tmp_path):
+    sweep = tmp_path / "sweep"
+    proc = run_train("-m", *TINY, "trainer.epochs=1", "seed=0,1", "pattern=p1,baseline", "hydra/launcher=fused",
+                     "hydra.launcher.n_jobs=2", f"hydra.sweep.dir={sweep}")
+    assert proc.returncode == 0, proc.stderr
+    assert "kept apart by pattern.name" in proc.stdout + proc.stderr
+    for name in ("pattern=p1,seed=0", "pattern=p1,seed=1", "pattern=baseline,seed=0", "pattern=baseline,seed=1"):
+        s = json.loads((sweep / name / "summary.json").read_text())
+        assert (s["status"], s["members"]) == ("completed", 2), name
+        assert (sweep / name / ".hydra" / "overrides.yaml").exists()

@@ -69,6 +69,10 @@ def load(path: Path, config: dict, key: str = "trainer.resume") -> dict:
         raise ConfigError(f"{key}: no checkpoint at '{path}'") from None
     except Exception as err:  # weights_only: whatever a damaged or foreign file raises, nothing in it ran
         raise ConfigError(f"{key}: '{path}' is not a readable resattn checkpoint: {what_is_wrong(path, err)}") from None
+    if isinstance(state, dict) and str(state.get("format", "")).startswith("resattn-checkpoint-") \
+            and state["format"] != FORMAT:
+        raise ConfigError(f"{key}: '{path}' was written by another version of resattn ({state['format']}, this one "
+                          f"reads {FORMAT}); trainer.resume=false starts afresh")
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise ConfigError(f"{key}: '{path}' is not a resattn checkpoint")
     k = first_difference(state["config"], config)

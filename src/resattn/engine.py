@@ -6,6 +6,7 @@ code: an ordinary run is a fused job of one member. Per step: every member's bat
 backward, one optimizer step; nothing is read back from the device except at log steps.
 """
 
+import copy
 import logging
 import time
 from dataclasses import dataclass
@@ -121,6 +122,9 @@ def prepare(cfgs: list[DictConfig], run_dirs: list[Path], started: float) -> Job
     threads = set_threads(t.num_threads)
     bf16 = use_bf16(t.precision, device)
     if bf16 and len(cfgs) > 1:  # measured on the CPU: under vmap, autocast leaves the convolutions in fp32
+        if t.precision == "bf16":
+            raise ConfigError("trainer.precision=bf16: fused members train in fp32 (bf16 autocast does not reach "
+                              "convolutions under vmap); use trainer.precision=auto or fp32, or another launcher")
         log.warning("fused members train in fp32: bf16 autocast does not reach convolutions under vmap")
         bf16 = False
     configure_device(device)
@@ -132,15 +136,16 @@ def prepare(cfgs: list[DictConfig], run_dirs: list[Path], started: float) -> Job
                                                        channels_last)
     loaders = {"val": eval_loader(getattr(ds, "val", None)), "test": eval_loader(ds.test)}
     loaders["robust"] = robustness.corruption_loader(cfg, ds.test, loaders["test"])
+    train_loader = data.Loader(ds.train, t.batch_size, mean, std, device, dtype, channels_last,
+                               augment=cfg.data.augment, drop_last=True)  # drop_last: one shape to compile
     models, runs = [], []
     for c, run_dir in zip(cfgs, run_dirs):
         seed_everything(c.seed)
         model = build_model(c, len(ds.classes)).to(device)
         models.append(model.to(memory_format=torch.channels_last) if channels_last else model)
-        generator = torch.Generator().manual_seed(c.seed)
-        loader = data.Loader(ds.train, t.batch_size, mean, std, device, dtype, channels_last, augment=c.data.augment,
-                             generator=generator, drop_last=True)  # one shape to compile
-        runs.append((c, run_dir, generator, loader))
+        loader = copy.copy(train_loader)  # the images stay on the device once; each member draws its own order
+        loader.generator = torch.Generator().manual_seed(c.seed)
+        runs.append((c, run_dir, loader.generator, loader))
     members = Members(models)
     total_steps = t.epochs * len(runs[0][3])
     optimizer, scheduler = build_optimizer(cfg, members.params, members.member_dims, total_steps)
@@ -173,7 +178,8 @@ def member_record(job: Job, m: int, cfg: DictConfig, run_dir: Path, generator, l
                               f"({run_dir.name}: step {state['step']}, the first: step {job.step}); "
                               "run them unfused (hydra/launcher=basic) to finish them")
         job.epoch, job.skip, job.step = where
-        job.pending_sums = (job.pending_sums or []) + [state["train_sums"]]
+        if state["train_sums"] is not None:  # saved mid-epoch; at an epoch's end there are no sums to carry
+            job.pending_sums = (job.pending_sums or []) + [state["train_sums"]]
     elif m and job.step:
         raise ConfigError(f"trainer.resume: {run_dir.name} has no checkpoint, the other members of its fused job do")
     # Purge what a resumed run wrote after its checkpoint; a fresh run purges any older events in its folder.
@@ -287,14 +293,17 @@ def end_epoch(job: Job, sums: EpochSums, images_per_s: float) -> None:
     robust = None
     if job.loaders["robust"] is not None and robustness.due(job.cfg.eval.corruption_every, job.epoch, epochs):
         robust = robustness.run(job.members, job.loaders["robust"], job.cfg, job.bf16,
-                                [run.tracker for run in job.runs], job.step)
+                                [run.tracker if run.active else None for run in job.runs], job.step)
     for m in job.active:
         record_epoch(job, m, sums, metrics, images_per_s)
         if robust is not None:
             job.runs[m].summary.update(robust[m])
     m = job.active[0]
-    log.info("epoch %d/%d: train loss %.4f | %s acc %s | %s", job.epoch, epochs, sums.of(m)[0] / sums.seen, held_out,
-             " ".join(f"{acc:.4f}" for acc in metrics[held_out][1]), describe_lambdas(job.runs[m].summary["final_lambda"])
+    loss_sum, correct, seen = sums.of(m)
+    losses, accs = metrics[held_out]
+    log.info("epoch %d/%d: train loss %.4f acc %.4f | %s loss %s acc %s | %s", job.epoch, epochs, loss_sum / seen,
+             correct / seen, held_out, " ".join(f"{losses[i]:.4f}" for i in job.active),
+             " ".join(f"{accs[i]:.4f}" for i in job.active), describe_lambdas(job.runs[m].summary["final_lambda"])
              or "no λ")
     save_all(job, None, 0, None)
     for m in job.active:

@@ -228,7 +228,10 @@ def run_group(cfgs: list[DictConfig], run_dirs: list[Path], hc) -> list[dict | N
                 cfg.tracking.varied = varied
     try:
         with stop_on_signals() as stop:
-            return [s if s["status"] == "completed" else None for s in train_members(cfgs, run_dirs, stop)]
+            summaries = train_members(cfgs, run_dirs, stop)
+        if stop:  # it came during the last evaluation: the runs are complete, and the stop still ends a sweep
+            sys.exit(128 + stop[0])
+        return [s if s["status"] == "completed" else None for s in summaries]
     except Interrupted as err:
         where = run_dirs[0] if len(run_dirs) == 1 else f"the {len(run_dirs)} members' folders"
         print(f"interrupted by {err}: checkpoint saved in {where}; run the same command to resume", file=sys.stderr)

@@ -106,15 +106,16 @@ def lambdas(members, m: int) -> dict[str, float]:
 
 
 def finish(member: Member, m: int, members, status: str, step: int, wall_time: float, **extra) -> dict:
-    """Write member m's summary.json with `status`; on any ending but `running`, its HParams entry too
-    (a run that had completed before this start keeps the one it has)."""
+    """Write member m's summary.json with `status`; when the run is done (completed or diverged), its HParams
+    entry too (not at an interruption, which a resumed run would double; a run completed before this start
+    keeps the one it has)."""
     lam = lambdas(members, m)
     member.summary.update(status=status, final_lambda=lam, lam_travel={k: v - member.lam_start for k, v in lam.items()},
                           step=step, wall_time_s=member.prior_time + wall_time, **extra)
     if member.cfg.pattern.lam_shape == "channel":
         member.summary["final_lambda_channels"] = {k: v.tolist() for k, v in members.lambdas(m).items()}
     write_json(member.run_dir / "summary.json", member.summary)
-    if status != "running" and not member.finished_before and member.tracker is not None:
+    if status in ("completed", "diverged") and not member.finished_before and member.tracker is not None:
         member.tracker.hparams(member.summary, member.cfg)
     return member.summary
 

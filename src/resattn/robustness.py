@@ -74,7 +74,7 @@ def due(every: int | None, epoch: int, epochs: int) -> bool:
 
 def run(model, loader: data.Loader, cfg, bf16: bool, trackers: list, step: int) -> list[dict]:
     """Evaluate every member, log acc/corrupt/<name> (mean over severities) and acc/corrupt/mean into each
-    member's tracker; each member's summary entries."""
+    member's tracker (None: log nothing); each member's summary entries."""
     start = time.perf_counter()
     accs = evaluate_corruptions(model, loader, resolve_names(cfg.eval.corruptions),
                                 resolve_severities(cfg.eval.severities), seed=cfg.data.subset_seed, bf16=bf16)
@@ -82,7 +82,8 @@ def run(model, loader: data.Loader, cfg, bf16: bool, trackers: list, step: int) 
     entries = []
     for acc, tracker in zip(accs, trackers):
         per_name, robust_acc = summarise(acc)
-        tracker.scalars({**{f"acc/corrupt/{name}": a for name, a in per_name.items()},
-                         "acc/corrupt/mean": robust_acc}, step)
+        if tracker is not None:  # None: a member that diverged records nothing more
+            tracker.scalars({**{f"acc/corrupt/{name}": a for name, a in per_name.items()},
+                             "acc/corrupt/mean": robust_acc}, step)
         entries.append(dict(zip(SUMMARY_KEYS, (acc, robust_acc, seconds))))
     return entries

@@ -107,5 +107,10 @@ def run_name(pattern: str, attention: str) -> str:
     return pattern if pattern == "baseline" else f"{pattern}_{attention}"
 
 
-OmegaConf.register_new_resolver("resattn.job_name", resolve_job_name, replace=True)
-OmegaConf.register_new_resolver("resattn.run_name", run_name, replace=True)
+def register_resolvers() -> None:
+    """The resolvers configs/config.yaml names folders with (again in a process whose resolvers were reset)."""
+    OmegaConf.register_new_resolver("resattn.job_name", resolve_job_name, replace=True)
+    OmegaConf.register_new_resolver("resattn.run_name", run_name, replace=True)
+
+
+register_resolvers()

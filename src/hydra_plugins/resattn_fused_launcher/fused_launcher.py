@@ -50,17 +50,37 @@ def group_jobs(configs: list[DictConfig], max_members: int) -> list[list[int]]:
     """Indices of the jobs that train together, in sweep order: same fusion key and same progress (the step
     their summary.json reached: members resume together), at most max_members each."""
     from resattn.members import fusion_key
-    from resattn.tracking import read_summary
 
     groups: dict[tuple, list[list[int]]] = {}
     for i, cfg in enumerate(configs):
-        summary = read_summary(job_folder(cfg)) or {}
-        key = (fusion_key(task_config(cfg)), summary.get("step", 0) if summary.get("status") != "failed" else 0)
+        key = (fusion_key(task_config(cfg)), resume_step(cfg)) if valid(cfg) else ("invalid", i)
         chunks = groups.setdefault(key, [[]])
         if len(chunks[-1]) == max_members:
             chunks.append([])
         chunks[-1].append(i)
     return sorted((chunk for chunks in groups.values() for chunk in chunks), key=lambda g: g[0])
+
+
+def resume_step(cfg: DictConfig) -> int:
+    """The step a job resumes from: its summary's where its folder holds a checkpoint to resume, else 0."""
+    from resattn.tracking import read_summary
+
+    folder = job_folder(cfg)
+    if cfg.trainer.resume != "auto" or not (folder / "checkpoint.pt").is_file():
+        return 0
+    return (read_summary(folder) or {}).get("step", 0)
+
+
+def valid(cfg: DictConfig) -> bool:
+    """Whether the job's config passes resattn's checks (one that does not fails alone, not its group)."""
+    from resattn.config import validate
+    from resattn.errors import ConfigError
+
+    try:
+        validate(task_config(cfg))
+    except ConfigError:
+        return False
+    return True
 
 
 def splitting_keys(configs: list[DictConfig]) -> list[str]:
@@ -95,13 +115,17 @@ def start_member(cfg: DictConfig) -> tuple[DictConfig, Path]:
     return task_cfg, run_dir
 
 
-def run_group(sweep_configs: list[DictConfig], singleton_state: dict | None = None) -> list[JobReturn]:
-    """Train one group (in this process, or in a worker given Hydra's singletons); a JobReturn per member."""
+def run_group(sweep_configs: list[DictConfig], singleton_state: dict | None = None) -> list[dict | None]:
+    """Train one group (in this process, or in a worker given Hydra's singletons); each member's summary, None
+    where it did not complete (plain data: a worker's results travel back pickled)."""
     from resattn.job import run_group as run_members
 
-    if singleton_state is not None:
-        setup_globals()
-        Singleton.set_state(singleton_state)
+    if singleton_state is not None:  # a spawned worker: Hydra's singletons, and resattn's resolvers registered
+        from resattn.sweep import register_resolvers
+
+        Singleton.set_state({**singleton_state, "omegaconf_resolvers": {}})
+        setup_globals()  # Hydra's own resolvers (now, hydra, ...)
+        register_resolvers()
     started = [start_member(cfg) for cfg in sweep_configs]
     HydraConfig.instance().set_config(sweep_configs[0])
     configure_log(sweep_configs[0].hydra.job_logging, sweep_configs[0].hydra.verbose)
@@ -117,13 +141,16 @@ def run_group(sweep_configs: list[DictConfig], singleton_state: dict | None = No
         for handler in files:
             root.removeHandler(handler)
             handler.close()
-    returns = []
-    for cfg, (task_cfg, run_dir), summary in zip(sweep_configs, started, summaries):
-        ret = JobReturn(overrides=list(cfg.hydra.overrides.task), cfg=task_cfg, hydra_cfg=cfg,
-                        working_dir=os.getcwd(), task_name=cfg.hydra.job.name, status=JobStatus.COMPLETED)
-        ret.return_value = summary
-        returns.append(ret)
-    return returns
+    return summaries
+
+
+def job_return(cfg: DictConfig, summary: dict | None) -> JobReturn:
+    """What Hydra's run_job returns for a job: its configs, overrides and the task's return value."""
+    ret = JobReturn(overrides=list(cfg.hydra.overrides.task), cfg=task_config(cfg),
+                    hydra_cfg=OmegaConf.create({"hydra": cfg.hydra}), working_dir=os.getcwd(),
+                    task_name=cfg.hydra.job.name, status=JobStatus.COMPLETED)
+    ret.return_value = summary
+    return ret
 
 
 class FusedLauncher(Launcher):
@@ -156,8 +183,9 @@ class FusedLauncher(Launcher):
             results = [run_group([configs[i] for i in group]) for group in groups]
         else:
             results = self.in_workers([[configs[i] for i in group] for group in groups])
-        by_index = {i: ret for group, rets in zip(groups, results) for i, ret in zip(group, rets)}
-        return [by_index[i] for i in range(len(configs))]
+        summaries = {i: summary for group, result in zip(groups, results) for i, summary in zip(group, result)}
+        configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)  # the sweep's own log again
+        return [job_return(configs[i], summaries[i]) for i in range(len(configs))]
 
     def describe(self, configs: list[DictConfig], groups: list[list[int]]) -> None:
         split = splitting_keys(configs)
@@ -168,16 +196,23 @@ class FusedLauncher(Launcher):
             kind = f"{len(group)} fused members" if len(group) > 1 else "alone, unfused (no other job to fuse with)"
             log.info("\t%s: %s", kind, "; ".join(names))
 
-    def in_workers(self, groups: list[list[DictConfig]]) -> list[list[JobReturn]]:
+    def in_workers(self, groups: list[list[DictConfig]]) -> list[list[dict | None]]:
         """Groups side by side in n_jobs spawned processes; a signal to this process is passed on to them
         (each saves its members and stops), and the first stop ends the sweep, as with one process."""
-        state = Singleton.get_state()
-        with ProcessPoolExecutor(self.n_jobs, mp_context=get_context("spawn")) as pool:
-            forward = lambda signum, frame: [os.kill(pid, signum) for pid in list(pool._processes)]  # noqa: E731
-            previous = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM)}
-            try:
-                futures = [pool.submit(run_group, group, state) for group in groups]
-                return [f.result() for f in futures]
-            finally:
-                for s, handler in previous.items():
-                    signal.signal(s, handler)
+        # OmegaConf's resolvers do not pickle: the workers register Hydra's and resattn's again (run_group)
+        state = {"instances": Singleton.get_state()["instances"]}
+        # Workers in process groups of their own: a Ctrl-C reaches them once, forwarded from here, so each
+        # saves its members (a second signal would make them exit at once, unsaved).
+        pool = ProcessPoolExecutor(self.n_jobs, mp_context=get_context("spawn"), initializer=os.setpgrp)
+        forward = lambda signum, frame: [os.kill(pid, signum) for pid in list(pool._processes)]  # noqa: E731
+        previous = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            futures = [pool.submit(run_group, group, state) for group in groups]
+            return [f.result() for f in futures]
+        except SystemExit:  # a stop: groups not yet started never start; those running have saved
+            pool.shutdown(wait=True, cancel_futures=True)
+            raise
+        finally:
+            pool.shutdown(wait=True)
+            for s, handler in previous.items():
+                signal.signal(s, handler)

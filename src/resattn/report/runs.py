@@ -120,7 +120,8 @@ def read_summary(run: Run) -> bool:
         run.config.update(identity.recorded(run.summary))
     run.error = str(run.summary.get("error") or "").strip().split("\n")[0]
     if run.status in ("running", "interrupted"):
-        signal = f" by {run.summary['signal']}" if run.summary.get("signal") else ""
+        reason = run.summary.get("stop_reason") or run.summary.get("signal")  # signal: runs of older versions
+        signal = f" by {reason}" if reason else ""
         run.error = run.error or (f"stopped{signal} after {run.summary.get('epochs_completed', '?')}/"
                                   f"{run.summary.get('epochs', '?')} epochs")
     return True
