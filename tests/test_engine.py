@@ -302,3 +302,27 @@ def test_each_job_of_one_process_gets_the_threads_it_asks_for(tmp_path):
     assert engine.train(one, tmp_path / "one")["num_threads"] == 1
     assert engine.train(auto, tmp_path / "auto")["num_threads"] == DEFAULT_THREADS  # not left at 1
     assert torch.get_num_threads() == DEFAULT_THREADS
+
+
+def test_a_run_killed_at_an_epoch_boundary_resumes_to_the_uninterrupted_result(tmp_path, monkeypatch):
+    from hydra import compose, initialize_config_dir
+
+    from resattn import engine, records
+
+    with initialize_config_dir(str(ROOT / "configs"), version_base="1.3"):
+        cfg = compose("config", overrides=[*TINY, "trainer.epochs=2"])
+    finish = records.finish
+
+    def crash_after_the_first_epochs_checkpoint(run, m, members, status, *args, **kwargs):
+        if status == "running":  # the checkpoint of epoch 1 is written; then the machine goes away
+            raise RuntimeError("killed")
+        return finish(run, m, members, status, *args, **kwargs)
+
+    monkeypatch.setattr(records, "finish", crash_after_the_first_epochs_checkpoint)
+    with pytest.raises(RuntimeError, match="killed"):
+        engine.train(cfg, tmp_path / "killed")
+    monkeypatch.setattr(records, "finish", finish)
+    resumed = engine.train(cfg, tmp_path / "killed")
+    whole = engine.train(cfg, tmp_path / "whole")
+    for key in ("status", "step", "final_test_acc", "best_test_acc", "final_lambda"):
+        assert resumed[key] == whole[key], key
