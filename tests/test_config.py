@@ -8,7 +8,7 @@ from omegaconf import OmegaConf
 from resattn import data
 from resattn.attention import ATTENTIONS
 from resattn.config import ConfigError, validate
-from resattn.engine import build_model
+from resattn.build import build_model
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 PATTERNS = sorted(p.stem for p in (CONFIGS / "pattern").glob("*.yaml"))

@@ -15,7 +15,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from conftest import ROOT, TINY, run_train
 from resattn import checkpoint, data
-from resattn.engine import use_compile
+from resattn.build import use_compile
 from resattn.evaluate import evaluate
 from resattn.model import SimpleCNN
 

@@ -210,7 +210,10 @@ def test_every_sweep_lands_in_outputs_sweeps_name_date_time():
     assert raw(CONFIGS / "config.yaml")["hydra"]["sweep"]["dir"] == f"outputs/sweeps/multirun/{stamp}"
     presets = {p.stem: raw(p) for p in (CONFIGS / "experiment").glob("*.yaml")}
     sweeps = {name: cfg["hydra"]["sweep"]["dir"] for name, cfg in presets.items() if "sweep" in cfg.get("hydra", {})}
-    assert sweeps and sweeps == {name: f"outputs/sweeps/{name}/{stamp}" for name in sweeps}
+    # a tuning preset runs one study per pattern: a folder per pattern under its own name
+    expected = {name: f"outputs/sweeps/{name}/{'${pattern.name}/' if name.startswith('tune_lr') else ''}{stamp}"
+                for name in sweeps}
+    assert sweeps and sweeps == expected
 
 
 def test_quick_preset_is_a_short_single_run_on_any_data():

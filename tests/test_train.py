@@ -147,10 +147,10 @@ def test_multirun_names_jobs_by_what_varies(tmp_path):
         experiment, start = hparams(tmp_path / job)
         assert [h.name for h in experiment.hparam_infos if h.differs] == ["pattern.lam_init", "pattern.name", "seed"]
         assert start.group_name == f"lam_init={s['lam_init']} ({tmp_path.name})"  # short: TensorBoard cuts names
-    # relaunched into the same folder (as after a crash): the same names, so each job finds its checkpoint
+    # relaunched into the same folder: the same names, so each job finds its own folder (completed: skipped)
     again = run_train("-m", *TINY, "trainer.epochs=1", "pattern.lam_init=0.1,0.5", f"hydra.sweep.dir={tmp_path}")
     assert again.returncode == 0 and sorted(p.name for p in tmp_path.iterdir() if p.is_dir()) == jobs
-    assert again.stdout.count("resuming from") == 2, again.stdout
+    assert again.stdout.count("skipped: completed") == 2, again.stdout
 
 
 def test_folder_sweep_names_are_one_short_folder_each(tmp_path):
