@@ -158,6 +158,8 @@ def prepare(cfgs: list[DictConfig], run_dirs: list[Path], started: float) -> Job
     job = Job(cfg, [], members, optimizer, scheduler, loaders, ds.test.images[:8], device, bf16, started)
     for m, run in enumerate(runs):
         job.runs.append(member_record(job, m, *run, setup))
+    for m, run in enumerate(job.runs):  # only once every member is known to fit: a refusal leaves events untouched
+        open_tracker(job, m, run)
     log.info("training %s on %s (%s, %d steps an epoch, %s, %d CPU threads%s)",
              cfg.pattern.name, device, setup["precision"], len(runs[0][3]), "compiled" if compiled else "eager",
              threads, f", {len(cfgs)} fused members" if len(cfgs) > 1 else "")
@@ -169,7 +171,8 @@ def member_record(job: Job, m: int, cfg: DictConfig, run_dir: Path, generator, l
     config = records.resolved(cfg)
     resume_from = records.resume_path(cfg.trainer.resume, run_dir / "checkpoint.pt")
     run = Member(cfg, run_dir, config, generator, loader, records.start_summary(cfg, config, setup),
-                 finished_before=resume_from is not None and records.was_finished(run_dir))
+                 finished_before=resume_from is not None and records.was_finished(run_dir),
+                 resumed=resume_from is not None)
     if resume_from is not None:
         state = records.restore(run, m, resume_from, job.members, job.optimizer, job.scheduler)
         where = (state["epoch"], state["batch"], state["step"])
@@ -182,12 +185,15 @@ def member_record(job: Job, m: int, cfg: DictConfig, run_dir: Path, generator, l
             job.pending_sums = (job.pending_sums or []) + [state["train_sums"]]
     elif m and job.step:
         raise ConfigError(f"trainer.resume: {run_dir.name} has no checkpoint, the other members of its fused job do")
+    return run
+
+
+def open_tracker(job: Job, m: int, run: Member) -> None:
     # Purge what a resumed run wrote after its checkpoint; a fresh run purges any older events in its folder.
-    run.tracker = Tracker(run_dir, purge_step=job.step + 1 if resume_from else 0,
-                          progress=cfg.tracking.progress and m == 0, blocks=list(job.members.lambdas(m)))
+    run.tracker = Tracker(run.run_dir, purge_step=job.step + 1 if run.resumed else 0,
+                          progress=run.cfg.tracking.progress and m == 0, blocks=list(job.members.lambdas(m)))
     if job.step == 0:
         run.tracker.scalars({f"lambda/{k}": v for k, v in records.lambdas(job.members, m).items()}, 0)
-    return run
 
 
 def run_epochs(job: Job, stop: list[int]) -> None:

@@ -31,6 +31,7 @@ class Member:
     loader: data.Loader
     summary: dict
     finished_before: bool  # summary.json said completed before this start: no second HParams entry
+    resumed: bool = False  # from a checkpoint: its events after the checkpoint's step are purged, not all
     tracker: Tracker | None = None
     prior_time: float = 0.0  # wall time of earlier starts of this run
     active: bool = True  # false once diverged: it rides along in the stack, nothing of it is recorded
