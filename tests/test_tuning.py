@@ -43,8 +43,11 @@ def test_report_shows_validation_metrics_and_each_groups_lr(tmp_path):
 
 
 def test_tuning_presets_need_and_get_the_optuna_sweeper():
-    assert with_optuna_sweeper(["experiment=tune_lr", "pattern=p1"])[-1] == "hydra/sweeper=optuna"
-    assert with_optuna_sweeper(["-m", "experiment=tune_lr_cpu"])[-1] == "hydra/sweeper=optuna"
+    assert with_optuna_sweeper(["experiment=tune_lr", "pattern=p1"])[0] == "hydra/sweeper=optuna"
+    assert with_optuna_sweeper(["-m", "experiment=tune_lr_cpu"])[0] == "hydra/sweeper=optuna"
+    # first, so that options after the overrides (--cfg hydra -p KEY) still parse
+    assert with_optuna_sweeper(["experiment=tune_lr", "--cfg", "hydra", "-p", "hydra.sweeper"])[0] == \
+        "hydra/sweeper=optuna"
     assert with_optuna_sweeper(["experiment=tune_lr", "hydra/sweeper=basic"]) == ["experiment=tune_lr",
                                                                                   "hydra/sweeper=basic"]
     assert with_optuna_sweeper(["experiment=compare_patterns"]) == ["experiment=compare_patterns"]

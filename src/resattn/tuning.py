@@ -31,7 +31,7 @@ def with_optuna_sweeper(args: list[str]) -> list[str]:
     if any(k == "hydra/sweeper" for k, _ in pairs) or not any(k == "experiment" and v in OPTUNA_PRESETS
                                                               for k, v in pairs):
         return args
-    return [*args, "hydra/sweeper=optuna"]
+    return ["hydra/sweeper=optuna", *args]  # first: after an option such as `--cfg hydra -p KEY` argparse refuses it
 
 
 def check_objective(cfg: DictConfig) -> str | None:
