@@ -2,9 +2,12 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 from conftest import ROOT
 
 
+@pytest.mark.slow  # a long end-to-end run: in CI's second command (-m slow)
 def test_bench_runs_offline_and_writes_its_figures(tmp_path):
     out = tmp_path / "bench.json"
     proc = subprocess.run([sys.executable, "scripts/bench.py", "--width", "0.25", "--images", "256",
@@ -20,6 +23,7 @@ def test_bench_runs_offline_and_writes_its_figures(tmp_path):
     assert "images/s" in proc.stdout and "speed-up" in proc.stdout
 
 
+@pytest.mark.slow  # a long end-to-end run: in CI's second command (-m slow)
 def test_bench_times_a_resnet_with_any_attention(tmp_path):
     out = tmp_path / "bench.json"
     proc = subprocess.run([sys.executable, "scripts/bench.py", "--model", "resnet", "--depth", "20",
@@ -35,6 +39,7 @@ def test_bench_times_a_resnet_with_any_attention(tmp_path):
     assert "ResNet-20" in proc.stdout
 
 
+@pytest.mark.slow  # a long end-to-end run: in CI's second command (-m slow)
 def test_bench_times_fused_members_with_the_trainers_step(tmp_path):
     out = tmp_path / "bench.json"
     proc = subprocess.run([sys.executable, "scripts/bench.py", "--members", "3", "--width", "0.25", "--images", "128",

@@ -131,6 +131,7 @@ def test_divergence_stops_the_run_with_its_status(tmp_path):
     assert proc.stderr.strip().splitlines()[-1].startswith("error: non-finite training loss")
 
 
+@pytest.mark.slow  # a long end-to-end run: in CI's second command (-m slow)
 def test_a_failing_sweep_job_does_not_stop_the_others(tmp_path):
     proc = run_train("-m", *TINY, "trainer.epochs=1", "pattern.lam_init=0.1,7,0.5", f"hydra.sweep.dir={tmp_path}")
     assert proc.returncode == 1
@@ -196,6 +197,7 @@ def test_a_file_that_is_no_checkpoint_is_named_for_what_it_is(tmp_path):
         assert what in str(err.value) and "index" not in str(err.value)
 
 
+@pytest.mark.slow  # a long end-to-end run: in CI's second command (-m slow)
 def test_resume_false_starts_fresh_and_a_refused_relaunch_keeps_the_result(reference, tmp_path):
     run = tmp_path / "run"
     shutil.copytree(reference, run)
@@ -258,6 +260,7 @@ def test_every_compiled_run_of_a_multirun_is_compiled(tmp_path):
     assert not [h for h in hits if "recompile_limit" in h]
 
 
+@pytest.mark.slow  # a long end-to-end run: in CI's second command (-m slow)
 def test_a_time_limited_run_stops_cleanly_and_the_same_command_finishes_it_exactly(reference, tmp_path):
     proc = run_train(*LONGER, "trainer.time_limit=0.001", f"hydra.run.dir={tmp_path}")
     assert proc.returncode == 124, proc.stderr  # stopped at the first step past the limit, as timeout(1) exits

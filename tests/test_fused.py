@@ -103,6 +103,7 @@ def test_a_diverging_member_stops_and_the_healthy_one_keeps_its_result(tmp_path,
 SWEEP = [*EXACT, "seed=0,1", "hydra/launcher=fused", "trainer.epochs=3", "data.train_size=512"]
 
 
+@pytest.mark.slow  # a long end-to-end run: in CI's second command (-m slow)
 def test_a_fused_sweep_stopped_by_sigterm_resumes_every_member(tmp_path):
     reference = run_train("-m", *SWEEP, f"hydra.sweep.dir={tmp_path / 'reference'}")
     assert reference.returncode == 0, reference.stderr
@@ -132,6 +133,7 @@ def test_a_fused_sweep_stopped_by_sigterm_resumes_every_member(tmp_path):
     assert (sweep / "report.md").exists()
 
 
+@pytest.mark.slow  # a long end-to-end run: in CI's second command (-m slow)
 def test_groups_run_side_by_side_in_worker_processes(tmp_path):
     sweep = tmp_path / "sweep"
     proc = run_train("-m", *TINY, "trainer.epochs=1", "seed=0,1", "pattern=p1,baseline", "hydra/launcher=fused",

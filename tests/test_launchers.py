@@ -83,6 +83,7 @@ def test_command_line_narrows_a_preset():
     assert {(j.trainer.epochs, j.seed) for _, j in jobs} == {(3, 0)}
 
 
+@pytest.mark.slow  # a long end-to-end run: in CI's second command (-m slow)
 def test_preset_expands_through_the_real_command_line(tmp_path):
     """Every job fails at once on a bad device (a key left out of folder names), so nothing trains:
     this counts the folders the real sweeper makes, without -m (the preset sets hydra.mode)."""
@@ -116,6 +117,7 @@ def sweep(request, tmp_path_factory):
     return name, out
 
 
+@pytest.mark.slow  # a long end-to-end run: in CI's second command (-m slow)
 def test_sweep_jobs_complete_in_their_folders(sweep):
     _, out = sweep
     # named in the worker process as in the basic launcher: by the varied key only

@@ -144,6 +144,7 @@ def test_studies_of_different_recipes_are_refused(tmp_path):
         script.main([str(tmp_path), "--configs", str(tmp_path / "out")])
 
 
+@pytest.mark.slow  # a long end-to-end run: in CI's second command (-m slow)
 def test_two_tiny_trials_then_the_comparison_at_the_tuned_rates(tmp_path):
     """Real subprocesses: experiment=tune_lr runs two Optuna trials on synthetic data and writes
     optimization_results.yaml; the table script turns it into a config; compare_tuned runs each arm at its lr."""
