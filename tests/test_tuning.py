@@ -8,6 +8,7 @@ import sys
 
 import pytest
 from hydra import compose, initialize_config_dir
+from hydra._internal.utils import get_args_parser
 
 from conftest import ROOT
 from resattn import report
@@ -43,11 +44,15 @@ def test_report_shows_validation_metrics_and_each_groups_lr(tmp_path):
 
 
 def test_tuning_presets_need_and_get_the_optuna_sweeper():
-    assert with_optuna_sweeper(["experiment=tune_lr", "pattern=p1"])[0] == "hydra/sweeper=optuna"
-    assert with_optuna_sweeper(["-m", "experiment=tune_lr_cpu"])[0] == "hydra/sweeper=optuna"
-    # first, so that options after the overrides (--cfg hydra -p KEY) still parse
-    assert with_optuna_sweeper(["experiment=tune_lr", "--cfg", "hydra", "-p", "hydra.sweeper"])[0] == \
-        "hydra/sweeper=optuna"
+    def parsed(args):  # as train.py hands them to Hydra: its own argument parser
+        return get_args_parser().parse_args(with_optuna_sweeper(args))
+
+    assert parsed(["experiment=tune_lr", "pattern=p1"]).overrides == ["hydra/sweeper=optuna", "experiment=tune_lr",
+                                                                     "pattern=p1"]
+    args = parsed(["-m", "experiment=tune_lr_cpu", "pattern=p1"])  # the documented command
+    assert args.multirun and args.overrides == ["hydra/sweeper=optuna", "experiment=tune_lr_cpu", "pattern=p1"]
+    args = parsed(["experiment=tune_lr", "--cfg", "hydra", "-p", "hydra.sweeper"])
+    assert args.cfg == "hydra" and args.overrides == ["hydra/sweeper=optuna", "experiment=tune_lr"]
     assert with_optuna_sweeper(["experiment=tune_lr", "hydra/sweeper=basic"]) == ["experiment=tune_lr",
                                                                                   "hydra/sweeper=basic"]
     assert with_optuna_sweeper(["experiment=compare_patterns"]) == ["experiment=compare_patterns"]

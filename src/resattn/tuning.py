@@ -27,11 +27,15 @@ def with_optuna_sweeper(args: list[str]) -> list[str]:
         key, _, value = a.partition("=")
         return key.lstrip("+~"), value
 
-    pairs = [key_value(a) for a in args if "=" in a and not a.startswith("-")]
+    overrides = [i for i, a in enumerate(args) if "=" in a and not a.startswith("-")]
+    pairs = [key_value(args[i]) for i in overrides]
     if any(k == "hydra/sweeper" for k, _ in pairs) or not any(k == "experiment" and v in OPTUNA_PRESETS
                                                               for k, v in pairs):
         return args
-    return ["hydra/sweeper=optuna", *args]  # first: after an option such as `--cfg hydra -p KEY` argparse refuses it
+    # just before the first override: Hydra's argparse takes the overrides only as one unbroken run, so an
+    # option on either side (`-m ...`, `... --cfg hydra -p KEY`) must stay outside it
+    first = overrides[0]
+    return [*args[:first], "hydra/sweeper=optuna", *args[first:]]
 
 
 def check_objective(cfg: DictConfig) -> str | None:
