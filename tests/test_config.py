@@ -126,6 +126,24 @@ def test_unknown_choices_read_as_english(capsys):
         assert exit_.value.code == 2 and phrase in capsys.readouterr().err
 
 
+def test_choices_on_the_search_path_are_known(tmp_path, capsys):
+    """Options of a group kept outside configs/ (tuned rates of another study) are found where Hydra finds
+    them, on hydra.searchpath or in --config-dir; an empty group says where its options come from."""
+    from resattn.job import check_choices
+
+    (tmp_path / "tuned_lr").mkdir()
+    (tmp_path / "tuned_lr" / "p1.yaml").write_text("# @package _global_\n")
+    with pytest.raises(SystemExit) as exit_:
+        check_choices(["-m", "experiment=compare_tuned", "tuned_lr=p1"])
+    assert exit_.value.code == 2 and "choose one of none yet (configs/tuned_lr/README.md)" in capsys.readouterr().err
+    check_choices(["-m", "experiment=compare_tuned", "tuned_lr=p1", f"hydra.searchpath=[file://{tmp_path}]"])
+    check_choices(["-m", "--config-dir", str(tmp_path), "tuned_lr=p1"])
+    with pytest.raises(SystemExit):
+        check_choices(["-m", "tuned_lr=p1,p3", f"hydra.searchpath=['file://{tmp_path}']"])
+    assert "tuned_lr=p3 is not a tuned_lr config; choose one of p1" in capsys.readouterr().err
+    check_choices(["-m", "tuned_lr=p3", "hydra.searchpath=[pkg://somewhere.configs]"])  # only Hydra can list it
+
+
 @pytest.mark.parametrize("args", [["attention=se,eca"], ["pattern=p1", "seed=0,1"], ["seed=range(3)"]])
 def test_a_list_of_values_without_multirun_is_one_line(args, capsys):
     from resattn.job import check_choices

@@ -3,8 +3,7 @@ of tuned rates and the comparison at them."""
 
 import csv
 import json
-import subprocess
-import sys
+from pathlib import Path
 
 import pytest
 from hydra import compose, initialize_config_dir
@@ -116,10 +115,11 @@ def fake_study(folder, pattern, best_lr, best_value, statuses=("completed", "com
     return folder
 
 
-def test_table_of_tuned_rates_and_the_configs_it_writes(tmp_path):
+def test_table_of_tuned_rates_and_the_configs_it_writes(tmp_path, monkeypatch):
     from omegaconf import OmegaConf
     script = load_script()
-    studies = tmp_path / "sweeps"
+    monkeypatch.chdir(tmp_path)  # the table names each study as the command line did, from here
+    studies = Path("sweeps")
     fake_study(studies / "baseline" / "2026-12-01_10-00-00", "baseline", 0.31234567, 0.81)
     fake_study(studies / "p1" / "2026-12-01_09-00-00", "p1", 0.9, 0.70)  # older: left out
     fake_study(studies / "p1" / "2026-12-01_11-00-00", "p1", 0.0523456, 0.79, statuses=("completed",) * 4)
@@ -127,6 +127,7 @@ def test_table_of_tuned_rates_and_the_configs_it_writes(tmp_path):
     table = rows(studies / "tuned_lr.csv")
     assert [(r["pattern"], r["best optim.lr"], r["best val acc"], r["trials"], r["diverged"]) for r in table] == [
         ("baseline", "0.3123", "0.8100", "3", "1"), ("p1", "0.05235", "0.7900", "4", "0")]
+    assert [r["study"] for r in table] == ["sweeps/baseline/2026-12-01_10-00-00", "sweeps/p1/2026-12-01_11-00-00"]
     md = (studies / "tuned_lr.md").read_text()
     assert "2026-12-01_09-00-00 left out" in md and "model.width=0.5" in md
     # the configs compare_tuned sweeps: each job gets its pattern and its lr
@@ -173,13 +174,9 @@ def test_two_tiny_trials_then_the_comparison_at_the_tuned_rates(tmp_path):
                                       "optim:\n  lr: 0.05\n")
     tuned = OmegaConf.load(sp / "p1.yaml").optim.lr
     compare = tmp_path / "compare"
-    # Hydra's own entry (train.main): `python -m train` checks group choices against configs/ alone, and these
-    # options live on a search path of the test's own, not in the checkout
-    args = ["-m", f"--config-path={ROOT / 'configs'}", "experiment=compare_tuned", "tuned_lr=baseline,p1", "seed=0",
-            *TINY,
-            f"hydra.searchpath=[file://{tmp_path / 'sp'}]", f"hydra.sweep.dir={compare}"]
-    proc = subprocess.run([sys.executable, "-c", "import train; train.main()", *args], cwd=ROOT, text=True,
-                          capture_output=True, timeout=240)
+    # the options live on a search path of the test's own, not in the checkout: `python -m train` finds them there
+    proc = run_train("-m", "experiment=compare_tuned", "tuned_lr=baseline,p1", "seed=0", *TINY,
+                     f"hydra.searchpath=[file://{tmp_path / 'sp'}]", f"hydra.sweep.dir={compare}")
     assert proc.returncode == 0, proc.stderr[-3000:]
     groups = {r["pattern.name"]: float(r["optim.lr"]) for r in rows(compare / "groups.csv")}
     assert groups == {"baseline": 0.05, "p1": tuned}

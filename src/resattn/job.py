@@ -98,14 +98,32 @@ def check_choices(argv: list[str] | None = None) -> None:
             module, extra = LAUNCHERS[value]
             if importlib.util.find_spec(module) is None:
                 usage_error(f"hydra/launcher={value} needs its plugin: pip install -e \".[{extra}]\"")
-        group = CONFIGS / key
-        if "/" not in key and "." not in key and value and group.is_dir():
-            allowed = sorted(p.stem for p in group.glob("*.yaml"))
+        roots = config_roots(args)
+        if "/" not in key and "." not in key and value and roots and (CONFIGS / key).is_dir():
+            allowed = sorted({p.stem for root in roots for p in (root / key).glob("*.yaml")})
             # a sweep gives a comma-separated list; Hydra's sweep functions (range, glob...) are left to Hydra
             for choice in value.split(",") if "(" not in value else []:
                 if choice not in allowed and choice != "null":
-                    usage_error(f"{key}={choice} is not {article(key)} {key} config; "
-                                f"choose one of {', '.join(allowed)}")
+                    usage_error(f"{key}={choice} is not {article(key)} {key} config; choose one of "
+                                f"{', '.join(allowed) or f'none yet (configs/{key}/README.md)'}")
+
+
+def config_roots(args: list[str]) -> list[Path] | None:
+    """The folders Hydra reads config groups from: configs/, --config-dir and every file:// entry of
+    hydra.searchpath on the command line; None when one is a package (pkg://), which only Hydra can list."""
+    roots = [CONFIGS]
+    for i, arg in enumerate(args):
+        if arg in ("--config-dir", "-cd") and i + 1 < len(args):
+            roots.append(Path(args[i + 1]))
+        elif arg.startswith("--config-dir="):
+            roots.append(Path(arg.partition("=")[2]))
+        elif arg.lstrip("+").startswith("hydra.searchpath="):
+            for entry in arg.partition("=")[2].strip("[]").split(","):
+                entry = entry.strip().strip("'\"")
+                if not entry.startswith("file://"):
+                    return None
+                roots.append(Path(entry.removeprefix("file://")))
+    return roots
 
 
 def available_cores() -> int:
