@@ -35,6 +35,8 @@ def select(cfg, key: str):
 def read_study(results: Path) -> dict:
     """One study: its pattern, best parameters and value, its trials' outcomes and its recipe."""
     folder = results.parent
+    if folder.is_relative_to(Path.cwd()):  # the table and configs name it as the command line would
+        folder = folder.relative_to(Path.cwd())
     best = OmegaConf.load(results)
     config_file = folder / "multirun.yaml"
     if not config_file.exists():  # an older Hydra: a trial's own config
