@@ -92,13 +92,13 @@ def check_choices(argv: list[str] | None = None) -> None:
             key, _, value = arg.lstrip("+~").partition("=")
             if not arg.startswith("-") and _is_sweep_value(value):
                 usage_error(f"{key}={value}: a list of values needs -m (multirun): python -m train -m {arg}")
+    roots = config_roots(args)
     for arg in args:
         key, _, value = arg.lstrip("+~").partition("=")
         if key == "hydra/launcher" and value in LAUNCHERS:
             module, extra = LAUNCHERS[value]
             if importlib.util.find_spec(module) is None:
                 usage_error(f"hydra/launcher={value} needs its plugin: pip install -e \".[{extra}]\"")
-        roots = config_roots(args)
         if "/" not in key and "." not in key and value and roots and (CONFIGS / key).is_dir():
             allowed = sorted({p.stem for root in roots for p in (root / key).glob("*.yaml")})
             # a sweep gives a comma-separated list; Hydra's sweep functions (range, glob...) are left to Hydra
