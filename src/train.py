@@ -1,11 +1,16 @@
 """Entry point: `python -m train [key=value ...]`, or `python -m train -m ...` for a sweep."""
 
-import sys
+import time
+
+STARTED = time.time()  # before the imports below: trainer.deadline counts the command's start-up too
+
+import sys  # the rest after the clock (E402 on purpose)
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
+from resattn import clock
 from resattn.errors import ConfigError
 from resattn.job import check_choices, run, usage_error
 from resattn.keys import check_keys
@@ -22,6 +27,7 @@ def main(cfg: DictConfig):
 
 
 if __name__ == "__main__":
+    clock.start_piece(STARTED)
     check_choices()
     try:
         sys.argv[1:] = check_keys(with_optuna_sweeper(sys.argv[1:]))

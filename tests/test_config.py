@@ -114,6 +114,9 @@ def test_moved_keys_name_their_new_place(capsys):
     with pytest.raises(SystemExit):
         check_choices(["+pattern.spatial_kernel=3"])
     assert "attention.spatial_kernel" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        check_choices(["trainer.time_limit=60"])
+    assert "trainer.deadline" in capsys.readouterr().err
 
 
 def test_unknown_choices_read_as_english(capsys):

@@ -261,11 +261,11 @@ def test_every_compiled_run_of_a_multirun_is_compiled(tmp_path):
 
 
 @pytest.mark.slow  # a long end-to-end run: in CI's second command (-m slow)
-def test_a_time_limited_run_stops_cleanly_and_the_same_command_finishes_it_exactly(reference, tmp_path):
-    proc = run_train(*LONGER, "trainer.time_limit=0.001", f"hydra.run.dir={tmp_path}")
-    assert proc.returncode == 124, proc.stderr  # stopped at the first step past the limit, as timeout(1) exits
+def test_a_run_past_its_deadline_stops_cleanly_and_the_same_command_finishes_it_exactly(reference, tmp_path):
+    proc = run_train(*LONGER, "trainer.deadline=0.001", f"hydra.run.dir={tmp_path}")
+    assert proc.returncode == 124, proc.stderr  # stopped at the first step past the deadline, as timeout(1) exits
     s = summary(tmp_path)
-    assert (s["status"], s["stop_reason"], s["step"]) == ("interrupted", "time_limit", 1)
+    assert (s["status"], s["stop_reason"], s["step"]) == ("interrupted", "deadline", 1)
     again = run_train(*LONGER, f"hydra.run.dir={tmp_path}")  # without the limit
     assert again.returncode == 0, again.stderr
     assert_same_as_reference(tmp_path, reference)

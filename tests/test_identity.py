@@ -15,7 +15,7 @@ from resattn.identity import NOT_THE_EXPERIMENT, defines_the_experiment, first_d
 CONFIG = {"seed": 0, "pattern": {"name": "p1"}, "optim": {"lr": 0.1},
           "data": {"name": "folder", "root": "/a", "download": False, "train_size": 100},
           "trainer": {"device": "cpu", "precision": "auto", "compile": False, "num_threads": 1, "epochs": 3,
-                      "eval_batch_size": 1000, "log_every_n_steps": 50, "resume": "auto", "time_limit": None},
+                      "eval_batch_size": 1000, "log_every_n_steps": 50, "resume": "auto", "deadline": None},
           "tracking": {"progress": True}}
 
 
@@ -35,7 +35,7 @@ def test_placement_keys_and_their_children_do_not_define_the_experiment():
 
 def test_first_difference_names_the_first_key_that_defines_the_experiment():
     moved = {**CONFIG, "data": {**CONFIG["data"], "root": "/b"}, "tracking": {"progress": False},
-             "trainer": {**CONFIG["trainer"], "device": "cuda", "num_threads": 8, "time_limit": 60}}
+             "trainer": {**CONFIG["trainer"], "device": "cuda", "num_threads": 8, "deadline": 60}}
     assert first_difference(CONFIG, moved) is None
     assert first_difference(CONFIG, {**moved, "optim": {"lr": 0.2}}) == "optim.lr"
 
@@ -52,7 +52,7 @@ def test_resuming_refuses_another_experiment_by_name_and_allows_a_move(tmp_path)
     # every may-change key changed at once: another machine, its data elsewhere, a time limit, quieter logs
     moved = {**CONFIG, "data": {**CONFIG["data"], "root": "/elsewhere", "download": True},
              "trainer": {**CONFIG["trainer"], "device": "cuda", "compile": True, "num_threads": 16,
-                         "eval_batch_size": 500, "log_every_n_steps": 10, "resume": "x.pt", "time_limit": 600},
+                         "eval_batch_size": 500, "log_every_n_steps": 10, "resume": "x.pt", "deadline": 600},
              "tracking": {"progress": False}}
     assert checkpoint.load(path, moved)["step"] == 7
 

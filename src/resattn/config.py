@@ -13,7 +13,14 @@ from resattn.model import PATTERNS
 from resattn.resnet import DEPTHS, SHORTCUTS
 
 # keys that moved to another group -> where they are now
-MOVED_KEYS = {"pattern.reduction": "attention.reduction", "pattern.spatial_kernel": "attention.spatial_kernel"}
+MOVED_KEYS = {
+    "pattern.reduction": "attention.reduction (set with the attention that has it, e.g. attention=cbam "
+                         "attention.reduction=...)",
+    "pattern.spatial_kernel": "attention.spatial_kernel (set with the attention that has it, e.g. attention=cbam "
+                              "attention.spatial_kernel=...)",
+    "trainer.time_limit": "trainer.deadline (seconds after the command started, for the whole command, not per "
+                          "job: trainer.deadline=...)",
+}
 
 
 
@@ -45,8 +52,7 @@ def moved_keys(args: list[str]) -> list[str]:
     for arg in args:
         key = arg.lstrip("+~").partition("=")[0]
         if key in MOVED_KEYS:
-            messages.append(f"{key} is now {MOVED_KEYS[key]} (set with the attention that has it, e.g. "
-                            f"attention=cbam {MOVED_KEYS[key]}=...)")
+            messages.append(f"{key} is now {MOVED_KEYS[key]}")
     return messages
 
 
@@ -137,9 +143,9 @@ def validate(cfg: DictConfig) -> None:
     if resume is True or (resume not in ("auto", False, None) and not isinstance(resume, str)):
         raise ConfigError(f"trainer.resume must be auto, false or a checkpoint path, got {resume!r}")
     _one_of("data.augment", cfg.data.augment, (True, False))
-    limit = cfg.trainer.get("time_limit")
+    limit = cfg.trainer.get("deadline")
     if limit is not None and (isinstance(limit, bool) or not isinstance(limit, (int, float)) or not 0 < limit < math.inf):
-        raise ConfigError(f"trainer.time_limit must be null or a number of seconds > 0, got {limit!r}")
+        raise ConfigError(f"trainer.deadline must be null or a number of seconds > 0, got {limit!r}")
     threads = cfg.trainer.num_threads
     if threads != "auto":
         _at_least_one(cfg, "trainer.num_threads")

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from omegaconf import DictConfig
 
-from resattn import data, records, robustness
+from resattn import clock, data, records, robustness
 from resattn.build import (build_model, build_optimizer, configure_device, pick_device, seed_everything, set_threads,
                            use_bf16, use_compile)
 from resattn.config import validate
@@ -65,7 +65,7 @@ class Job:
     map_images: torch.Tensor  # fixed test images for the attention maps, on the CPU
     device: torch.device
     bf16: bool
-    started: float  # time.perf_counter() when the job began: trainer.time_limit counts from here
+    started: float  # time.perf_counter() when the job began (its wall time counts from here)
     epoch: int = 0
     skip: int = 0  # batches of the current epoch already trained (a resumed epoch)
     step: int = 0
@@ -91,7 +91,7 @@ def train_members(cfgs: list[DictConfig], run_dirs: list[Path], stop: list[int] 
     """Train each config into its run folder, all as members of one stacked model; their summaries.
 
     A member whose loss stops being finite is recorded `diverged` at its step and the others go on; when none
-    is left, Diverged is raised. A stop (signal or trainer.time_limit) saves every member and raises Interrupted."""
+    is left, Diverged is raised. A stop (signal or trainer.deadline) saves every member and raises Interrupted."""
     stop = [] if stop is None else stop
     for cfg in cfgs:
         validate(cfg)
@@ -223,7 +223,7 @@ def train_epoch(job: Job, epoch_rngs: list, stop: list[int]) -> tuple[EpochSums,
             if mark_diverged(job, sums.loss):
                 active = torch.tensor([run.active for run in job.runs], device=device)
             log_progress(job, sums, i + 1, (sums.seen - seen_before) / (time.perf_counter() - start))
-        if stop or (t.time_limit is not None and job.elapsed() >= t.time_limit):
+        if stop or clock.passed(t.deadline):
             save_all(job, epoch_rngs, i + 1, sums)
             raise Interrupted(stop[0] if stop else None)
     job.skip, job.pending_sums = 0, None

@@ -13,19 +13,19 @@ class Diverged(RuntimeError):
 
 
 class Interrupted(Exception):
-    """A stop was asked for: a signal (`signum`), or trainer.time_limit (signum None). Checkpoints are saved
+    """A stop was asked for: a signal (`signum`), or trainer.deadline (signum None). Checkpoints are saved
     before this is raised; the same command resumes."""
 
-    TIME_LIMIT_EXIT = 124  # as timeout(1) exits
+    DEADLINE_EXIT = 124  # as timeout(1) exits
 
     def __init__(self, signum: int | None):
         self.signum = signum
-        self.reason = "time_limit" if signum is None else signal.Signals(signum).name
+        self.reason = "deadline" if signum is None else signal.Signals(signum).name
         super().__init__(self.reason)
 
     @property
     def exit_code(self) -> int:
-        return self.TIME_LIMIT_EXIT if self.signum is None else 128 + self.signum
+        return self.DEADLINE_EXIT if self.signum is None else 128 + self.signum
 
 
 def flatten(tree: dict, prefix: str = "") -> dict:

@@ -12,7 +12,7 @@ from resattn.errors import flatten
 # the arithmetic in the last bits only (the report says when a group mixes devices or compile modes);
 # data.root says where the data lives, not what it is: the data's fingerprint in summary.json says that.
 NOT_THE_EXPERIMENT = ("hydra", "trainer.device", "trainer.resume", "trainer.num_threads", "trainer.compile",
-                      "trainer.eval_batch_size", "trainer.log_every_n_steps", "trainer.time_limit", "tracking",
+                      "trainer.eval_batch_size", "trainer.log_every_n_steps", "trainer.deadline", "tracking",
                       "data.root", "data.download")
 
 # summary.json keys the engine writes with what the run resolved on its machine. These change the
