@@ -35,6 +35,25 @@ def test_describe_against_scipy():
     assert one["mean"] == 0.4 and all(math.isnan(one[k]) for k in ("std", "ci95_low", "ci95_high"))
 
 
+def test_describe_cuts_its_interval_to_what_the_quantity_can_be():
+    x = [0.05, 0.95]  # two seeds: scipy's t-interval of the mean runs from about -5.2 to +6.2
+    lo, hi = scipy_stats.t.interval(0.95, 1, loc=np.mean(x), scale=scipy_stats.sem(x))
+    assert lo < 0 and hi > 1
+    d = stats.describe(x, 0, 1)
+    assert (d["ci95_low"], d["ci95_high"]) == (0, 1) and d["mean"] == pytest.approx(0.5)
+    assert (stats.describe(x)["ci95_low"], stats.describe(x)["ci95_high"]) == pytest.approx((lo, hi), rel=1e-12)
+
+
+def test_power_is_planned_at_holms_first_step():
+    # Holm's smallest p must pass alpha / m: the level a verdict among m tests is sure to need
+    assert stats.family_alpha(5) == pytest.approx(0.01) and stats.family_alpha(1) == stats.family_alpha(0) == 0.05
+    at_holm = stats.mde(spread("paired", 3), alpha=stats.family_alpha(5))
+    crit = scipy_stats.t.ppf(1 - 0.01 / 2, 2)
+    power = scipy_stats.nct.sf(crit, 2, at_holm * math.sqrt(3)) + scipy_stats.nct.cdf(-crit, 2, at_holm * math.sqrt(3))
+    assert power == pytest.approx(0.8, abs=1e-9)
+    assert at_holm > 2 * stats.mde(spread("paired", 3))  # n = 3: far more than at 0.05 alone
+
+
 def test_paired_when_seeds_match_welch_otherwise():
     got, want = stats.compare(A, B), scipy_stats.ttest_rel(list(A.values()), list(B.values()))
     assert got["test"] == "paired" and got["p"] == pytest.approx(want.pvalue, rel=1e-9)

@@ -22,6 +22,10 @@ def points(x: float) -> str:
 
 
 def verdict_line(row: dict) -> str:
+    return judged(row) + survivors(row)
+
+
+def judged(row: dict) -> str:
     head = f"{row['group']} vs {row['reference']}: {points(row['diff'])} points"
     if row["verdict"] == stats.TOO_FEW:
         return (f"{head} [{points(row['ci95_low'])}, {points(row['ci95_high'])}], {stats.TOO_FEW} "
@@ -34,6 +38,19 @@ def verdict_line(row: dict) -> str:
     return f"{head}: every seed gave the same difference, so there is no spread to test against; no verdict"
 
 
+def survivors(row: dict) -> str:
+    """What a side lost to divergence: its survivors alone are compared, which flatters it (a diverged seed
+    would have scored worst), so the sentence says so."""
+    lost = [f"{k} of {n + k} seeds of {label} diverged, the other {n} are compared" for label, n, k in
+            ((row["group"], row["n"], row["diverged"]), (row["reference"], row["n_ref"], row["diverged_ref"])) if k]
+    return f"; {' and '.join(lost)} (survivors only: diverged runs are counted, never averaged)" if lost else ""
+
+
+def detectable(mde: float) -> str:
+    return f"{mde * 100:.2f} points" if mde <= 1 else \
+        f"no difference an accuracy can have (their MDE is {mde * 100:.0f} points)"
+
+
 def power_line(row: dict) -> str:
     head = f"{row['group']} vs {row['reference']}"
     if math.isnan(row["mde"]):
@@ -41,9 +58,13 @@ def power_line(row: dict) -> str:
     n = f"{row['n']} seed pairs" if row["test"] == "paired" else f"{row['n']} / {row['n_ref']} seeds"
     need = row["seeds_needed"]
     needed = f"{need} seeds per group" if need else f"more than {stats.MAX_SEEDS} seeds per group"
-    detect = f"detect {row['mde'] * 100:.2f} points" if row["mde"] <= 1 else \
-        f"detect no difference an accuracy can have (their MDE is {row['mde'] * 100:.0f} points)"
-    return f"{head}: {n} {detect} with {stats.POWER:.0%} power; {TARGET_DIFF * 100:g} points would need {needed}"
+    level = f"alpha {row['alpha_power']:.3g}"
+    if row["tests"] > 1:  # several comparisons: the level Holm needs, and alpha alone beside it
+        m = row["tests"]
+        level += (f" ({stats.ALPHA} / {m}: Holm's first step over {m} comparisons; at alpha {stats.ALPHA} alone, "
+                  f"as if this were the only comparison: {detectable(row['mde_alone'])})")
+    return (f"{head}: {n} detect {detectable(row['mde'])} with {stats.POWER:.0%} power at {level}; "
+            f"{TARGET_DIFF * 100:g} points would need {needed} at alpha {row['alpha_power']:.3g}")
 
 
 def diverged_lines(groups: list[Group]) -> list[str]:
@@ -87,11 +108,13 @@ def answer(groups: list[Group], rows: list[dict], notes: list[str], keys: list[s
         family = [r for r in rows if r["metric"] == metric]
         if family:
             over = f"these {len(family)} comparisons" if len(family) > 1 else "its one comparison"
-            lines += [f"**{METRIC_TITLES[metric]}**, group minus reference, 95% CI, Holm-adjusted over {over}:", "",
+            lines += [f"**{METRIC_TITLES[metric]}**, group minus reference with its 95% CI (unadjusted: each "
+                      f"comparison alone), verdict at Holm-adjusted p over {over}:", "",
                       *(f"- {verdict_line(r)}" for r in family), ""]
     power = [r for r in rows if r["metric"] == "final_test_acc"]
     if power:
-        lines += [f"**Power** (final test accuracy; two-sided, alpha {stats.ALPHA}, from the observed spread):", "",
+        lines += ["**Power** (final test accuracy; two-sided, from the observed spread, at the level a verdict "
+                  "needs):", "",
                   *(f"- {power_line(r)}" for r in power), ""]
     converge = convergence_lines(groups, keys)
     if converge:

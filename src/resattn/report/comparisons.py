@@ -10,6 +10,8 @@ numbers seed by seed, any of them is the reference (the first is taken, and a no
 
 from __future__ import annotations
 
+import math
+
 from resattn.report import stats
 from resattn.report.runs import ACC_METRICS, VAL_METRICS, Group, ReportError, fmt_value
 
@@ -96,11 +98,22 @@ def comparisons(groups: list[Group], refs: list[Group], keys: list[str], metrics
             if values and ref_values:
                 row = stats.compare(values, ref_values)
                 row["ci95_low"], row["ci95_high"] = stats.clip_interval(row["ci95_low"], row["ci95_high"], *DIFF_RANGE)
-                rows.append({"group": group.label, "reference": ref.label, "metric": metric, **row})
+                rows.append({"group": group.label, "reference": ref.label, "metric": metric, **row,
+                             "diverged": len(group.diverged), "diverged_ref": len(ref.diverged)})
     for metric in metrics:  # each metric's comparisons are one family
         family = [r for r in rows if r["metric"] == metric]
-        for row, p_holm in zip(family, stats.holm([r["p"] for r in family])):
-            seeds = min(row["n"], row["n_ref"])
-            row.update(p_holm=p_holm, verdict=stats.verdict(row["diff"], p_holm, seeds), mde=stats.mde(row),
-                       seeds_needed=stats.seeds_needed(row, TARGET_DIFF))
+        judge(family)
     return rows, notes
+
+
+def judge(family: list[dict]) -> None:
+    """Holm's adjustment, the verdict and the power of each comparison of one metric's family, in place. Power
+    is at the level a verdict among them is sure to need (stats.family_alpha), and at alpha alone, named."""
+    p_values = [r["p"] for r in family]
+    tests = sum(not math.isnan(p) for p in p_values)  # what Holm counts: a comparison without a p is no test
+    alpha = stats.family_alpha(tests)
+    for row, p_holm in zip(family, stats.holm(p_values)):
+        seeds = min(row["n"], row["n_ref"])
+        row.update(p_holm=p_holm, verdict=stats.verdict(row["diff"], p_holm, seeds), tests=tests, alpha_power=alpha,
+                   mde=stats.mde(row, alpha=alpha), mde_alone=stats.mde(row),
+                   seeds_needed=stats.seeds_needed(row, TARGET_DIFF, alpha=alpha))

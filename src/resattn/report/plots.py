@@ -8,15 +8,16 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from matplotlib import cm, colors
+from matplotlib import cm, colormaps, colors
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
+from matplotlib.patches import Rectangle
 from matplotlib.ticker import MaxNLocator
 
-from resattn.report import corruption
+from resattn.report import corruption, stats
 from resattn.report.runs import Group, block_names, fmt_value, group_label, short, sort_key
-from resattn.report.stats import describe
+from resattn.report.tables import group_stats
 
 MAX_CURVE_PANELS = 9  # λ curves per block up to this many blocks (ResNet-20); beyond, final λ against block
 METRIC_TITLES = {"final_test_acc": "final test accuracy", "robust_acc": "robust accuracy",
@@ -50,8 +51,8 @@ def accuracy(groups: list[Group]) -> Figure | None:
         table = np.full((len(curves), max(map(len, curves))), np.nan)
         for i, c in enumerate(curves):
             table[i, :len(c)] = c
-        band(ax, np.arange(1, table.shape[1] + 1), table, f"{group.label} (n={len(curves)})")  # a point per epoch
-    ax.set(xlabel="epoch", ylabel="test accuracy", title="Test accuracy: mean over seeds, band = min to max")
+        band(ax, np.arange(1, table.shape[1] + 1), table * 100, f"{group.label} (n={len(curves)})")  # a point an epoch
+    ax.set(xlabel="epoch", ylabel="test accuracy (%)", title="Test accuracy: mean over seeds, band = min to max")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.grid(alpha=0.3)
     ax.legend(fontsize="small")
@@ -126,15 +127,16 @@ def accuracy_vs_lam_init(groups: list[Group], keys: list[str]) -> Figure | None:
     fig, (ax,) = new_figure()
     for label, members in series.items():
         members.sort(key=lambda g: g.summary["lam_init"])
-        d = [describe(r.summary["final_test_acc"] for r in g.runs) for g in members]
-        mean = np.array([s["mean"] for s in d])
-        err = np.nan_to_num([[s["mean"] - s["ci95_low"] for s in d], [s["ci95_high"] - s["mean"] for s in d]])
+        # in %, as the tables; the intervals cut to what an accuracy can be
+        d = [group_stats(g, ["final_test_acc"])["final_test_acc"] for g in members]
+        mean = np.array([s["mean"] for s in d]) * 100
+        err = np.nan_to_num([[s["mean"] - s["ci95_low"] for s in d], [s["ci95_high"] - s["mean"] for s in d]]) * 100
         ax.errorbar([g.summary["lam_init"] for g in members], mean, yerr=err, marker="o", capsize=3, label=label)
     if lam_inits[0] > 0 and lam_inits[-1] / lam_inits[0] >= 10:
         ax.set_xscale("log")  # lam_init sweeps span decades (0.01 .. 0.9)
     ax.set_xticks(lam_inits, [f"{v:g}" for v in lam_inits])
     ax.minorticks_off()
-    ax.set(xlabel="lam_init", ylabel="final test accuracy", title="Final test accuracy (mean, 95% CI) vs lam_init")
+    ax.set(xlabel="lam_init", ylabel="final test accuracy (%)", title="Final test accuracy (mean, 95% CI) vs lam_init")
     ax.grid(alpha=0.3)
     ax.legend(fontsize="small")
     return fig
@@ -150,8 +152,8 @@ def corruption_severity(groups: list[Group]) -> Figure | None:
         for i, group in enumerate(g for g in groups if g.runs):
             severities, table = corruption.severity_table(group, family)
             if severities:
-                band(ax, severities, table, f"{group.label} (n={len(table)})", color=f"C{i % 10}")
-        ax.set(xlabel="severity", ylabel="accuracy", title=f"{family}: mean over seeds, band = min to max")
+                band(ax, severities, table * 100, f"{group.label} (n={len(table)})", color=f"C{i % 10}")
+        ax.set(xlabel="severity", ylabel="accuracy (%)", title=f"{family}: mean over seeds, band = min to max")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize="x-small")
@@ -159,7 +161,11 @@ def corruption_severity(groups: list[Group]) -> Figure | None:
 
 
 def heatmap(groups: list[Group], refs: list[Group], keys: list[str], rows: list[dict]) -> Figure | None:
-    """For a grid of two keys: each cell's mean difference from its reference, in points, with the 95% CI."""
+    """For a grid of two keys: each cell's mean difference from its reference, in points, with the 95% CI.
+
+    Colour says what the verdicts say: a cell is coloured by its difference only where Holm finds one, so a
+    wide interval around a large mean is never darker than a difference that holds; a cell without runs is
+    grey and hatched, never white like a difference of 0."""
     metrics = [m for m in ("final_test_acc", "robust_acc") if any(r["metric"] == m for r in rows)]
     if len(keys) != 2 or not refs or not metrics:
         return None
@@ -173,23 +179,46 @@ def heatmap(groups: list[Group], refs: list[Group], keys: list[str], rows: list[
     fig, axes = new_figure(len(metrics), max_cols=2)
     for ax, metric in zip(axes, metrics):
         found = {r["group"]: r for r in rows if r["metric"] == metric}
-        diff = np.full((len(row_values), len(col_values)), np.nan)
-        texts = {}
+        shade = np.full((len(row_values), len(col_values)), np.nan)  # NaN: no runs, or no comparison
+        texts = {(i, j): EMPTY for i in range(len(row_values)) for j in range(len(col_values))}
         for g in groups:
-            i, j = row_values.index(g.config.get(row_key)), col_values.index(g.config.get(col_key))
-            row = found.get(g.label)
-            diff[i, j] = row["diff"] * 100 if row else np.nan
-            texts[i, j] = "reference" if g in refs else "–" if row is None else \
-                f"{row['diff'] * 100:+.2f}\n[{row['ci95_low'] * 100:+.2f}, {row['ci95_high'] * 100:+.2f}]"
-        limit = np.nanmax(np.abs(diff)) if np.isfinite(diff).any() else 1.0
-        image = ax.imshow(diff, cmap="RdBu", vmin=-limit, vmax=limit, aspect="auto")
-        for (i, j), text in texts.items():  # white on the darkest cells, where black would vanish
-            dark = abs(diff[i, j]) > 0.6 * limit
-            ax.text(j, i, text.replace("nan", "–"), ha="center", va="center", fontsize="small",
-                    color="white" if dark else "black")
+            cell = row_values.index(g.config.get(row_key)), col_values.index(g.config.get(col_key))
+            shade[cell], texts[cell] = grid_cell(g in refs, found.get(g.label))
+        draw_grid(fig, ax, shade, texts)
         ax.set_xticks(range(len(col_values)), [fmt_value(v) for v in col_values])
         ax.set_yticks(range(len(row_values)), [fmt_value(v) for v in row_values])
         ax.set(xlabel=short(col_key), ylabel=short(row_key),
-               title=f"{METRIC_TITLES[metric]}: Δ from the reference (points), 95% CI")
-        fig.colorbar(image, ax=ax, label="Δ points")
+               title=f"{METRIC_TITLES[metric]}: Δ from the reference (points), 95% CI\n"
+                     "coloured where Holm finds a difference; grey hatched: no runs")
     return fig
+
+
+EMPTY = "no runs"
+SHORT_VERDICTS = {"no difference detected": "no difference", stats.TOO_FEW: "too few seeds"}
+
+
+def grid_cell(is_reference: bool, row: dict | None) -> tuple[float, str]:
+    """(colour value, text) of one cell of the heatmap: the difference in points where the verdict is better or
+    worse, 0 (white) where none was found or for the reference itself, NaN where nothing was compared."""
+    if is_reference:
+        return 0.0, "reference"
+    if row is None:
+        return np.nan, "–"
+    diff = row["diff"] * 100
+    text = f"{diff:+.2f}\n[{row['ci95_low'] * 100:+.2f}, {row['ci95_high'] * 100:+.2f}]".replace("nan", "–")
+    if row["verdict"] in ("better", "worse"):
+        return diff, text
+    return 0.0, f"{text}\n{SHORT_VERDICTS.get(row['verdict'], row['verdict'])}"
+
+
+def draw_grid(fig: Figure, ax, shade: np.ndarray, texts: dict) -> None:
+    coloured = np.abs(shade[np.isfinite(shade)])
+    limit = coloured.max() if coloured.size and coloured.max() > 0 else 1.0
+    cmap = colormaps["RdBu"].with_extremes(bad="lightgrey")
+    image = ax.imshow(np.ma.masked_invalid(shade), cmap=cmap, vmin=-limit, vmax=limit, aspect="auto")
+    for (i, j), text in texts.items():
+        if text == EMPTY:
+            ax.add_patch(Rectangle((j - 0.5, i - 0.5), 1, 1, facecolor="none", edgecolor="grey", hatch="//"))
+        dark = abs(shade[i, j]) > 0.6 * limit  # white on the darkest cells, where black would vanish
+        ax.text(j, i, text, ha="center", va="center", fontsize="small", color="white" if dark else "black")
+    fig.colorbar(image, ax=ax, label="Δ points (where a difference is found)")

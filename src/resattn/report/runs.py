@@ -22,9 +22,6 @@ from resattn.errors import flatten
 ACC_METRICS = ("best_test_acc", "final_test_acc")
 # on the validation split (data.val_size), in runs that held one out: reported where any run has them
 VAL_METRICS = ("best_val_acc", "final_val_acc")
-# Varying keys kept in the groups' labels even where they follow from another key: the recipe each group ran
-# with, e.g. each pattern at its own tuned rate (experiment=compare_tuned)
-SHOWN_KEYS = ("optim.lr", "optim.weight_decay")
 # What is one experiment is identity.py's (the list checkpoint refusal uses too); the seed is set aside
 # here: the seeds of one experiment are its replicates, the groups' n.
 REPLICATE_KEY = "seed"
@@ -166,20 +163,26 @@ def experiment(run: Run) -> dict:
 
 def grouping_keys(runs: list[Run]) -> list[str]:
     """The keys that differ between the runs' experiments (identity.py): config keys, the precision the runs
-    resolved and their data's fingerprint (or data.root where a run has none); seeds and placement aside.
+    resolved and their data's fingerprint (or data.root where a run has none); seeds aside.
 
-    A key whose value follows from the keys kept before it (pattern.placement from pattern.name)
-    splits the runs no further, so it is left out: the same groups, shorter labels."""
+    Every key in which two groups differ is kept, so that nothing changed together with another key hides
+    behind it (optim.lr and trainer.epochs changed together are both named). The one exception is a key of a
+    config group whose choice is kept, where the choice sets it (pattern.placement by pattern.name,
+    attention.reduction by attention.name): it is part of what the choice names, and would only lengthen labels."""
     configs = [experiment(r) for r in runs if r.config]
     keys = list(dict.fromkeys(k for c in configs for k in c))
     varying = [k for k in keys if len({c.get(k) for c in configs}) > 1]
-    kept: list[str] = []
-    for key in varying:
-        seen: dict = {}
-        if key in SHOWN_KEYS or any(seen.setdefault(tuple(c.get(k) for k in kept), c.get(key)) != c.get(key)
-                                    for c in configs):
-            kept.append(key)
-    return kept
+    return [k for k in varying if not set_by_choice(k, varying, configs)]
+
+
+def set_by_choice(key: str, varying: list[str], configs: list[dict]) -> bool:
+    """Whether `key` belongs to a config group whose choice varies too (pattern.placement: pattern.name) and
+    takes one value per choice."""
+    choice = f"{key.split('.')[0]}.name"
+    if key == choice or choice not in varying:
+        return False
+    seen: dict = {}
+    return all(seen.setdefault(c.get(choice), c.get(key)) == c.get(key) for c in configs)
 
 
 def short(key: str) -> str:

@@ -22,8 +22,9 @@ MIN_SEEDS = 3
 TOO_FEW = "too few seeds for a verdict"
 
 
-def describe(values) -> dict:
-    """n, mean, sample standard deviation and 95% t-interval of the mean; NaN where n is too small."""
+def describe(values, lowest: float = -math.inf, highest: float = math.inf) -> dict:
+    """n, mean, sample standard deviation and 95% t-interval of the mean, the interval cut to [lowest, highest],
+    the values the quantity can take (clip_interval); NaN where n is too small."""
     x = np.asarray([v for v in values if v is not None], dtype=float)
     n = len(x)
     mean = float(x.mean()) if n else NAN
@@ -31,7 +32,8 @@ def describe(values) -> dict:
         return {"n": n, "mean": mean, "std": NAN, "ci95_low": NAN, "ci95_high": NAN}
     std = float(x.std(ddof=1))
     half = float(stats.t.ppf(0.975, n - 1)) * std / math.sqrt(n)
-    return {"n": n, "mean": mean, "std": std, "ci95_low": mean - half, "ci95_high": mean + half}
+    low, high = clip_interval(mean - half, mean + half, lowest, highest)
+    return {"n": n, "mean": mean, "std": std, "ci95_low": low, "ci95_high": high}
 
 
 def welch_df(sd_a: float, n_a: int, sd_b: float, n_b: int) -> float:
@@ -93,6 +95,13 @@ def clip_interval(low: float, high: float, lowest: float, highest: float) -> tup
     def clip(x: float) -> float:
         return x if math.isnan(x) else min(max(x, lowest), highest)
     return clip(low), clip(high)
+
+
+def family_alpha(tests: int, alpha: float = ALPHA) -> float:
+    """The level a verdict among `tests` comparisons is sure to need: Holm's first step, alpha / m. The
+    smallest p must pass it; later steps are gentler, but which test comes first depends on the draw, so
+    power is planned at this level."""
+    return alpha / max(1, tests)
 
 
 def verdict(diff: float, p_holm: float, seeds: int = MIN_SEEDS, alpha: float = ALPHA) -> str:

@@ -11,15 +11,15 @@ from resattn.report.answer import answer
 from resattn.report.comparisons import comparisons, parse_reference, reference_groups
 from resattn.report.runs import (Group, ReportError, find_run_dirs, group_notes, group_runs, grouping_keys,
                                  metric_names, read_run, short)
-from resattn.report.stats import describe
 
 PLOTS = {"acc_test.png": "test accuracy per epoch", "lambda.png": "λ per step (or final λ per block)",
          "acc_vs_lam_init.png": "final test accuracy against lam_init",
          "corruption_severity.png": "accuracy against corruption severity, per family",
          "grid_heatmap.png": "difference from the reference over the grid of two keys"}
 STAT_NAMES = ("mean", "std", "ci95_low", "ci95_high")
-COMPARISON_COLUMNS = ("group", "reference", "metric", "test", "n", "n_ref", "diff", "ci95_low", "ci95_high",
-                      "p_value", "p_holm", "verdict", "mde_pts", "seeds_for_0.5pts")
+COMPARISON_COLUMNS = ("group", "reference", "metric", "test", "n", "n_ref", "diverged", "diverged_ref", "diff",
+                      "ci95_low", "ci95_high", "p_value", "p_holm", "verdict", "alpha_power", "mde_pts",
+                      "mde_pts_alpha_0.05", "seeds_for_0.5pts")
 
 
 def choose_reference(groups: list[Group], ref: dict[str, str]) -> tuple[list[Group], list[str]]:
@@ -66,9 +66,10 @@ def write_csvs(out_dir: Path, runs, groups, group_stats, keys, metrics, rows) ->
                      [[*g.values, g.label, len(g.runs), " ".join(map(str, g.seeds())), len(g.diverged),
                        " ".join(map(str, g.diverged_seeds())), *(st[m][s] for m in metrics for s in STAT_NAMES)]
                       for g, st in zip(groups, group_stats)])
+    renamed = [{**r, "p_value": r["p"], "mde_pts": r["mde"] * 100, "mde_pts_alpha_0.05": r["mde_alone"] * 100,
+                "seeds_for_0.5pts": r["seeds_needed"]} for r in rows]
     tables.write_csv(out_dir / "comparisons.csv", list(COMPARISON_COLUMNS),
-                     [[*(r[c] for c in COMPARISON_COLUMNS[:9]), r["p"], r["p_holm"], r["verdict"], r["mde"] * 100,
-                       r["seeds_needed"]] for r in rows])
+                     [[r[c] for c in COMPARISON_COLUMNS] for r in renamed])
 
 
 def markdown(intro: str, paths, out_dir: Path, sections: dict, answer_lines: list[str], plot_names) -> str:
@@ -83,8 +84,10 @@ def markdown(intro: str, paths, out_dir: Path, sections: dict, answer_lines: lis
     md += [] if plot_names else ["None.", ""]
     md += ["## Files", "", "- `runs.csv`: one row per run, every status",
            "- `groups.csv`: one row per group, `<metric>_mean`, `_std`, `_ci95_low`, `_ci95_high`; `diverged`",
-           "- `comparisons.csv`: the comparisons above, as fractions, with `p_value`, `p_holm`, `verdict`, "
-           "`mde_pts` (in points) and `seeds_for_0.5pts`", ""]
+           "- `comparisons.csv`: the comparisons above, as fractions, with `diverged` / `diverged_ref` (seeds each "
+           "side lost to divergence, not compared), `p_value`, `p_holm`, `verdict`, `alpha_power` (the level the "
+           "power figures use: 0.05 / the metric's number of tests), `mde_pts` (in points, at that level), "
+           "`mde_pts_alpha_0.05` (at 0.05, as if alone) and `seeds_for_0.5pts` (at `alpha_power`)", ""]
     return "\n".join(md)
 
 
@@ -98,8 +101,11 @@ def report_sections(runs, groups, group_stats, keys, metrics, rows, out_dir: Pat
         "Comparisons": ("Group mean minus reference mean, in percentage points, with its 95% interval: a paired "
                         "t-test on per-seed differences where both groups hold the same seeds, otherwise Welch's. "
                         "p Holm: adjusted over each metric's comparisons; verdict at p Holm < 0.05 with at least "
-                        f"{stats.MIN_SEEDS} seeds a side; intervals cut to the possible range; MDE: the "
-                        "difference these seeds detect with 80% power.", tables.comparison_rows(rows), "None."),
+                        f"{stats.MIN_SEEDS} seeds a side; the intervals are not adjusted (each comparison alone) "
+                        "and are cut to the possible range; MDE: the difference these seeds detect with 80% power "
+                        "at the level a Holm verdict needs, 0.05 / the metric's number of tests (comparisons.csv "
+                        "gives it at 0.05 too). Diverged seeds are not compared: each side's survivors are.",
+                        tables.comparison_rows(rows), "None."),
         "Accuracy under corruptions": ("Per family, mean over its corruptions and severities; % mean ± sd over "
                                        "seeds.", tables.corruption_rows(groups), ""),
         "λ per block": ("Final λ, mean ± sd over seeds; travel: final minus initial mean λ.",
@@ -129,6 +135,16 @@ def default_console() -> Console:
     return console
 
 
+def counts(runs, groups: list[Group]) -> str:
+    """What became of the runs found: averaged, diverged, left out as a seed found again (an export read with
+    its original holds every run twice), or not averaged for another reason."""
+    averaged, diverged = sum(len(g.runs) for g in groups), sum(len(g.diverged) for g in groups)
+    twins = sum(len(g.twins) for g in groups)
+    again = f"{twins} left out as the same seed found again (counted once; notes below), " if twins else ""
+    return (f"{len(runs)} runs found: {averaged} completed and averaged over seeds, {diverged} diverged (counted "
+            f"per group), {again}{len(runs) - averaged - diverged - twins} others not averaged.")
+
+
 def write_report(paths, out_dir=None, reference=None, console: Console | None = None) -> Path:
     """Report on every run under `paths` (run, sweep or parent folders) into out_dir (default: the first path).
 
@@ -153,13 +169,11 @@ def write_report(paths, out_dir=None, reference=None, console: Console | None = 
 
     out_dir.mkdir(parents=True, exist_ok=True)
     plot_names = write_plots(out_dir, groups, refs, keys, rows)
-    group_stats = [{m: describe(r.metric(m) for r in g.runs) for m in metrics} for g in groups]
+    group_stats = [tables.group_stats(g, metrics) for g in groups]
     write_csvs(out_dir, runs, groups, group_stats, keys, metrics, rows)
 
-    n_ok, n_div = sum(r.ok for r in runs), sum(r.diverged for r in runs)
-    intro = (f"{len(runs)} runs found, {n_ok} completed and averaged over seeds, {n_div} diverged (counted per "
-             f"group), {len(runs) - n_ok - n_div} others not averaged. "
-             f"Grouped by: {', '.join(short(k) for k in keys) or 'nothing (all runs share one config)'}.")
+    grouped = ", ".join(short(k) for k in keys) or "nothing (all runs share one config)"
+    intro = f"{counts(runs, groups)} Grouped by: {grouped}."
     sections = report_sections(runs, groups, group_stats, keys, metrics, rows, out_dir)
     console = console or default_console()
     show(console, intro, tables.group_rows(groups, group_stats, keys, metrics, ci_columns=False), sections, notes,
