@@ -201,6 +201,22 @@ def test_cli_errors_are_messages_not_tracebacks(sweep, tmp_path, capsys):
     assert {r["reference"] for r in rows(tmp_path / "c" / "comparisons.csv")} == {"pattern=p3_controlled"}
 
 
+def test_out_onto_a_file_is_one_line_before_anything_is_read(tmp_path, capsys):
+    """Issue 27: `--out` onto a file was a FileExistsError traceback."""
+    spec = importlib.util.spec_from_file_location("report_cli", ROOT / "scripts" / "report.py")
+    cli = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(cli)
+    run = fake_run(tmp_path / "runs" / "p1_0", "p1")
+    taken = tmp_path / "taken.txt"
+    taken.write_text("mine")
+    before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
+    for out in (taken, taken / "report"):
+        assert cli.main([str(run.parent), "--out", str(out)]) == 2
+        (line,) = capsys.readouterr().err.splitlines()
+        assert line == f"error: --out {out}: {taken} is a file, not a folder; give a folder"
+    assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before and taken.read_text() == "mine"
+
+
 def test_welch_when_the_seeds_differ(sweep, tmp_path):
     root = copy_sweep(sweep, tmp_path)
     src = jobs(root)["baseline", 1]

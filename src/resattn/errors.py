@@ -1,7 +1,9 @@
-"""The bottom floor: the errors every layer raises, and the one config flattening they all share."""
+"""The bottom floor: the errors every layer raises, and the one config flattening and folder check they all
+share."""
 
 import json
 import signal
+from pathlib import Path
 
 
 class ConfigError(ValueError):
@@ -37,3 +39,12 @@ def flatten(tree: dict, prefix: str = "") -> dict:
         else:
             out[f"{prefix}{key}"] = json.dumps(value) if isinstance(value, list) else value
     return out
+
+
+def file_in_the_way(folder) -> Path | None:
+    """The file that keeps `folder` from being made (`folder` itself, or the nearest existing path above it
+    when that is a file); None when it is a folder or can be made one."""
+    for path in (Path(folder), *Path(folder).parents):
+        if path.exists():
+            return None if path.is_dir() else path
+    return None

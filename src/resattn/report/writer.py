@@ -11,6 +11,7 @@ from resattn.report.answer import answer
 from resattn.report.comparisons import comparisons, parse_reference, reference_groups
 from resattn.report.runs import (Group, ReportError, find_run_dirs, group_notes, group_runs, grouping_keys,
                                  metric_names, read_run, short)
+from resattn.errors import file_in_the_way
 
 PLOTS = {"acc_test.png": "test accuracy per epoch", "lambda.png": "λ per step (or final λ per block)",
          "acc_vs_lam_init.png": "final test accuracy against lam_init",
@@ -153,6 +154,8 @@ def write_report(paths, out_dir=None, reference=None, console: Console | None = 
     paths = [Path(p) for p in ([paths] if isinstance(paths, (str, Path)) else paths)]
     if not paths:
         raise ReportError("give at least one run, sweep or parent folder")
+    if out_dir is not None and file_in_the_way(out_dir) is not None:
+        raise ReportError(f"--out {out_dir}: {file_in_the_way(out_dir)} is a file, not a folder; give a folder")
     out_dir = Path(out_dir) if out_dir is not None else paths[0]
     ref = parse_reference(reference)
     run_dirs = find_run_dirs(paths)
