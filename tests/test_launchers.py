@@ -136,6 +136,68 @@ def test_sweep_jobs_use_their_share_of_cpu_threads(sweep):
         assert summary.get("num_threads") == EXPECTED_THREADS[name], f"{name}, seed={s}"
 
 
+# --- launcher, sweeper and output folder: refused before Hydra starts ---
+
+FUSED_SWEEP = ["-m", "seed=0,1", "hydra/launcher=fused"]
+
+
+@pytest.mark.parametrize("args, line", [
+    ([*FUSED_SWEEP, "hydra.launcher.n_jobs=0"], "hydra.launcher.n_jobs must be an integer >= 1, got 0"),
+    ([*FUSED_SWEEP, "hydra.launcher.n_jobs=-1"], "hydra.launcher.n_jobs must be an integer >= 1, got -1"),
+    ([*FUSED_SWEEP, "hydra.launcher.n_jobs=abc"], "hydra.launcher.n_jobs must be an integer >= 1, got 'abc'"),
+    ([*FUSED_SWEEP, "hydra.launcher.max_members=0"], "hydra.launcher.max_members must be an integer >= 1, got 0"),
+    ([*FUSED_SWEEP, "hydra.launcher.max_members=abc"],
+     "hydra.launcher.max_members must be an integer >= 1, got 'abc'"),
+    ([*FUSED_SWEEP, "hydra.launcher.max_member=3"],
+     "unknown key hydra.launcher.max_member for hydra/launcher=fused; did you mean hydra.launcher.max_members?"),
+    ([*FUSED_SWEEP, "hydra.launcher.foo=1"],
+     "unknown key hydra.launcher.foo for hydra/launcher=fused; its keys: n_jobs, max_members"),
+    (["-m", "seed=0,1", "hydra/launcher=fuse"], "hydra/launcher=fuse is not a hydra/launcher config; did you mean "
+     "hydra/launcher=fused? choose one of basic, fused, joblib, slurm, submitit_local, submitit_slurm"),
+    (["pattern=p33"], "pattern=p33 is not a pattern config; did you mean pattern=p3? choose one of baseline, p1, "
+     "p2, p3, p3_controlled, p4"),
+    ([*FUSED_SWEEP, "hydra.job.chdir=true"], "hydra.job.chdir=true does not work with hydra/launcher=fused"),
+    (["hydra/launcher=fused"], "hydra/launcher=fused launches the jobs of a sweep, and a single run has none: add -m"),
+    ([*FUSED_SWEEP, "hydra/sweeper=optuna"], "hydra/launcher=fused does not work with hydra/sweeper=optuna: "),
+    (["experiment=tune_lr", "pattern=p1", "hydra/launcher=fused"],
+     "hydra/launcher=fused does not work with experiment=tune_lr (the Optuna sweeper): "),
+    (["-m", "experiment=tune_lr_cpu", "hydra/launcher=fused"],
+     "hydra/launcher=fused does not work with experiment=tune_lr_cpu (the Optuna sweeper): "),
+    (["-m", "seed=0,1", "hydra.sweep.dir={file}"], "hydra.sweep.dir={file}: {file} is a file, not a folder"),
+    (["-m", "seed=0,1", "hydra.sweep.dir={file}/sweep"], "hydra.sweep.dir={file}/sweep: {file} is a file, not a folder"),
+    (["hydra.run.dir={file}"], "hydra.run.dir={file}: {file} is a file, not a folder"),
+])
+def test_launch_settings_hydra_would_refuse_late_are_one_line(args, line, tmp_path, capsys):
+    """Issue 27: each was a traceback, a screen of Hydra's text after making the sweep folder, or accepted and
+    then ignored (hydra.job.chdir, the fused launcher on a single run)."""
+    taken = tmp_path / "taken.txt"
+    taken.write_text("")
+    with pytest.raises(SystemExit) as exit_:
+        check_choices([a.format(file=taken) for a in args])
+    (err,) = capsys.readouterr().err.splitlines()
+    assert exit_.value.code == 2 and err.startswith(f"error: {line.format(file=taken)}"), err
+
+
+@pytest.mark.parametrize("args", [
+    [*FUSED_SWEEP, "hydra.launcher.n_jobs=2", "hydra.launcher.max_members=5", "hydra.job.chdir=false"],
+    ["-m", "seed=0,1", "hydra/launcher=joblib", "hydra.launcher.n_jobs=-1"],  # joblib's -1: every core
+    ["-m", "seed=0,1", "hydra/launcher=slurm", "+hydra.launcher.additional_parameters.mail-type=END"],
+    ["-m", "seed=0,1", "hydra.sweep.dir={dir}/new/sweep"],
+    ["-m", "experiment=tune_lr", "pattern=p1"],
+])
+def test_launch_settings_hydra_takes_pass(args, tmp_path):
+    check_choices([a.format(dir=tmp_path) for a in args])
+
+
+def test_a_refused_launch_setting_leaves_no_sweep_folder(tmp_path):
+    """The real command: Hydra made the sweep folder, then refused the value with five lines and exit 1."""
+    out = tmp_path / "sweep"
+    proc = train(tmp_path, *TINY, *FUSED_SWEEP, "hydra.launcher.n_jobs=abc", f"hydra.sweep.dir={out}")
+    assert proc.returncode == 2
+    assert proc.stderr.splitlines() == ["error: hydra.launcher.n_jobs must be an integer >= 1, got 'abc'"]
+    assert not out.exists() and sorted(p.name for p in tmp_path.iterdir()) == []
+
+
 # --- thread sharing ---
 
 def launcher(*overrides: str):

@@ -4,6 +4,7 @@ A single run exits non-zero on failure. In a multirun a failing job is recorded 
 summary.json and the sweep goes on; `resattn.callbacks.SweepEnd` sets the exit code at the end.
 """
 
+import difflib
 import importlib.util
 import signal
 import logging
@@ -20,6 +21,7 @@ from omegaconf import DictConfig, open_dict
 
 from resattn.config import inert_keys, inert_keys_message, moved_keys, validate
 from resattn.engine import train_members
+from resattn.launchers import check_launching, hydra_group_options
 from resattn.errors import ConfigError, Diverged, Interrupted
 from resattn.sweep import recorded_varied_keys  # importing it registers the resolver naming sweep jobs
 from resattn.tracking import read_summary, write_json
@@ -82,12 +84,13 @@ def _asks_for_multirun(args: list[str]) -> bool:
 
 def check_choices(argv: list[str] | None = None) -> None:
     """One clear line, before Hydra starts, for a config-group choice that does not exist
-    (Hydra's own message spans a screen), a list of values without -m, or a launcher whose
-    plugin is not installed."""
+    (Hydra's own message spans a screen), a list of values without -m, a launcher whose
+    plugin is not installed, or a launcher, sweeper or output folder Hydra would refuse late (launchers.py)."""
     args = sys.argv[1:] if argv is None else argv
     for message in moved_keys(args):
         usage_error(message)
-    if not _asks_for_multirun(args):
+    multirun = _asks_for_multirun(args)
+    if not multirun:
         for arg in args:
             key, _, value = arg.lstrip("+~").partition("=")
             if not arg.startswith("-") and _is_sweep_value(value):
@@ -99,13 +102,32 @@ def check_choices(argv: list[str] | None = None) -> None:
             module, extra = LAUNCHERS[value]
             if importlib.util.find_spec(module) is None:
                 usage_error(f"hydra/launcher={value} needs its plugin: pip install -e \".[{extra}]\"")
-        if "/" not in key and "." not in key and value and roots and (CONFIGS / key).is_dir():
-            allowed = sorted({p.stem for root in roots for p in (root / key).glob("*.yaml")})
-            # a sweep gives a comma-separated list; Hydra's sweep functions (range, glob...) are left to Hydra
-            for choice in value.split(",") if "(" not in value else []:
-                if choice not in allowed and choice != "null":
-                    usage_error(f"{key}={choice} is not {article(key)} {key} config; choose one of "
-                                f"{', '.join(allowed) or f'none yet (configs/{key}/README.md)'}")
+        allowed = group_options(key, roots) if value and not arg.startswith("-") else None
+        # a sweep gives a comma-separated list; Hydra's sweep functions (range, glob...) are left to Hydra
+        for choice in value.split(",") if allowed is not None and "(" not in value else []:
+            if choice not in allowed and choice != "null":
+                usage_error(unknown_choice(key, choice, allowed))
+    try:
+        check_launching(args, multirun)
+    except ConfigError as err:
+        usage_error(str(err))
+
+
+def group_options(key: str, roots: list[Path] | None) -> list[str] | None:
+    """The options of config group `key` (pattern: baseline, p1, ...; hydra/launcher: Hydra's), None where `key`
+    is no group or its options cannot be listed here (a pkg:// search path)."""
+    if key.startswith("hydra/"):
+        return hydra_group_options(key)
+    if "/" in key or "." in key or not roots or not (CONFIGS / key).is_dir():
+        return None
+    return sorted({p.stem for root in roots for p in (root / key).glob("*.yaml")})
+
+
+def unknown_choice(key: str, choice: str, allowed: list[str]) -> str:
+    close = difflib.get_close_matches(choice, allowed, n=1, cutoff=0.6)
+    hint = f"did you mean {key}={close[0]}? " if close else ""
+    return (f"{key}={choice} is not {article(key)} {key} config; {hint}choose one of "
+            f"{', '.join(allowed) or f'none yet (configs/{key}/README.md)'}")
 
 
 def config_roots(args: list[str]) -> list[Path] | None:

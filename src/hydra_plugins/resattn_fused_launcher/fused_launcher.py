@@ -155,11 +155,10 @@ def job_return(cfg: DictConfig, summary: dict | None) -> JobReturn:
 
 class FusedLauncher(Launcher):
     def __init__(self, n_jobs: int = 1, max_members: int = 10) -> None:
-        from resattn.errors import ConfigError
+        from resattn.launchers import check_fused_setting  # the command line's are checked before Hydra starts
 
-        for key, value in (("n_jobs", n_jobs), ("max_members", max_members)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ConfigError(f"hydra.launcher.{key} must be an integer >= 1, got {value!r}")
+        check_fused_setting("n_jobs", n_jobs)
+        check_fused_setting("max_members", max_members)
         self.n_jobs, self.max_members = n_jobs, max_members
         self.config = self.hydra_context = self.task_function = None
 

@@ -1,0 +1,105 @@
+"""The launcher, sweeper and output folder a command line asks for, checked before Hydra starts
+(job.check_choices): Hydra refuses these only after making the sweep folder, with a screen of text, or
+accepts what it then ignores.
+
+- any launcher: a hydra.launcher key its config lacks, with the closest real one;
+- hydra/launcher=fused: n_jobs and max_members integers >= 1; a sweep (-m) to launch; no hydra.job.chdir
+  (its members share one process and one working directory); no Optuna sweeper (tuning presets included);
+- hydra.sweep.dir (hydra.run.dir for a single run) where a file stands.
+"""
+
+import difflib
+
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.core.override_parser.types import Override
+from hydra.errors import HydraException
+from omegaconf import OmegaConf
+
+from resattn.keys import CONFIGS, compose_config
+from resattn.tuning import OPTUNA_PRESETS
+from resattn.errors import ConfigError, file_in_the_way
+
+FUSED = "fused"
+FUSED_SETTINGS = ("n_jobs", "max_members")  # hydra.launcher keys of FusedLauncherConf checked here
+
+
+def check_fused_setting(key: str, value) -> None:
+    """n_jobs and max_members of the fused launcher: integers >= 1 (FusedLauncher checks them again)."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigError(f"hydra.launcher.{key} must be an integer >= 1, got {value!r}")
+
+
+def hydra_group_options(group: str) -> list[str]:
+    """The options Hydra knows for one of its own groups (hydra/launcher: basic, fused, joblib, ...): its
+    plugins' configs and configs/hydra/<group>/."""
+    from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
+        return GlobalHydra.instance().config_loader().get_group_options(group)
+
+
+def given(args: list[str]) -> dict[str, Override]:
+    """key -> override for the key=value arguments; {} for a syntax error (Hydra's own message says where)."""
+    candidates = [a for a in args if "=" in a and not a.startswith("-")]
+    try:
+        return {o.key_or_group: o for o in OverridesParser.create().parse_overrides(candidates)}
+    except HydraException:
+        return {}
+
+
+def value(override: Override | None):
+    """The value given, None for none or a sweep of values."""
+    return None if override is None or override.is_sweep_override() else override.value()
+
+
+def check_launching(args: list[str], multirun: bool) -> None:
+    """ConfigError for the first thing Hydra would refuse late or ignore (the module's list)."""
+    overrides = given(args)
+    folder_key = "hydra.sweep.dir" if multirun else "hydra.run.dir"
+    folder = value(overrides.get(folder_key))
+    if isinstance(folder, str) and "${" not in folder and file_in_the_way(folder) is not None:
+        raise ConfigError(f"{folder_key}={folder}: {file_in_the_way(folder)} is a file, not a folder; give a folder")
+    check_launcher_keys(overrides)
+    if value(overrides.get("hydra/launcher")) == FUSED:
+        check_fused(overrides, multirun)
+
+
+def check_launcher_keys(overrides: dict[str, Override]) -> None:
+    """Every hydra.launcher.KEY given is a key of the launcher's config (a nested one by its first part)."""
+    names = [k.split(".")[2] for k in overrides if k.startswith("hydra.launcher.")]
+    choices = [f"{k}={value(overrides.get(k))}" for k in ("hydra/launcher", "experiment") if value(overrides.get(k))]
+    if not names:
+        return
+    try:  # the launcher a preset chooses counts too
+        cfg = compose_config(choices)
+    except HydraException:
+        return  # a preset that does not compose: Hydra's own message says why
+    launcher, known = cfg.hydra.runtime.choices["hydra/launcher"], list(OmegaConf.to_container(cfg.hydra.launcher))
+    known = [k for k in known if k != "_target_"]
+    for name in names:
+        if name not in known:
+            close = difflib.get_close_matches(name, known, n=1, cutoff=0.6)
+            hint = f"did you mean hydra.launcher.{close[0]}?" if close else \
+                f"its keys: {', '.join(known)}" if known else "it has no settings"
+            raise ConfigError(f"unknown key hydra.launcher.{name} for hydra/launcher={launcher}; {hint}")
+
+
+def check_fused(overrides: dict[str, Override], multirun: bool) -> None:
+    if not multirun:
+        raise ConfigError("hydra/launcher=fused launches the jobs of a sweep, and a single run has none: add -m "
+                          "(python -m train -m ...), or leave the launcher out")
+    for key in FUSED_SETTINGS:
+        override = overrides.get(f"hydra.launcher.{key}")
+        if override is not None:  # a sweep of settings is no setting: shown as written
+            check_fused_setting(key, override.input_line.partition("=")[2] if override.is_sweep_override()
+                                else override.value())
+    if value(overrides.get("hydra.job.chdir")) is True:
+        raise ConfigError("hydra.job.chdir=true does not work with hydra/launcher=fused: its members train in one "
+                          "process, which has one working directory; leave hydra.job.chdir out")
+    sweeper, preset = value(overrides.get("hydra/sweeper")), value(overrides.get("experiment"))
+    if sweeper == "optuna" or preset in OPTUNA_PRESETS:
+        what = "hydra/sweeper=optuna" if sweeper == "optuna" else f"experiment={preset} (the Optuna sweeper)"
+        raise ConfigError(f"hydra/launcher=fused does not work with {what}: it hands back each member's summary, "
+                          "not the objective a trial needs; tune with the basic launcher (leave hydra/launcher "
+                          "out) or hydra/launcher=joblib")
