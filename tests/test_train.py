@@ -24,7 +24,8 @@ def events(run_dir) -> EventAccumulator:
 
 @pytest.fixture(scope="module")
 def p3c_proc(tmp_path_factory):
-    run_dir = tmp_path_factory.mktemp("p3c")
+    # a folder path longer than a log's 80 columns: the end-of-run panel must not break it
+    run_dir = tmp_path_factory.mktemp("p3c") / "a_run_folder_whose_name_alone_is_wider_than_the_end_of_run_table"
     # 256 images at batch 64: 4 steps an epoch, logged every 3 steps, so epoch ends fall between log steps.
     # The progress bar is asked for, as by default: the captured stderr is not a terminal.
     proc = run_train(*TINY, "trainer.log_every_n_steps=3", "tracking.progress=true", f"hydra.run.dir={run_dir}")
@@ -53,6 +54,11 @@ def test_the_end_of_run_panel_says_what_the_run_was(p3c_proc):
                 "model": "simplecnn", "width": 1.0, "lam_init": 0.3, "lam_learnable": True}
     assert model_rows(baseline)["attention"] == "none (baseline)"
     assert pattern_cell(baseline) == "baseline (no λ gate)"  # not lam_init=0.3: there is no λ
+
+
+def test_the_end_of_run_panel_names_the_folder_on_one_unbroken_line(p3c_proc):
+    proc, run_dir = p3c_proc
+    assert f"resattn run: {run_dir}" in proc.stderr.splitlines(), proc.stderr  # not wrapped mid-word (issue 27)
 
 
 def test_run_writes_a_complete_summary(p3c_run):

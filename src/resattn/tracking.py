@@ -229,7 +229,10 @@ class Tracker:
 
     def table(self, summary: dict) -> None:
         """The end-of-run panel: what the run was (model, attention, pattern, seed) and how it ended."""
-        table = Table(title=f"resattn run: {self.run_dir}", show_header=False)
+        # the folder on a line of its own, never wrapped: as the table's title rich would break the path mid-word
+        # to the table's width (a log or a pipe gets 80 columns); a terminal wraps the line itself
+        self.console.print(f"resattn run: {self.run_dir}", soft_wrap=True, markup=False, highlight=False)
+        table = Table(show_header=False)
         table.add_column(no_wrap=True)
         table.add_column(overflow="fold")  # a long folder path may fold; names fit in 80 columns
         lam = ", ".join(f"{k} {v:.4f}" for k, v in summary["final_lambda"].items()) or "-"
