@@ -266,6 +266,14 @@ def test_job_names_hold_no_separator_and_fit_a_file_name():
     assert job_name(["seed=0"], set(), 3) == "job3"  # nothing varies: still a folder of its own
 
 
+def test_a_job_folder_leads_with_its_arm_and_ends_with_the_seed():
+    """Issue 27: compare_tuned's folders read seed=100,tuned_lr=baseline."""
+    assert job_name(["seed=100", "tuned_lr=baseline"], {"seed", "tuned_lr"}, 0) == "tuned_lr=baseline,seed=100"
+    assert job_name(["seed=2", "trainer.epochs=3", "pattern=p1"], None, 0) == "pattern=p1,trainer.epochs=3,seed=2"
+    # otherwise the order is the key's, as before: a sweep's folders keep their names, so rerunning finishes it
+    assert job_name(["seed=0", "pattern=p1", "optim.lr=0.1"], None, 0) == "optim.lr=0.1,pattern=p1,seed=0"
+
+
 def test_every_sweep_lands_in_outputs_sweeps_name_date_time():
     def raw(path):  # the YAML as written, ${now:...} unresolved
         return OmegaConf.to_container(OmegaConf.load(path), resolve=False)

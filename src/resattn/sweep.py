@@ -16,6 +16,7 @@ from omegaconf import OmegaConf
 
 NAME_MAX = 255  # bytes in one file name: Linux, macOS and Windows file systems
 RECORD = "sweep.yaml"  # the sweep's fixed overrides and the keys its job folders are named by
+REPLICATE_KEY = "seed"  # the replicates of one experiment (the report's n): last in a job's name
 
 
 def parse(overrides: list[str]) -> list[Override]:
@@ -62,9 +63,10 @@ def safe_name(name: str) -> str:
 
 def job_name(task: list[str], varied: set[str] | None, num: int) -> str:
     """`pattern.lam_init=0.05,seed=0`: the job's values of the varied keys (all its overrides when
-    `varied` is None), sorted by key; `job<num>` when nothing varies."""
-    parts = sorted((o.key_or_group, _readable(o)) for o in parse(task)
-                   if varied is None or o.get_key_element() in varied)
+    `varied` is None), sorted by key, the seed last: a folder leads with its arm (tuned_lr=p1,seed=100), and
+    the seeds of one arm sit side by side; `job<num>` when nothing varies."""
+    parts = sorted(((o.key_or_group, _readable(o)) for o in parse(task)
+                    if varied is None or o.get_key_element() in varied), key=lambda kv: (kv[0] == REPLICATE_KEY, kv))
     return safe_name(",".join(f"{k}={v}" for k, v in parts) or f"job{num}")
 
 

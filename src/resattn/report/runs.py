@@ -16,15 +16,15 @@ from pathlib import Path
 from omegaconf import OmegaConf
 from tensorboard.backend.event_processing import event_accumulator
 
+from resattn.sweep import REPLICATE_KEY
 from resattn import identity
 from resattn.errors import flatten
 
 ACC_METRICS = ("best_test_acc", "final_test_acc")
 # on the validation split (data.val_size), in runs that held one out: reported where any run has them
 VAL_METRICS = ("best_val_acc", "final_val_acc")
-# What is one experiment is identity.py's (the list checkpoint refusal uses too); the seed is set aside
-# here: the seeds of one experiment are its replicates, the groups' n.
-REPLICATE_KEY = "seed"
+# What is one experiment is identity.py's (the list checkpoint refusal uses too); the seed (REPLICATE_KEY) is
+# set aside here: the seeds of one experiment are its replicates, the groups' n.
 # summary.json keys holding {block: value}, reported as one metric per block: <prefix><block>
 BLOCK_METRICS = {"final_lambda": "final_lambda_", "lam_travel": "lam_travel_"}
 
