@@ -158,13 +158,9 @@ FUSED_SWEEP = ["-m", "seed=0,1", "hydra/launcher=fused"]
      "p2, p3, p3_controlled, p4"),
     ([*FUSED_SWEEP, "hydra.job.chdir=true"], "hydra.job.chdir=true does not work with hydra/launcher=fused"),
     (["hydra/launcher=fused"], "hydra/launcher=fused launches the jobs of a sweep, and a single run has none: add -m"),
-    ([*FUSED_SWEEP, "hydra/sweeper=optuna"], "hydra/launcher=fused does not work with hydra/sweeper=optuna: "),
-    (["experiment=tune_lr", "pattern=p1", "hydra/launcher=fused"],
-     "hydra/launcher=fused does not work with experiment=tune_lr (the Optuna sweeper): "),
-    (["-m", "experiment=tune_lr_cpu", "hydra/launcher=fused"],
-     "hydra/launcher=fused does not work with experiment=tune_lr_cpu (the Optuna sweeper): "),
     (["-m", "seed=0,1", "hydra.sweep.dir={file}"], "hydra.sweep.dir={file}: {file} is a file, not a folder"),
-    (["-m", "seed=0,1", "hydra.sweep.dir={file}/sweep"], "hydra.sweep.dir={file}/sweep: {file} is a file, not a folder"),
+    (["-m", "seed=0,1", "hydra.sweep.dir={file}/sweep"],
+     "hydra.sweep.dir={file}/sweep: {file} is a file, not a folder"),
     (["hydra.run.dir={file}"], "hydra.run.dir={file}: {file} is a file, not a folder"),
 ])
 def test_launch_settings_hydra_would_refuse_late_are_one_line(args, line, tmp_path, capsys):

@@ -4,7 +4,7 @@ accepts what it then ignores.
 
 - any launcher: a hydra.launcher key its config lacks, with the closest real one;
 - hydra/launcher=fused: n_jobs and max_members integers >= 1; a sweep (-m) to launch; no hydra.job.chdir
-  (its members share one process and one working directory); no Optuna sweeper (tuning presets included);
+  (its members share one process and one working directory); the Optuna sweeper with it is tuning.py's;
 - hydra.sweep.dir (hydra.run.dir for a single run) where a file stands.
 """
 
@@ -16,7 +16,6 @@ from hydra.errors import HydraException
 from omegaconf import OmegaConf
 
 from resattn.keys import CONFIGS, compose_config
-from resattn.tuning import OPTUNA_PRESETS
 from resattn.errors import ConfigError, file_in_the_way
 
 FUSED = "fused"
@@ -97,9 +96,3 @@ def check_fused(overrides: dict[str, Override], multirun: bool) -> None:
     if value(overrides.get("hydra.job.chdir")) is True:
         raise ConfigError("hydra.job.chdir=true does not work with hydra/launcher=fused: its members train in one "
                           "process, which has one working directory; leave hydra.job.chdir out")
-    sweeper, preset = value(overrides.get("hydra/sweeper")), value(overrides.get("experiment"))
-    if sweeper == "optuna" or preset in OPTUNA_PRESETS:
-        what = "hydra/sweeper=optuna" if sweeper == "optuna" else f"experiment={preset} (the Optuna sweeper)"
-        raise ConfigError(f"hydra/launcher=fused does not work with {what}: it hands back each member's summary, "
-                          "not the objective a trial needs; tune with the basic launcher (leave hydra/launcher "
-                          "out) or hydra/launcher=joblib")
