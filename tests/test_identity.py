@@ -126,7 +126,7 @@ def synthetic_cfg(**changes):
                              "subset_seed": 0, "augment": False, **changes})
 
 
-def test_synthetic_data_is_fingerprinted_by_its_config_values():
+def test_synthetic_data_is_fingerprinted_by_its_images():
     same = data.load(synthetic_cfg()).fingerprint
     assert len(same) == 64 and same == data.load(synthetic_cfg()).fingerprint
     assert same != data.load(synthetic_cfg(subset_seed=1)).fingerprint
@@ -140,22 +140,27 @@ def test_array_fingerprint_changes_with_one_pixel():
     assert data.arrays_fingerprint(ds) != before
 
 
-def image_folder(root, sizes: dict):
+def image_folder(root, sizes: dict, value: int = 100):
     from PIL import Image
 
     for rel, side in sizes.items():
         path = root / rel
         path.parent.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(torch.full((side, side, 3), 100, dtype=torch.uint8).numpy()).save(path)
+        Image.fromarray(torch.full((side, side, 3), value, dtype=torch.uint8).numpy()).save(path)
     return root
 
 
-def test_folder_data_is_fingerprinted_by_its_file_list_and_sizes_not_its_place(tmp_path, monkeypatch):
+def test_folder_data_is_fingerprinted_by_its_images_not_their_place_names_or_sizes(tmp_path, monkeypatch):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
-    files = {f"{split}/{c}/{i}.png": 32 for split in ("train", "test") for c in ("cat", "dog") for i in range(2)}
+    files = {f"{split}/{c}/{i}.bmp": 32 for split in ("train", "test") for c in ("cat", "dog") for i in range(2)}
     cfg = lambda root: OmegaConf.create({"name": "folder", "root": str(root), "train_size": None,  # noqa: E731
                                          "test_size": None, "subset_seed": 0, "augment": False})
     first = data.load(cfg(image_folder(tmp_path / "a", files))).fingerprint
-    assert first and first == data.load(cfg(image_folder(tmp_path / "b", files))).fingerprint
-    other = data.load(cfg(image_folder(tmp_path / "c", {**files, "train/cat/0.png": 40}))).fingerprint
+    assert first and first == data.load(cfg(image_folder(tmp_path / "b", files))).fingerprint  # a moved copy
+    image_folder(tmp_path / "c", files)
+    other = data.load(cfg(image_folder(tmp_path / "c", {"train/cat/0.bmp": 40}, value=7))).fingerprint
     assert other != first
+    # other pixels under the same names and sizes (BMP: the size follows from the side): other data, and the
+    # cache made from the first images is not taken for them
+    same_sizes = image_folder(tmp_path / "a", {"train/cat/0.bmp": 32}, value=9)
+    assert data.load(cfg(same_sizes)).fingerprint not in (first, other)
