@@ -14,7 +14,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from conftest import ROOT, TINY, run_train
 from resattn import engine
-from resattn.members import Members, fusion_key
+from resattn.members import fusion_key, stack
 from resattn.model import SimpleCNN
 
 CONFIGS = ROOT / "configs"
@@ -55,7 +55,7 @@ def test_the_stack_computes_what_each_member_computes_alone():
     torch.manual_seed(0)
     models = [SimpleCNN("p1", width=0.25) for _ in range(3)]
     x = torch.randn(3, 4, 3, 32, 32)
-    members = Members(models)
+    members = stack(models)
     out = members(x)
     for m, model in enumerate(models):
         assert torch.allclose(out[m], model(x[m]), atol=1e-5)

@@ -44,7 +44,7 @@ def test_first_difference_names_the_first_key_that_defines_the_experiment():
 
 def test_resuming_refuses_another_experiment_by_name_and_allows_a_move(tmp_path):
     path = tmp_path / "checkpoint.pt"
-    checkpoint.save(path, {"config": CONFIG, "step": 7})
+    checkpoint.save(path, {"config": CONFIG, "data_fingerprint": "f" * 64, "progress": {"step": 7}})
     with pytest.raises(ConfigError, match=r"made with trainer\.epochs=3, this run has trainer\.epochs=4"):
         checkpoint.load(path, {**CONFIG, "trainer": {**CONFIG["trainer"], "epochs": 4}})
     with pytest.raises(ConfigError, match=r"made with seed=0, this run has seed=1"):
@@ -54,7 +54,10 @@ def test_resuming_refuses_another_experiment_by_name_and_allows_a_move(tmp_path)
              "trainer": {**CONFIG["trainer"], "device": "cuda", "compile": True, "num_threads": 16,
                          "eval_batch_size": 500, "log_every_n_steps": 10, "resume": "x.pt", "deadline": 600},
              "tracking": {"progress": False}}
-    assert checkpoint.load(path, moved)["step"] == 7
+    assert checkpoint.load(path, moved, "f" * 64)["progress"]["step"] == 7
+    with pytest.raises(ConfigError, match=r"trained on other images \(data fingerprint ffffffffffffffff, data.root "
+                                          r"now holds eeeeeeeeeeeeeeee\)"):
+        checkpoint.load(path, moved, "e" * 64)
 
 
 # ---------------------------------------------------------------- the report's groups
