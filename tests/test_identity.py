@@ -115,6 +115,15 @@ def test_a_group_mixing_devices_or_torch_versions_says_so_in_one_line(tmp_path):
     assert "device_type (cpu, cuda)" in line and "torch_version (2.5.1, 2.6.0)" in line and "compiled" not in line
 
 
+def test_a_run_finished_on_another_device_counts_as_mixing(tmp_path):
+    pieces = [{"device_type": "cpu", "torch_version": "2.5.1"}, {"device_type": "cuda", "torch_version": "2.5.1"}]
+    fake_run(tmp_path / "p1_0", "p1", 0, 0.5, summary={"device_type": "cuda", "pieces": pieces})
+    fake_run(tmp_path / "p1_1", "p1", 1, 0.5, summary={"device_type": "cuda", "pieces": pieces[1:]})
+    _, md = write_report(tmp_path)
+    (line,) = [line for line in md.splitlines() if "pools runs with different" in line]
+    assert "device_type (cpu, cuda)" in line
+
+
 def test_one_device_and_version_gives_no_mixing_note(tmp_path):
     for seed in (0, 1):
         fake_run(tmp_path / f"p1_{seed}", "p1", seed, 0.5, summary={"device_type": "cpu", "torch_version": "2.5.1"})

@@ -71,6 +71,7 @@ class Job:
     skip: int = 0  # batches of the current epoch already trained (a resumed epoch)
     step: int = 0
     pending_sums: list | None = None  # per member, the resumed epoch's sums so far
+    lr: float = 0.0  # the base rate of the last step taken (the schedule's next one may lie past its end)
 
     @property
     def active(self) -> list[int]:
@@ -210,6 +211,7 @@ def train_epoch(job: Job, epoch_rngs: list, stop: list[int]) -> tuple[EpochSums,
     batches = zip(*(run.loader.batches(job.skip) for run in job.runs))
     for i, pairs in enumerate(batches, start=job.skip):
         x, y = stack_batches(pairs)
+        job.lr = job.optimizer.param_groups[0]["lr"]
         losses, out = train_step(job.members, job.optimizer, job.scheduler, x, y, active, job.bf16,
                                  job.cfg.optim.label_smoothing)
         job.step += 1
@@ -316,7 +318,7 @@ def record_epoch(job: Job, m: int, sums: EpochSums, metrics: dict, images_per_s:
     run, step = job.runs[m], job.step
     loss_sum, correct, seen = sums.of(m)
     lam = records.lambdas(job.members, m)
-    scalars = {"acc/train": correct / seen, "loss/train": loss_sum / seen, "lr": job.scheduler.get_last_lr()[0],
+    scalars = {"acc/train": correct / seen, "loss/train": loss_sum / seen, "lr": job.lr,
                "throughput/train_img_s": images_per_s,
                **({f"lambda/{k}": v for k, v in lam.items()} if step % job.cfg.trainer.log_every_n_steps else {})}
     for split, (losses, accs) in metrics.items():
