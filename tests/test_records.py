@@ -4,6 +4,9 @@ in; a resume that would change either is refused or keeps what the run started w
 import json
 import shutil
 import signal
+import subprocess
+import sys
+import time
 
 import pytest
 import torch
@@ -96,8 +99,13 @@ def test_a_fused_sweep_in_pieces_keeps_one_precision_and_a_bad_checkpoint_fails_
     sweep = tmp_path / "sweep"
     args = ["-m", *TINY, "trainer.epochs=2", "seed=0,1,2,3,4", "hydra/launcher=fused", "hydra.launcher.max_members=4",
             f"hydra.sweep.dir={sweep}"]
-    first = run_train(*args, "trainer.deadline=0.001")  # the first group saves after its first step
-    assert first.returncode == 124, first.stderr
+    first = subprocess.Popen([sys.executable, "-m", "train", *args], cwd=ROOT, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 240
+    while not (sweep / "seed=1" / "checkpoint.pt").exists() and time.monotonic() < deadline:
+        time.sleep(0.2)  # the first group's first epoch is saved
+    first.send_signal(signal.SIGTERM)  # it saves and stops; the second group never starts
+    assert first.wait(timeout=240) == 128 + signal.SIGTERM
     (sweep / "seed=0" / "checkpoint.pt").write_bytes(b"cut")
     again = run_train(*args)
     assert again.returncode == 1, again.stderr  # one job did not complete: the sweep says so at its end

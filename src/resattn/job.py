@@ -18,6 +18,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, open_dict
 
+from resattn import clock
 from resattn.config import inert_keys, inert_keys_message, moved_keys, validate
 from resattn.engine import train_members
 from resattn.errors import ConfigError, Diverged, Interrupted
@@ -239,6 +240,12 @@ def run_jobs(cfgs: list[DictConfig], run_dirs: list[Path], hc, fused: bool = Fal
     where it did not complete. `hc`: the Hydra config of the first job (mode, launcher, sweep folder); `fused`:
     the fused launcher's jobs (one precision for all, engine.train_members)."""
     multirun = hc.mode == RunMode.MULTIRUN
+    if clock.passed(cfgs[0].trainer.get("deadline")):  # a job a launcher started past the piece's deadline
+        for run_dir in run_dirs:
+            discard_unstarted(run_dir, f"{hc.job.name}.log")
+        print("trainer.deadline passed before this job started: nothing trained; run the same command to continue",
+              file=sys.stderr)
+        sys.exit(Interrupted.DEADLINE_EXIT)
     varied = sorted(k.lstrip("+") for k in recorded_varied_keys(hc.sweep.dir) or ()) if multirun else None
     for cfg in cfgs:
         place(cfg, hc)
