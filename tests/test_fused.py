@@ -80,7 +80,8 @@ def test_fused_training_steps_equal_unfused_ones_in_float64():
         optimizer, scheduler = build_optimizer(cfg, members.params, members.template, total_steps=10)
         for _ in range(3):
             engine.train_step(members, optimizer, scheduler, x, y, torch.ones(len(x), dtype=torch.bool), False, 0.1)
-        return [members.state_dict(m) for m in range(members.n)], [members.momentum(optimizer, m) for m in range(members.n)]
+        every = range(members.n)
+        return [members.state_dict(m) for m in every], [members.momentum(optimizer, m) for m in every]
 
     (fused, fused_momentum) = three_steps(stack(models), x, y)
     for m, model in enumerate(alone):

@@ -150,7 +150,8 @@ def prepare(cfgs: list[DictConfig], run_dirs: list[Path], started: float, fused:
     if compiled:
         members.compile()
     setup = {"device": str(device), "device_type": device.type, "precision": "bf16" if bf16 else "fp32",
-             "compiled": compiled, "torch_version": str(torch.__version__), "num_threads": threads, "members": len(cfgs)}
+             "compiled": compiled, "torch_version": str(torch.__version__), "num_threads": threads,
+             "members": len(cfgs)}
     job = Job(cfg, [new_run(c, d, train_loader, setup, ds.fingerprint) for c, d in zip(cfgs, run_dirs)], members,
               optimizer, scheduler, loaders, ds.test.images[:8], device, bf16, started)
     if saved:
