@@ -3,16 +3,19 @@ of tuned rates and the comparison at them."""
 
 import csv
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 from hydra import compose, initialize_config_dir
 from hydra._internal.utils import get_args_parser
 
-from conftest import ROOT
+from conftest import ROOT, run_train
 from resattn import report
 from resattn.errors import ConfigError
-from resattn.tuning import DIVERGED, check_objective, objective_value, with_optuna_sweeper
+from resattn.tuning import (DIVERGED, check_objective, check_tuned_rates, check_tuning, objective_value,
+                            with_optuna_sweeper)
 from test_report import fake_run
 
 
@@ -150,6 +153,63 @@ def test_studies_of_different_recipes_are_refused(tmp_path):
         script.main([str(tmp_path), "--configs", str(tmp_path / "out")])
 
 
+# ---------------------------------------------------------------- refused before anything runs
+
+@pytest.mark.parametrize("mode", ["hydra.mode=MULTIRUN", "hydra.mode=RUN"])
+def test_tuning_without_a_validation_split_is_one_line_and_leaves_nothing(tmp_path, mode):
+    """Refused when the sweep (or run) starts: it was Optuna's 56-line traceback after a trial folder was made."""
+    proc = run_train("experiment=tune_lr_cpu", "pattern=p1", "data=synthetic", "data.val_size=0", mode, cwd=tmp_path)
+    assert (proc.returncode, proc.stdout) == (2, "")
+    assert proc.stderr == "error: objective final_val_acc needs a validation split: set data.val_size (e.g. 5000)\n"
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("overrides,says", [
+    (["experiment=tune_lr", "hydra/launcher=fused"], "^hydra/launcher=fused cannot run the Optuna sweeper's trials"),
+    (["experiment=compare_patterns"], "^hydra/sweeper=optuna needs an objective to maximise: choose experiment="),
+])
+def test_an_optuna_sweep_that_cannot_give_a_result_is_refused(overrides, says):
+    check_tuning(compose_tuning("experiment=tune_lr_cpu", "data.root=/images"))  # what the presets ask for passes
+    with pytest.raises(ConfigError, match=says):
+        check_tuning(compose_tuning(*overrides))
+
+
+def test_compare_tuned_before_tuning_says_what_to_run_first(tmp_path):
+    proc = run_train("experiment=compare_tuned", "data=synthetic", cwd=tmp_path)
+    assert (proc.returncode, proc.stdout, proc.stderr.count("\n")) == (2, "", 1)
+    assert proc.stderr.startswith("error: experiment=compare_tuned needs each arm's tuned rate and finds none: tune "
+                                  "the arms first (experiment=tune_lr or tune_lr_cpu), then scripts/tuned_lr.py")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_compare_tuned_after_tuning_some_arms_names_them(tmp_path):
+    (tmp_path / "tuned_lr").mkdir()
+    search = f"hydra.searchpath=[file://{tmp_path}]"
+    for arm in ("baseline", "p1"):
+        (tmp_path / "tuned_lr" / f"{arm}.yaml").write_text("# @package _global_\n")
+    with pytest.raises(ConfigError, match=f"^experiment=compare_tuned: no tuned rate for p2, p3, p3_controlled, p4 in "
+                                          f"{tmp_path / 'tuned_lr'}: tune those arms first, or compare the tuned ones: "
+                                          "tuned_lr=baseline,p1$"):
+        check_tuned_rates(["-m", "experiment=compare_tuned", search])
+    check_tuned_rates(["-m", "experiment=compare_tuned", search, "tuned_lr=baseline,p1"])  # the arms it has
+    for arm in ("p2", "p3", "p3_controlled", "p4"):
+        (tmp_path / "tuned_lr" / f"{arm}.yaml").write_text("# @package _global_\n")
+    check_tuned_rates(["-m", "experiment=compare_tuned", search])
+
+
+def test_tuning_runs_do_not_open_with_alembic_lines():
+    """Optuna's database layer (alembic) logs 7 "setup plugin" lines at INFO when the sweeper imports it, through
+    the logging Hydra sets up from the preset's hydra.hydra_logging."""
+    code = ("from hydra import compose, initialize_config_dir; from hydra.core.utils import configure_log\n"
+            f"with initialize_config_dir({str(ROOT / 'configs')!r}, version_base='1.3'):\n"
+            "    cfg = compose('config', ['hydra/sweeper=optuna', 'experiment=tune_lr_cpu'],\n"
+            "                  return_hydra_config=True)\n"
+            "configure_log(cfg.hydra.hydra_logging)\nimport alembic.autogenerate")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "setup plugin" not in proc.stdout + proc.stderr
+
+
 @pytest.mark.slow  # a long end-to-end run: in CI's second command (-m slow)
 def test_two_tiny_trials_then_the_comparison_at_the_tuned_rates(tmp_path):
     """Real subprocesses: experiment=tune_lr runs two Optuna trials on synthetic data and writes
@@ -160,6 +220,7 @@ def test_two_tiny_trials_then_the_comparison_at_the_tuned_rates(tmp_path):
     proc = run_train("experiment=tune_lr", "pattern=p1", *TINY, "data.val_size=64", "hydra.sweeper.n_trials=2",
                      "hydra.sweeper.n_jobs=1", f"hydra.sweep.dir={study}")
     assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "setup plugin" not in proc.stdout  # alembic's, quieted by the preset
     best = OmegaConf.load(study / "optimization_results.yaml")
     trials = {float(OmegaConf.load(study / t / ".hydra" / "config.yaml").optim.lr):
               json.loads((study / t / "summary.json").read_text()) for t in ("trial0", "trial1")}
