@@ -1,8 +1,10 @@
-"""Per-arm tuning (issue 17, parts 1-3): validation metrics in the report, the Optuna tuning presets, the table
-of tuned rates and the comparison at them."""
+"""Per-arm tuning (issue 17, parts 1-3; issues 25 and 27): validation metrics in the report, the Optuna tuning
+presets and what they refuse, the table of tuned rates and the comparison at them."""
 
 import csv
+import functools
 import json
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -103,54 +105,152 @@ def load_script():
     return module
 
 
-def fake_study(folder, pattern, best_lr, best_value, statuses=("completed", "completed", "diverged"), width=0.5):
-    """A study folder as the Optuna sweeper leaves it."""
+@functools.cache
+def trial_files(*overrides: str) -> tuple[str, str]:
+    """A tune_lr_cpu trial's .hydra/config.yaml and .hydra/hydra.yaml, as Hydra composes them."""
+    cfg = compose_tuning("experiment=tune_lr_cpu", "data.root=/images", *overrides)
+    return trial_texts(cfg)
+
+
+def trial_texts(cfg) -> tuple[str, str]:
+    from omegaconf import OmegaConf
+    tree = OmegaConf.to_container(cfg, resolve=False)
+    hydra = tree.pop("hydra")
+    return OmegaConf.to_yaml(tree), OmegaConf.to_yaml({"hydra": hydra})
+
+
+def write_study(folder, texts, best_lr, best_value, statuses=("completed", "completed", "diverged"), summary=None):
+    """A study folder as the Optuna sweeper leaves it: optimization_results.yaml and the trials' folders."""
     from omegaconf import OmegaConf
     folder.mkdir(parents=True)
     OmegaConf.save({"name": "optuna", "best_params": {"optim.lr": best_lr}, "best_value": best_value},
                    folder / "optimization_results.yaml")
-    OmegaConf.save({"pattern": {"name": pattern}, "model": {"name": "simplecnn", "width": width},
-                    "data": {"name": "folder", "train_size": 10000, "val_size": 2000}, "trainer": {"epochs": 15},
-                    "objective": "final_val_acc", "optim": {"lr": 0.2}}, folder / "multirun.yaml")
     for i, status in enumerate(statuses):
-        (folder / f"trial{i}").mkdir()
-        (folder / f"trial{i}" / "summary.json").write_text(json.dumps({"status": status}))
+        (folder / f"trial{i}" / ".hydra").mkdir(parents=True)
+        for name, text in zip(("config.yaml", "hydra.yaml"), texts):
+            (folder / f"trial{i}" / ".hydra" / name).write_text(text)
+        (folder / f"trial{i}" / "summary.json").write_text(json.dumps(
+            {"status": status, "precision": "fp32", "data_fingerprint": "ab" * 32, **(summary or {})}))
     return folder
 
 
-def test_table_of_tuned_rates_and_the_configs_it_writes(tmp_path, monkeypatch):
+def fake_study(folder, pattern, best_lr, best_value, *overrides, **kwargs):
+    return write_study(folder, trial_files(f"pattern={pattern}", *overrides), best_lr, best_value, **kwargs)
+
+
+def tuned_lr(capsys, *args) -> tuple[int, str, str]:
+    """scripts/tuned_lr.py ARGS: its exit code, stdout and stderr."""
+    try:
+        code = load_script().main([str(a) for a in args])
+    except SystemExit as exit_:
+        code = exit_.code
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def composed_command(command: str, arm: str):
+    """The config of one job (tuned_lr=ARM) of a printed `python -m train -m ...` command, parsed by Hydra's own
+    argument parser and composed as train.py composes it."""
+    args = shlex.split(command, comments=True)
+    assert args[:3] == ["python", "-m", "train"]
+    overrides = [o for o in get_args_parser().parse_args(args[3:]).overrides if not o.startswith("tuned_lr=")]
+    with initialize_config_dir(str(ROOT / "configs"), version_base="1.3"):
+        return compose("config", overrides=[*overrides, f"tuned_lr={arm}"])
+
+
+def recipe_of(cfg) -> dict:
+    """The keys that define the experiment (resattn.identity), less what a comparison at tuned rates changes."""
     from omegaconf import OmegaConf
-    script = load_script()
+    from resattn.errors import flatten
+    from resattn.identity import defines_the_experiment
+    flat = flatten(OmegaConf.to_container(cfg))
+    return {k: v for k, v in flat.items() if (defines_the_experiment(k) or k == "data.root")
+            and k.split(".")[0] not in ("pattern", "seed", "objective") and k not in ("optim.lr", "data.val_size")}
+
+
+def test_table_of_tuned_rates_and_the_configs_it_writes(tmp_path, monkeypatch, capsys):
+    """The rates go beside the table, outside the project's configs/ (writing them there made two tests fail),
+    and the command printed runs compare_tuned on them at the recipe the arms were tuned at."""
+    from omegaconf import OmegaConf
     monkeypatch.chdir(tmp_path)  # the table names each study as the command line did, from here
+    before = sorted((ROOT / "configs").rglob("*"))
     studies = Path("sweeps")
     fake_study(studies / "baseline" / "2026-12-01_10-00-00", "baseline", 0.31234567, 0.81)
     fake_study(studies / "p1" / "2026-12-01_09-00-00", "p1", 0.9, 0.70)  # older: left out
     fake_study(studies / "p1" / "2026-12-01_11-00-00", "p1", 0.0523456, 0.79, statuses=("completed",) * 4)
-    assert script.main([str(studies), "--configs", str(tmp_path / "sp" / "tuned_lr")]) == 0
+    code, out, err = tuned_lr(capsys, studies)
+    assert (code, err) == (0, "")
+    assert sorted((ROOT / "configs").rglob("*")) == before
     table = rows(studies / "tuned_lr.csv")
     assert [(r["pattern"], r["best optim.lr"], r["best val acc"], r["trials"], r["diverged"]) for r in table] == [
         ("baseline", "0.3123", "0.8100", "3", "1"), ("p1", "0.05235", "0.7900", "4", "0")]
     assert [r["study"] for r in table] == ["sweeps/baseline/2026-12-01_10-00-00", "sweeps/p1/2026-12-01_11-00-00"]
     md = (studies / "tuned_lr.md").read_text()
     assert "2026-12-01_09-00-00 left out" in md and "model.width=0.5" in md
-    # the configs compare_tuned sweeps: each job gets its pattern and its lr
+    assert OmegaConf.load(studies / "tuned_lr" / "p1.yaml").optim.lr == 0.05235
+    command = out.strip().splitlines()[-1]
+    assert command.startswith("python -m train -m experiment=compare_tuned 'hydra.searchpath=[file://sweeps]' "
+                              "tuned_lr=baseline,p1 data=folder data.root=/images ")
+    study = compose_tuning("experiment=tune_lr_cpu", "data.root=/images", "pattern=p1")
+    for pattern, lr in (("baseline", 0.3123), ("p1", 0.05235)):  # each job: its pattern, its lr, the tuned recipe
+        cfg = composed_command(command, pattern)
+        assert (cfg.pattern.name, cfg.optim.lr, cfg.data.val_size) == (pattern, lr, 0)
+        assert recipe_of(cfg) == recipe_of(study)
     with initialize_config_dir(str(ROOT / "configs"), version_base="1.3"):
-        for pattern, lr in (("baseline", 0.3123), ("p1", 0.05235)):
-            cfg = compose("config", overrides=["experiment=compare_tuned", f"tuned_lr={pattern}",
-                                               f"hydra.searchpath=[file://{tmp_path / 'sp'}]"])
-            assert (cfg.pattern.name, cfg.optim.lr, cfg.optim.weight_decay) == (pattern, lr, 5e-4)
         cfg = compose("config", overrides=["experiment=compare_tuned", "tuned_lr=p1", "model=resnet",
-                                           f"hydra.searchpath=[file://{tmp_path / 'sp'}]"])
-        assert cfg.optim.lr == 0.05235  # the tuned rate wins over a backbone's own recipe
-    assert OmegaConf.load(tmp_path / "sp" / "tuned_lr" / "p1.yaml").optim.lr == 0.05235
+                                           f"hydra.searchpath=[file://{tmp_path / studies}]"])
+    assert cfg.optim.lr == 0.05235  # the tuned rate wins over a backbone's own recipe
 
 
-def test_studies_of_different_recipes_are_refused(tmp_path):
-    script = load_script()
-    fake_study(tmp_path / "a" / "2026-12-01_10-00-00", "baseline", 0.3, 0.8)
-    fake_study(tmp_path / "b" / "2026-12-01_10-00-00", "p1", 0.3, 0.8, width=1.0)
-    with pytest.raises(SystemExit, match="tuned different recipes"):
-        script.main([str(tmp_path), "--configs", str(tmp_path / "out")])
+@pytest.mark.parametrize("override,values", [
+    ("optim.weight_decay=0.001", "optim.weight_decay=0.0005 and optim.weight_decay=0.001"),
+    ("optim.momentum=0.8", "optim.momentum=0.9 and optim.momentum=0.8"),
+    ("optim.label_smoothing=0", "optim.label_smoothing=0.1 and optim.label_smoothing=0"),
+    ("data.augment=false", "data.augment=true and data.augment=false"),
+    ("data.subset_seed=1", "data.subset_seed=0 and data.subset_seed=1"),
+    ("model.width=1.0", "model.width=0.5 and model.width=1.0"),
+    ("precision bf16", "trainer.precision=fp32 and trainer.precision=bf16"),  # as the trials resolved auto
+])
+def test_studies_of_different_recipes_are_refused(tmp_path, capsys, override, values):
+    """Any key that defines the experiment (resattn.identity), not only a list of recipe keys: one line naming
+    both studies, the key and both values; nothing written."""
+    fake_study(tmp_path / "a", "baseline", 0.3, 0.8)
+    if override.startswith("precision"):
+        fake_study(tmp_path / "b", "p1", 0.3, 0.8, summary={"precision": "bf16"})
+    else:
+        fake_study(tmp_path / "b", "p1", 0.3, 0.8, override)
+    code, out, err = tuned_lr(capsys, tmp_path)
+    assert (code, out) == (2, "")
+    assert err == (f"error: {tmp_path / 'a'} and {tmp_path / 'b'} tuned different recipes: {values}: their rates "
+                   "are not comparable; tune every arm at one recipe\n")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a", "b"]
+
+
+def test_studies_differ_in_their_arm_and_tuned_keys_only(tmp_path, capsys):
+    """The pattern and what it sets, the tuned lr and the seed may differ; the table is written."""
+    fake_study(tmp_path / "a", "p3_controlled", 0.3, 0.8, "pattern.lam_init=0.3", "seed=1")
+    fake_study(tmp_path / "b", "p1", 0.3, 0.8, "optim.lr=0.5")
+    assert tuned_lr(capsys, tmp_path)[0] == 0
+
+
+@pytest.mark.parametrize("text", ["best_params: {optim.lr: 0.3\nbest_value: [", "3", "best_params: 3\n",
+                                  "best_params: {optim.lr: 0.3}\n", "\udcff"])
+def test_a_corrupt_optuna_result_is_one_line(tmp_path, capsys, text):
+    results = fake_study(tmp_path / "a", "p1", 0.3, 0.8) / "optimization_results.yaml"
+    results.write_bytes(text.encode(errors="surrogateescape"))
+    code, out, err = tuned_lr(capsys, tmp_path)
+    assert (code, out) == (2, "") and err.count("\n") == 1
+    assert err.startswith(f"error: {results}: unreadable Optuna result (") and "rerun the study" in err
+
+
+def test_the_rates_never_go_into_the_projects_configs(tmp_path, capsys):
+    fake_study(tmp_path / "a", "p1", 0.3, 0.8)
+    for configs, says in ((ROOT / "configs" / "tuned_lr", "inside the project's configs/"),
+                          (tmp_path / "rates", "the folder must be named tuned_lr")):
+        code, out, err = tuned_lr(capsys, tmp_path, "--configs", configs)
+        assert (code, out) == (2, "") and err.count("\n") == 1 and says in err
+    assert sorted(p.name for p in (ROOT / "configs" / "tuned_lr").iterdir()) == ["README.md"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a"]
 
 
 # ---------------------------------------------------------------- refused before anything runs
