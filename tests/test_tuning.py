@@ -4,6 +4,7 @@ presets and what they refuse, the table of tuned rates and the comparison at the
 import csv
 import functools
 import json
+import re
 import shlex
 import subprocess
 import sys
@@ -253,7 +254,7 @@ def test_the_rates_never_go_into_the_projects_configs(tmp_path, capsys):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a"]
 
 
-# ---------------------------------------------------------------- refused before anything runs
+# ---------------------------------------------------------------- refused before anything runs, and the README
 
 @pytest.mark.parametrize("mode", ["hydra.mode=MULTIRUN", "hydra.mode=RUN"])
 def test_tuning_without_a_validation_split_is_one_line_and_leaves_nothing(tmp_path, mode):
@@ -308,6 +309,39 @@ def test_tuning_runs_do_not_open_with_alembic_lines():
     proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert "setup plugin" not in proc.stdout + proc.stderr
+
+
+def readme_tuning() -> tuple[list[str], list[str], str]:
+    """The README's CPU tuning sequence: the tuning loop's arms and command, tuned_lr.py's arguments, and the
+    comparison's command, comments left out."""
+    lines = (ROOT / "README.md").read_text().splitlines()
+    loop = next(re.fullmatch(r"for p in (.+); do (python -m train .+); done", line) for line in lines
+                if "experiment=tune_lr_cpu" in line and line.startswith("for p in"))
+    table = next(shlex.split(line, comments=True) for line in lines if line.startswith("python scripts/tuned_lr.py"))
+    compare = next(line for line in lines if line.startswith("python -m train -m experiment=compare_tuned"))
+    return loop[1].split(), shlex.split(loop[2]), table[2:], " ".join(shlex.split(compare, comments=True))
+
+
+def test_the_readme_tuning_sequence_works_as_written(tmp_path, monkeypatch, capsys):
+    """Each tuning command of the README, parsed by Hydra's own parser, writes where tuned_lr.py reads (a study per
+    arm, made here without training), and tuned_lr.py prints the README's comparison, which runs every arm at the
+    recipe they were tuned at."""
+    monkeypatch.chdir(tmp_path)
+    arms, tune, table, compare = readme_tuning()
+    tuned = {}
+    for i, arm in enumerate(arms):
+        args = get_args_parser().parse_args(with_optuna_sweeper([a.replace("$p", arm) for a in tune[3:]]))
+        with initialize_config_dir(str(ROOT / "configs"), version_base="1.3"):
+            tuned[arm] = compose("config", overrides=args.overrides, return_hydra_config=True)
+        write_study(Path(tuned[arm].hydra.sweep.dir), trial_texts(tuned[arm]), round(0.1 * (i + 1), 4), 0.5)
+    code, out, err = tuned_lr(capsys, *table)
+    assert (code, err) == (0, "")
+    assert shlex.join(shlex.split(out.strip().splitlines()[-1])) == shlex.join(shlex.split(compare))
+    check_tuned_rates(shlex.split(compare)[3:])
+    for i, arm in enumerate(arms):
+        cfg = composed_command(compare, arm)
+        assert (cfg.pattern.name, cfg.optim.lr) == (arm, round(0.1 * (i + 1), 4))
+        assert recipe_of(cfg) == recipe_of(tuned[arm])
 
 
 @pytest.mark.slow  # a long end-to-end run: in CI's second command (-m slow)
