@@ -35,7 +35,7 @@ from resattn import data
 from resattn.attention import ATTENTIONS
 from resattn.build import build_optimizer, pick_device, use_bf16, use_compile
 from resattn.engine import stack_batches, train_step
-from resattn.members import Members
+from resattn.members import stack
 from resattn.evaluate import evaluate
 from resattn.model import PATTERNS, SimpleCNN
 from resattn.resnet import DEPTHS, SHORTCUTS, CifarResNet
@@ -146,10 +146,10 @@ def project(args, images, labels, mean, std, device, bf16: bool, compiled: bool)
     models = [make_model(args).to(device) for _ in range(args.members)]
     if not fused:  # the trainer's layout: channels_last for one member, NCHW under vmap
         models = [m.to(memory_format=torch.channels_last) for m in models]
-    members = Members(models)
+    members = stack(models)
     # the trainer's own optimizer config, at a learning rate that keeps a long benchmark from diverging
     cfg = OmegaConf.create({"optim": {**OmegaConf.load(CONFIGS / "optim" / "sgd.yaml"), "lr": 0.05}})
-    opt, sched = build_optimizer(cfg, members.params, members.member_dims, total_steps=10**6)
+    opt, sched = build_optimizer(cfg, members.params, members.template, total_steps=10**6)
     if compiled:
         members.compile()
     dtype = torch.bfloat16 if bf16 else torch.float32

@@ -14,7 +14,7 @@ from resattn import clock
 from resattn.errors import ConfigError
 from resattn.job import check_choices, run, usage_error
 from resattn.keys import check_keys
-from resattn.tuning import check_objective, objective_value, with_optuna_sweeper
+from resattn.tuning import check_objective, check_tuned_rates, objective_value, with_optuna_sweeper
 
 
 @hydra.main(version_base="1.3", config_path="../configs", config_name="config")
@@ -30,6 +30,7 @@ if __name__ == "__main__":
     clock.start_piece(STARTED)
     check_choices()
     try:
+        check_tuned_rates(sys.argv[1:])
         sys.argv[1:] = check_keys(with_optuna_sweeper(sys.argv[1:]))
     except ConfigError as err:
         usage_error(str(err))

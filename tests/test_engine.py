@@ -183,7 +183,7 @@ def test_truncated_or_foreign_checkpoints_are_refused(reference, tmp_path):
             checkpoint.load(good, {**config, key: value})
     # where and how fast it runs may change
     assert checkpoint.load(good, {**config, "trainer": {**config["trainer"], "device": "cpu", "compile": True}})
-    assert checkpoint.load(good, config)["step"] == 24
+    assert checkpoint.load(good, config)["progress"]["step"] == 24
 
 
 def test_a_file_that_is_no_checkpoint_is_named_for_what_it_is(tmp_path):
@@ -260,15 +260,30 @@ def test_every_compiled_run_of_a_multirun_is_compiled(tmp_path):
     assert not [h for h in hits if "recompile_limit" in h]
 
 
-@pytest.mark.slow  # a long end-to-end run: in CI's second command (-m slow)
-def test_a_run_past_its_deadline_stops_cleanly_and_the_same_command_finishes_it_exactly(reference, tmp_path):
-    proc = run_train(*LONGER, "trainer.deadline=0.001", f"hydra.run.dir={tmp_path}")
-    assert proc.returncode == 124, proc.stderr  # stopped at the first step past the deadline, as timeout(1) exits
+def test_a_run_past_its_deadline_stops_cleanly_and_the_same_command_finishes_it_exactly(reference, tmp_path,
+                                                                                       monkeypatch):
+    from hydra import compose, initialize_config_dir
+
+    from resattn import clock, engine
+    from resattn.errors import Interrupted
+
+    with initialize_config_dir(str(ROOT / "configs"), version_base="1.3"):
+        cfg = compose("config", overrides=[*LONGER, "trainer.deadline=60"])
+    monkeypatch.setattr(clock, "STARTED", time.time() - 60)  # the piece began a minute ago: its deadline is here
+    with pytest.raises(Interrupted) as stopped:
+        engine.train(cfg, tmp_path)
+    assert stopped.value.exit_code == 124  # as timeout(1) exits
     s = summary(tmp_path)
-    assert (s["status"], s["stop_reason"], s["step"]) == ("interrupted", "deadline", 1)
-    again = run_train(*LONGER, f"hydra.run.dir={tmp_path}")  # without the limit
+    assert (s["status"], s["stop_reason"], s["step"]) == ("interrupted", "deadline", 1)  # at the first step past it
+    again = run_train(*LONGER, f"hydra.run.dir={tmp_path}")  # the same command, a new piece
     assert again.returncode == 0, again.stderr
     assert_same_as_reference(tmp_path, reference)
+
+
+def test_a_job_that_would_start_past_its_deadline_trains_nothing_and_leaves_nothing(tmp_path):
+    proc = run_train(*TINY, "trainer.deadline=0.001", f"hydra.run.dir={tmp_path / 'run'}")
+    assert proc.returncode == 124 and proc.stderr.count("\n") == 1 and "trainer.deadline passed" in proc.stderr
+    assert not (tmp_path / "run").exists()
 
 
 def test_a_stop_during_the_last_evaluation_still_completes_the_run_with_its_hparams(tmp_path, monkeypatch):

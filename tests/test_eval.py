@@ -68,7 +68,7 @@ def test_a_rerun_of_a_finished_run_keeps_its_corruption_results(robust_run, tmp_
 def test_lam_lr_scale_multiplies_only_the_lambda_learning_rate():
     cfg = make("optim.lam_lr_scale=10", "pattern.lam_shape=channel")
     model = build_model(cfg, 10)
-    optimizer, scheduler = build_optimizer(cfg, dict(model.named_parameters()), 0, total_steps=10)
+    optimizer, scheduler = build_optimizer(cfg, dict(model.named_parameters()), model, total_steps=10)
     lam_ids = {id(b.lam_logit) for b in model.blocks.values()}
     for group in optimizer.param_groups:
         is_lam = {id(p) in lam_ids for p in group["params"]}

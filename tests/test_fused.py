@@ -14,7 +14,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from conftest import ROOT, TINY, run_train
 from resattn import engine
-from resattn.members import Members, fusion_key
+from resattn.members import fusion_key, stack
 from resattn.model import SimpleCNN
 
 CONFIGS = ROOT / "configs"
@@ -55,12 +55,41 @@ def test_the_stack_computes_what_each_member_computes_alone():
     torch.manual_seed(0)
     models = [SimpleCNN("p1", width=0.25) for _ in range(3)]
     x = torch.randn(3, 4, 3, 32, 32)
-    members = Members(models)
+    members = stack(models)
     out = members(x)
     for m, model in enumerate(models):
         assert torch.allclose(out[m], model(x[m]), atol=1e-5)
         assert all(torch.allclose(v, members.state_dict(m)[k], atol=1e-6) for k, v in model.state_dict().items()
                    if k.endswith("running_mean"))  # each member's BN statistics moved with its own batch
+
+
+def test_fused_training_steps_equal_unfused_ones_in_float64():
+    """Weights, BN statistics, momentum and weight decay: three SGD steps of two stacked members against each
+    member trained alone, in float64, where only the order of sums differs."""
+    import copy
+
+    from resattn.build import build_optimizer
+
+    cfg = make()
+    torch.manual_seed(0)
+    models = [SimpleCNN("p3_controlled", width=0.25).double() for _ in range(2)]
+    alone = [copy.deepcopy(model) for model in models]
+    x, y = torch.randn(2, 8, 3, 32, 32, dtype=torch.float64), torch.randint(0, 10, (2, 8))
+
+    def three_steps(members, x, y):
+        optimizer, scheduler = build_optimizer(cfg, members.params, members.template, total_steps=10)
+        for _ in range(3):
+            engine.train_step(members, optimizer, scheduler, x, y, torch.ones(len(x), dtype=torch.bool), False, 0.1)
+        every = range(members.n)
+        return [members.state_dict(m) for m in every], [members.momentum(optimizer, m) for m in every]
+
+    (fused, fused_momentum) = three_steps(stack(models), x, y)
+    for m, model in enumerate(alone):
+        ([state], [momentum]) = three_steps(stack([model]), x[m:m + 1], y[m:m + 1])
+        for k, v in state.items():
+            assert torch.allclose(fused[m][k].double(), v.double(), rtol=0, atol=1e-12), k
+        assert momentum.keys() == fused_momentum[m].keys()
+        assert all(torch.allclose(fused_momentum[m][k], v, rtol=0, atol=1e-12) for k, v in momentum.items())
 
 
 def test_only_seed_and_lam_init_may_differ_within_a_group():

@@ -44,7 +44,7 @@ def test_first_difference_names_the_first_key_that_defines_the_experiment():
 
 def test_resuming_refuses_another_experiment_by_name_and_allows_a_move(tmp_path):
     path = tmp_path / "checkpoint.pt"
-    checkpoint.save(path, {"config": CONFIG, "step": 7})
+    checkpoint.save(path, {"config": CONFIG, "data_fingerprint": "f" * 64, "progress": {"step": 7}})
     with pytest.raises(ConfigError, match=r"made with trainer\.epochs=3, this run has trainer\.epochs=4"):
         checkpoint.load(path, {**CONFIG, "trainer": {**CONFIG["trainer"], "epochs": 4}})
     with pytest.raises(ConfigError, match=r"made with seed=0, this run has seed=1"):
@@ -54,7 +54,10 @@ def test_resuming_refuses_another_experiment_by_name_and_allows_a_move(tmp_path)
              "trainer": {**CONFIG["trainer"], "device": "cuda", "compile": True, "num_threads": 16,
                          "eval_batch_size": 500, "log_every_n_steps": 10, "resume": "x.pt", "deadline": 600},
              "tracking": {"progress": False}}
-    assert checkpoint.load(path, moved)["step"] == 7
+    assert checkpoint.load(path, moved, "f" * 64)["progress"]["step"] == 7
+    with pytest.raises(ConfigError, match=r"trained on other images \(data fingerprint ffffffffffffffff, data.root "
+                                          r"now holds eeeeeeeeeeeeeeee\)"):
+        checkpoint.load(path, moved, "e" * 64)
 
 
 # ---------------------------------------------------------------- the report's groups
@@ -112,6 +115,15 @@ def test_a_group_mixing_devices_or_torch_versions_says_so_in_one_line(tmp_path):
     assert "device_type (cpu, cuda)" in line and "torch_version (2.5.1, 2.6.0)" in line and "compiled" not in line
 
 
+def test_a_run_finished_on_another_device_counts_as_mixing(tmp_path):
+    pieces = [{"device_type": "cpu", "torch_version": "2.5.1"}, {"device_type": "cuda", "torch_version": "2.5.1"}]
+    fake_run(tmp_path / "p1_0", "p1", 0, 0.5, summary={"device_type": "cuda", "pieces": pieces})
+    fake_run(tmp_path / "p1_1", "p1", 1, 0.5, summary={"device_type": "cuda", "pieces": pieces[1:]})
+    _, md = write_report(tmp_path)
+    (line,) = [line for line in md.splitlines() if "pools runs with different" in line]
+    assert "device_type (cpu, cuda)" in line
+
+
 def test_one_device_and_version_gives_no_mixing_note(tmp_path):
     for seed in (0, 1):
         fake_run(tmp_path / f"p1_{seed}", "p1", seed, 0.5, summary={"device_type": "cpu", "torch_version": "2.5.1"})
@@ -126,7 +138,7 @@ def synthetic_cfg(**changes):
                              "subset_seed": 0, "augment": False, **changes})
 
 
-def test_synthetic_data_is_fingerprinted_by_its_config_values():
+def test_synthetic_data_is_fingerprinted_by_its_images():
     same = data.load(synthetic_cfg()).fingerprint
     assert len(same) == 64 and same == data.load(synthetic_cfg()).fingerprint
     assert same != data.load(synthetic_cfg(subset_seed=1)).fingerprint
@@ -140,22 +152,27 @@ def test_array_fingerprint_changes_with_one_pixel():
     assert data.arrays_fingerprint(ds) != before
 
 
-def image_folder(root, sizes: dict):
+def image_folder(root, sizes: dict, value: int = 100):
     from PIL import Image
 
     for rel, side in sizes.items():
         path = root / rel
         path.parent.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(torch.full((side, side, 3), 100, dtype=torch.uint8).numpy()).save(path)
+        Image.fromarray(torch.full((side, side, 3), value, dtype=torch.uint8).numpy()).save(path)
     return root
 
 
-def test_folder_data_is_fingerprinted_by_its_file_list_and_sizes_not_its_place(tmp_path, monkeypatch):
+def test_folder_data_is_fingerprinted_by_its_images_not_their_place_names_or_sizes(tmp_path, monkeypatch):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
-    files = {f"{split}/{c}/{i}.png": 32 for split in ("train", "test") for c in ("cat", "dog") for i in range(2)}
+    files = {f"{split}/{c}/{i}.bmp": 32 for split in ("train", "test") for c in ("cat", "dog") for i in range(2)}
     cfg = lambda root: OmegaConf.create({"name": "folder", "root": str(root), "train_size": None,  # noqa: E731
                                          "test_size": None, "subset_seed": 0, "augment": False})
     first = data.load(cfg(image_folder(tmp_path / "a", files))).fingerprint
-    assert first and first == data.load(cfg(image_folder(tmp_path / "b", files))).fingerprint
-    other = data.load(cfg(image_folder(tmp_path / "c", {**files, "train/cat/0.png": 40}))).fingerprint
+    assert first and first == data.load(cfg(image_folder(tmp_path / "b", files))).fingerprint  # a moved copy
+    image_folder(tmp_path / "c", files)
+    other = data.load(cfg(image_folder(tmp_path / "c", {"train/cat/0.bmp": 40}, value=7))).fingerprint
     assert other != first
+    # other pixels under the same names and sizes (BMP: the size follows from the side): other data, and the
+    # cache made from the first images is not taken for them
+    same_sizes = image_folder(tmp_path / "a", {"train/cat/0.bmp": 32}, value=9)
+    assert data.load(cfg(same_sizes)).fingerprint not in (first, other)

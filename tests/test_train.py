@@ -82,6 +82,23 @@ def test_events_hold_every_tag_once_per_epoch(p3c_run):
     assert {"lambda/block1", "lambda/block2"} <= set(tags)
 
 
+def test_the_logged_lr_is_the_rate_of_each_epochs_last_step(p3c_run):
+    """OneCycle over 8 steps: the last step's rate is the schedule at step 7, not past its end (it was negative)."""
+    import torch
+
+    opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)
+    cfg = OmegaConf.load(p3c_run / ".hydra" / "config.yaml").optim
+    schedule = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=8, pct_start=cfg.warmup_frac,
+                                                   anneal_strategy="linear", cycle_momentum=False)
+    rates = []
+    for _ in range(8):
+        rates.append(opt.param_groups[0]["lr"])
+        opt.step()
+        schedule.step()
+    assert [e.value for e in events(p3c_run).Scalars("lr")] == pytest.approx([rates[3], rates[7]])
+    assert min(rates) > 0
+
+
 def test_lambda_trajectory_has_a_point_per_log_step_and_epoch_end(p3c_run):
     acc = events(p3c_run)
     for block in ("block1", "block2"):

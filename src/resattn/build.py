@@ -1,16 +1,20 @@
 """Set-up of a run: device, threads, precision, compile, seeding, and the model and optimizer it trains."""
 
+import logging
 import random
 import shutil
 
 import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
+from torch import nn
 
 from resattn.attention import attention_layer
 from resattn.errors import ConfigError
 from resattn.model import ResidualNet, SimpleCNN
 from resattn.resnet import CifarResNet
+
+log = logging.getLogger(__name__)
 
 # torch's own thread count for this process, read before any job changes it: trainer.num_threads=auto
 # restores it, so a job with num_threads=1 cannot leave the next job of a multirun at one thread.
@@ -43,6 +47,22 @@ def set_threads(setting) -> int:
     """trainer.num_threads: a number, or auto (torch's default for this process); the count now in force."""
     torch.set_num_threads(DEFAULT_THREADS if setting == "auto" else int(setting))
     return torch.get_num_threads()
+
+
+def pick_precision(setting: str, device: torch.device, fused: bool, resumed: str | None) -> bool:
+    """Whether the run trains in bf16. A resumed run keeps the precision it started in (`resumed`: its checkpoint's),
+    whatever trainer.precision=auto would pick on this machine; the fused launcher trains every job of a sweep in
+    fp32, a group of one too (bf16 autocast does not reach convolutions under vmap, measured on the CPU)."""
+    if fused and "bf16" in (setting, resumed):
+        raise ConfigError("trainer.precision=bf16: the fused launcher trains in fp32 (bf16 autocast does not reach "
+                          "convolutions under vmap); use trainer.precision=auto or fp32, or another launcher"
+                          if setting == "bf16" else "trainer.resume: this run started in bf16 with another launcher; "
+                          "finish it with that launcher (hydra/launcher=basic)")
+    if resumed is not None:
+        if (resumed == "bf16") != use_bf16(setting, device):
+            log.info("continuing in %s, the precision this run started in", resumed)
+        return resumed == "bf16"
+    return False if fused else use_bf16(setting, device)
 
 
 def use_bf16(precision: str, device: torch.device) -> bool:
@@ -87,15 +107,16 @@ def build_model(cfg: DictConfig, num_classes: int) -> ResidualNet:
     return SimpleCNN(**common)
 
 
-def build_optimizer(cfg: DictConfig, named_params: dict[str, torch.Tensor], member_dims: int, total_steps: int):
-    """SGD and its schedule over `named_params` (a module's parameters, or the members' stacked ones, whose
-    first `member_dims` dimensions count members: SGD is elementwise, so one step moves each member alone)."""
+def build_optimizer(cfg: DictConfig, named_params: dict[str, torch.Tensor], template: nn.Module, total_steps: int):
+    """SGD and its schedule over `named_params`: a module's parameters, or several members' stacked ones, grouped
+    by what each is in one model (`template`). SGD is elementwise, so one step moves each stacked member alone."""
     o = cfg.optim
     # No weight decay on BN parameters or on the lambda logits: decay would pull lambda towards 0.5.
     # The logits get their own learning rate (optim.lam_lr_scale): at the base rate lambda barely moves.
+    matrix = {n for n, p in template.named_parameters() if p.ndim > 1}
     lam = [p for n, p in named_params.items() if n.endswith("lam_logit")]
-    decay = [p for n, p in named_params.items() if p.ndim - member_dims > 1]
-    no_decay = [p for n, p in named_params.items() if p.ndim - member_dims <= 1 and not n.endswith("lam_logit")]
+    decay = [p for n, p in named_params.items() if n in matrix]
+    no_decay = [p for n, p in named_params.items() if n not in matrix and not n.endswith("lam_logit")]
     lrs = [o.lr, o.lr, o.lr * o.lam_lr_scale]
     opt = torch.optim.SGD([{"params": decay, "weight_decay": o.weight_decay, "lr": lrs[0]},
                            {"params": no_decay, "weight_decay": 0.0, "lr": lrs[1]},

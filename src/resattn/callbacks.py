@@ -6,16 +6,33 @@ from pathlib import Path
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
+from resattn.errors import ConfigError
+from resattn.job import usage_error
 # importing resattn.sweep registers the job-name resolver, in every process that unpickles these callbacks
 from resattn.sweep import sweeper_params, write_record
 from resattn.tracking import read_summary
+from resattn.tuning import check_objective, check_tuning
+
+
+def refuse(check, config: DictConfig) -> None:
+    """One line and exit 2 for a config the check refuses: at the start of a run or sweep, before its folder
+    exists, so a refused command leaves nothing behind."""
+    try:
+        check(config)
+    except ConfigError as err:
+        usage_error(str(err))
 
 
 class SweepEnd(Callback):
-    """At the start of a multirun: record what its jobs share (sweep.yaml). At the end: write the sweep
-    report, and exit non-zero if any job did not complete."""
+    """At the start of a run or multirun: refuse a tuning preset that cannot give a result (resattn.tuning); a
+    multirun's record of what its jobs share (sweep.yaml). At the end: write the sweep report, and exit non-zero
+    if any job did not complete."""
+
+    def on_run_start(self, config: DictConfig, **kwargs) -> None:
+        refuse(check_objective, config)  # a tuning preset run once (hydra.mode=RUN)
 
     def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
+        refuse(check_tuning, config)
         write_record(Path(config.hydra.sweep.dir), sweeper_params(config.hydra), list(config.hydra.overrides.task))
 
     def on_multirun_end(self, config: DictConfig, **kwargs) -> None:

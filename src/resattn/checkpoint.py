@@ -9,13 +9,10 @@ import numpy as np
 import torch
 
 from resattn.errors import ConfigError, flatten
-from resattn.identity import NOT_THE_EXPERIMENT, first_difference
+from resattn.identity import first_difference
 
-FORMAT = "resattn-checkpoint-2"  # 2: per-member weights and momentum, as records.save writes them
-# What a resumed run may change: where and how fast it runs, and what it logs (identity.py, the one list the
-# report groups by too). Any other key (model, data, optimizer, schedule, epochs, seed) must match, or
-# resuming would not continue the run.
-MAY_CHANGE = NOT_THE_EXPERIMENT
+# 3: the data's fingerprint, the precision and the pieces trained so far, as records.save writes them
+FORMAT = "resattn-checkpoint-3"
 
 
 def rng_state() -> dict:
@@ -60,24 +57,31 @@ def what_is_wrong(path: Path, err: Exception) -> str:
     return f"a damaged or foreign PyTorch file ({reason})"
 
 
-def load(path: Path, config: dict, key: str = "trainer.resume") -> dict:
-    """The checkpoint at `path`, refused with a ConfigError naming `key` unless it is one of ours
-    for the same model as `config`."""
+def load(path: Path, config: dict, fingerprint: str | None = None, key: str = "trainer.resume") -> dict:
+    """The checkpoint at `path`, refused with a ConfigError naming `key` unless it is one of ours, of the same
+    experiment as `config` (identity.first_difference: where and how fast it runs may change, nothing else)
+    and, when `fingerprint` is given, trained on the same images (data.Dataset.fingerprint)."""
+    afresh = "remove it, or give trainer.resume=false, to start afresh"
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
         raise ConfigError(f"{key}: no checkpoint at '{path}'") from None
     except Exception as err:  # weights_only: whatever a damaged or foreign file raises, nothing in it ran
-        raise ConfigError(f"{key}: '{path}' is not a readable resattn checkpoint: {what_is_wrong(path, err)}") from None
+        raise ConfigError(f"{key}: '{path}' is not a readable resattn checkpoint: {what_is_wrong(path, err)}; "
+                          f"{afresh}") from None
     if isinstance(state, dict) and str(state.get("format", "")).startswith("resattn-checkpoint-") \
             and state["format"] != FORMAT:
         raise ConfigError(f"{key}: '{path}' was written by another version of resattn ({state['format']}, this one "
-                          f"reads {FORMAT}); trainer.resume=false starts afresh")
+                          f"reads {FORMAT}); {afresh}")
     if not isinstance(state, dict) or state.get("format") != FORMAT:
-        raise ConfigError(f"{key}: '{path}' is not a resattn checkpoint")
+        raise ConfigError(f"{key}: '{path}' is not a resattn checkpoint; {afresh}")
     k = first_difference(state["config"], config)
     if k is not None:
         theirs, ours = flatten(state["config"]), flatten(config)
         raise ConfigError(f"{key}: '{path}' was made with {k}={theirs.get(k)}, this run has {k}={ours.get(k)} "
-                          "(trainer.resume=false starts afresh)")
+                          f"(another experiment: {afresh}, or a new run folder)")
+    if fingerprint is not None and state["data_fingerprint"] != fingerprint:
+        raise ConfigError(f"{key}: '{path}' was trained on other images (data fingerprint "
+                          f"{state['data_fingerprint'][:16]}, data.root now holds {fingerprint[:16]}): point data.root "
+                          f"at the images it started on, or {afresh}")
     return state

@@ -39,8 +39,9 @@ class Dataset:
     test: Split
     classes: list[str]
     val: Split | None = None  # held out of the training split (data.val_size); None without one
-    # what the data is, wherever it lives (sha256 hex), filled in by load: the report pools runs only on
-    # the same data (identity.py), and two data.root folders holding the same files are the same data
+    # what the data is, wherever it lives: a hash of the decoded images and labels (sha256 hex), filled in by
+    # load. A resumed run refuses other data, the report pools runs only on the same data (identity.py), and two
+    # data.root folders holding the same images are the same data.
     fingerprint: str = ""
 
 
@@ -57,13 +58,8 @@ def digest(*parts) -> str:
     return h.hexdigest()
 
 
-def synthetic_fingerprint(cfg: DictConfig) -> str:
-    # the images follow from these values alone: made in-process from subset_seed
-    return digest("synthetic", *(cfg.get(k) for k in ("num_classes", "train_size", "val_size", "test_size",
-                                                      "subset_seed")))
-
-
 def arrays_fingerprint(ds: Dataset) -> str:
+    """What the data is: a hash of every image and label the run uses (after subsetting), whatever their source."""
     splits = [ds.train, ds.test, *([ds.val] if ds.val is not None else [])]
     return digest("arrays", *(t for s in splits for t in (s.images, s.labels)), ds.classes)
 
@@ -215,19 +211,20 @@ def _save_cache(images: torch.Tensor, caches: list[Path]) -> None:
     log.warning("no image cache written; decoding the images again next run")
 
 
-def file_list_digest(root: Path, paths: list[str]) -> str:
-    """sha256 hex of the files' paths under root and their sizes: the cache's key, and the data's fingerprint."""
+def files_digest(root: Path, paths: list[str]) -> str:
+    """sha256 hex of the files' paths under root and their bytes: the cache's key (other images under the
+    same names and sizes are another key)."""
     h = hashlib.sha256()
     for p in paths:
-        h.update(f"{Path(p).relative_to(root)}\0{Path(p).stat().st_size}\n".encode())
+        content = Path(p).read_bytes()
+        h.update(f"{Path(p).relative_to(root)}\0{len(content)}\0".encode())
+        h.update(content)
     return h.hexdigest()
 
 
-def _cached_decode(root: Path, split: str, paths: list[str], files: list[str]) -> torch.Tensor:
-    """Decode once; later runs load <cache dir>/<split>-<hash>.pt, keyed by the file list and sizes, whose
-    digest is appended to `files` (the folder's fingerprint is made of them)."""
-    files.append(file_list_digest(root, paths))
-    caches = [d / f"{split}-{files[-1][:16]}.pt" for d in cache_dirs(root)]
+def _cached_decode(root: Path, split: str, paths: list[str]) -> torch.Tensor:
+    """Decode once; later runs load <cache dir>/<split>-<hash>.pt, keyed by the files' names and contents."""
+    caches = [d / f"{split}-{files_digest(root, paths)[:16]}.pt" for d in cache_dirs(root)]
     for cache in caches:
         images = _load_cache(cache, len(paths)) if cache.exists() else None
         if images is not None:
@@ -241,7 +238,7 @@ def folder(cfg: DictConfig) -> Dataset:
     from torchvision.datasets import ImageFolder
 
     root = Path(cfg.root)
-    splits, classes, val, files = [], None, None, []  # files: the digests of the file lists decoded
+    splits, classes, val = [], None, None
     for split, size in (("train", cfg.train_size), ("test", cfg.test_size)):
         if not (root / split).is_dir():
             raise ConfigError(f"data.root: '{root}' must hold {split}/<class>/ folders of images (no {split}/ found)")
@@ -257,12 +254,12 @@ def folder(cfg: DictConfig) -> Dataset:
             keep, held = train_val_indices(labels, size, cfg.get("val_size"), cfg.subset_seed)
             if held is not None:
                 paths = [found.samples[i][0] for i in held.tolist()]
-                val = Split(_cached_decode(root, split, paths, files), labels[held])
+                val = Split(_cached_decode(root, split, paths), labels[held])
         else:
             keep = balanced_subset(labels, size, cfg.subset_seed, f"data.{split}_size")
         paths = [found.samples[i][0] for i in keep.tolist()]
-        splits.append(Split(_cached_decode(root, split, paths, files), labels[keep]))
-    return Dataset(splits[0], splits[1], classes, val, digest("folder", *files))
+        splits.append(Split(_cached_decode(root, split, paths), labels[keep]))
+    return Dataset(splits[0], splits[1], classes, val)
 
 
 def load(cfg: DictConfig) -> Dataset:
@@ -278,10 +275,7 @@ def load(cfg: DictConfig) -> Dataset:
         s = ds.train
         keep, held = train_val_indices(s.labels, None, cfg.val_size, cfg.subset_seed)
         ds.train, ds.val = Split(s.images[keep], s.labels[keep]), Split(s.images[held], s.labels[held])
-    if cfg.name == "cifar10":  # after subsetting: the images the run uses
-        ds.fingerprint = arrays_fingerprint(ds)
-    elif cfg.name == "synthetic":
-        ds.fingerprint = synthetic_fingerprint(cfg)
+    ds.fingerprint = arrays_fingerprint(ds)  # after subsetting: the images the run uses
     return ds
 
 

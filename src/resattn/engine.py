@@ -1,9 +1,10 @@
 """The training loop: composed configs in, finished run folders out.
 
-`train(cfg, run_dir)` trains one run; `train_members(cfgs, run_dirs)` trains the members of a fused job
-(configs that differ only in resattn.members.FUSABLE_KEYS) as one stacked model. Both are the same
-code: an ordinary run is a fused job of one member. Per step: every member's batch, one forward and
-backward, one optimizer step; nothing is read back from the device except at log steps.
+`train(cfg, run_dir)` trains one run; `train_members(cfgs, run_dirs)` trains the runs of a fused job
+(configs that differ only in resattn.members.FUSABLE_KEYS) as the members of one stacked model. Both are
+the same loop over resattn.members' interface: an ordinary run's model is the plain module (members.Single),
+a fused job's the stacked one (members.Stacked). Per step: every member's batch, one forward and backward,
+one optimizer step; nothing is read back from the device except at log steps.
 """
 
 import copy
@@ -16,14 +17,14 @@ import torch
 import torch.nn.functional as F
 from omegaconf import DictConfig
 
-from resattn import clock, data, records, robustness
-from resattn.build import (build_model, build_optimizer, configure_device, pick_device, seed_everything, set_threads,
-                           use_bf16, use_compile)
+from resattn import checkpoint, clock, data, records, robustness
+from resattn.build import (build_model, build_optimizer, configure_device, pick_device, pick_precision,
+                           seed_everything, set_threads, use_compile)
 from resattn.config import validate
 from resattn.errors import ConfigError, Diverged, Interrupted
 from resattn.evaluate import evaluate
-from resattn.members import Members, fusion_key
-from resattn.records import Member
+from resattn.members import Members, fusion_key, stack
+from resattn.records import Run
 from resattn.tracking import Tracker
 
 log = logging.getLogger(__name__)
@@ -56,9 +57,9 @@ class EpochSums:
 @dataclass
 class Job:
     """What the members of one training process share, and where the loop stands."""
-    cfg: DictConfig  # the first member's: every key but FUSABLE_KEYS is the same for all
-    runs: list[Member]
-    members: Members
+    cfg: DictConfig  # the first run's: every key but FUSABLE_KEYS is the same for all
+    runs: list[Run]  # one per member: its folder, config, summary and events
+    members: Members  # the models, member-first
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LRScheduler
     loaders: dict[str, data.Loader | None]  # val (None without a split), test, robust (None when off)
@@ -70,6 +71,7 @@ class Job:
     skip: int = 0  # batches of the current epoch already trained (a resumed epoch)
     step: int = 0
     pending_sums: list | None = None  # per member, the resumed epoch's sums so far
+    lr: float = 0.0  # the base rate of the last step taken (the schedule's next one may lie past its end)
 
     @property
     def active(self) -> list[int]:
@@ -87,8 +89,10 @@ def train(cfg: DictConfig, run_dir: Path, stop: list[int] | None = None) -> dict
     return train_members([cfg], [run_dir], stop)[0]
 
 
-def train_members(cfgs: list[DictConfig], run_dirs: list[Path], stop: list[int] | None = None) -> list[dict]:
-    """Train each config into its run folder, all as members of one stacked model; their summaries.
+def train_members(cfgs: list[DictConfig], run_dirs: list[Path], stop: list[int] | None = None,
+                  fused: bool = False) -> list[dict]:
+    """Train each config into its run folder, all as members of one stacked model; their summaries. `fused`: the
+    job is one of the fused launcher's, which trains every job in one precision (build.pick_precision).
 
     A member whose loss stops being finite is recorded `diverged` at its step and the others go on; when none
     is left, Diverged is raised. A stop (signal or trainer.deadline) saves every member and raises Interrupted."""
@@ -97,7 +101,7 @@ def train_members(cfgs: list[DictConfig], run_dirs: list[Path], stop: list[int] 
         validate(cfg)
     if len({fusion_key(cfg) for cfg in cfgs}) > 1:
         raise ConfigError("members of a fused job may differ only in seed and pattern.lam_init")
-    job = prepare(cfgs, [Path(d) for d in run_dirs], time.perf_counter())
+    job = prepare(cfgs, [Path(d) for d in run_dirs], time.perf_counter(), fused)
     try:
         run_epochs(job, stop)
         summaries = [records.finish(run, m, job.members, "completed", job.step, job.elapsed()) if run.active
@@ -115,80 +119,73 @@ def train_members(cfgs: list[DictConfig], run_dirs: list[Path], stop: list[int] 
     return summaries
 
 
-def prepare(cfgs: list[DictConfig], run_dirs: list[Path], started: float) -> Job:
-    """Device, data, the stacked members and their optimizer, each member's folder, resumed where it has a checkpoint."""
+def prepare(cfgs: list[DictConfig], run_dirs: list[Path], started: float, fused: bool) -> Job:
+    """Device, data, every run's checkpoint (read and checked before anything is built), the members and their
+    optimizer, each run's record; then the checkpoints applied."""
     cfg, t = cfgs[0], cfgs[0].trainer
     device = pick_device(t.device)
     threads = set_threads(t.num_threads)
-    bf16 = use_bf16(t.precision, device)
-    if bf16 and len(cfgs) > 1:  # measured on the CPU: under vmap, autocast leaves the convolutions in fp32
-        if t.precision == "bf16":
-            raise ConfigError("trainer.precision=bf16: fused members train in fp32 (bf16 autocast does not reach "
-                              "convolutions under vmap); use trainer.precision=auto or fp32, or another launcher")
-        log.warning("fused members train in fp32: bf16 autocast does not reach convolutions under vmap")
-        bf16 = False
     configure_device(device)
     ds = data.load(cfg.data)
-    mean, std = data.channel_stats(ds.train.images)
+    saved = records.load_saved(cfgs, run_dirs, ds.fingerprint)
+    bf16 = pick_precision(t.precision, device, fused or len(cfgs) > 1, saved[0]["precision"] if saved else None)
     dtype = torch.bfloat16 if bf16 else torch.float32
     channels_last = t.channels_last and len(cfgs) == 1  # vmap refuses channels_last: several members go NCHW
+    mean, std = data.channel_stats(ds.train.images)
     eval_loader = lambda split: split and data.Loader(split, t.eval_batch_size, mean, std, device, dtype,  # noqa: E731
                                                        channels_last)
     loaders = {"val": eval_loader(getattr(ds, "val", None)), "test": eval_loader(ds.test)}
     loaders["robust"] = robustness.corruption_loader(cfg, ds.test, loaders["test"])
     train_loader = data.Loader(ds.train, t.batch_size, mean, std, device, dtype, channels_last,
                                augment=cfg.data.augment, drop_last=True)  # drop_last: one shape to compile
-    models, runs = [], []
-    for c, run_dir in zip(cfgs, run_dirs):
+    models = []
+    for c in cfgs:
         seed_everything(c.seed)
         model = build_model(c, len(ds.classes)).to(device)
         models.append(model.to(memory_format=torch.channels_last) if channels_last else model)
-        loader = copy.copy(train_loader)  # the images stay on the device once; each member draws its own order
-        loader.generator = torch.Generator().manual_seed(c.seed)
-        runs.append((c, run_dir, loader.generator, loader))
-    members = Members(models)
-    total_steps = t.epochs * len(runs[0][3])
-    optimizer, scheduler = build_optimizer(cfg, members.params, members.member_dims, total_steps)
+    members = stack(models)
+    total_steps = t.epochs * len(train_loader)
+    optimizer, scheduler = build_optimizer(cfg, members.params, members.template, total_steps)
     compiled = use_compile(t.compile, device, total_steps)
     if compiled:
         members.compile()
     setup = {"device": str(device), "device_type": device.type, "precision": "bf16" if bf16 else "fp32",
-             "compiled": compiled, "torch_version": torch.__version__, "num_threads": threads,
-             "data_fingerprint": getattr(ds, "fingerprint", None), "members": len(cfgs)}
-    job = Job(cfg, [], members, optimizer, scheduler, loaders, ds.test.images[:8], device, bf16, started)
-    for m, run in enumerate(runs):
-        job.runs.append(member_record(job, m, *run, setup))
-    for m, run in enumerate(job.runs):  # only once every member is known to fit: a refusal leaves events untouched
+             "compiled": compiled, "torch_version": str(torch.__version__), "num_threads": threads,
+             "members": len(cfgs)}
+    job = Job(cfg, [new_run(c, d, train_loader, setup, ds.fingerprint) for c, d in zip(cfgs, run_dirs)], members,
+              optimizer, scheduler, loaders, ds.test.images[:8], device, bf16, started)
+    if saved:
+        resume(job, saved)
+    for m, run in enumerate(job.runs):  # only once every checkpoint is applied: a refusal leaves events untouched
         open_tracker(job, m, run)
     log.info("training %s on %s (%s, %d steps an epoch, %s, %d CPU threads%s)",
-             cfg.pattern.name, device, setup["precision"], len(runs[0][3]), "compiled" if compiled else "eager",
+             cfg.pattern.name, device, setup["precision"], len(train_loader), "compiled" if compiled else "eager",
              threads, f", {len(cfgs)} fused members" if len(cfgs) > 1 else "")
     return job
 
 
-def member_record(job: Job, m: int, cfg: DictConfig, run_dir: Path, generator, loader, setup: dict) -> Member:
-    """Member m's record, resumed from its checkpoint when it has one (all members must stand at the same step)."""
+def new_run(cfg: DictConfig, run_dir: Path, train_loader: data.Loader, setup: dict, fingerprint: str) -> Run:
+    """A run's record before its first step: its own data order (the images stay on the device once)."""
     config = records.resolved(cfg)
-    resume_from = records.resume_path(cfg.trainer.resume, run_dir / "checkpoint.pt")
-    run = Member(cfg, run_dir, config, generator, loader, records.start_summary(cfg, config, setup),
-                 finished_before=resume_from is not None and records.was_finished(run_dir),
-                 resumed=resume_from is not None)
-    if resume_from is not None:
-        state = records.restore(run, m, resume_from, job.members, job.optimizer, job.scheduler)
-        where = (state["epoch"], state["batch"], state["step"])
-        if m and where != (job.epoch, job.skip, job.step):
-            raise ConfigError(f"trainer.resume: the members of a fused job stand at different steps "
-                              f"({run_dir.name}: step {state['step']}, the first: step {job.step}); "
-                              "run them unfused (hydra/launcher=basic) to finish them")
-        job.epoch, job.skip, job.step = where
-        if state["train_sums"] is not None:  # saved mid-epoch; at an epoch's end there are no sums to carry
-            job.pending_sums = (job.pending_sums or []) + [state["train_sums"]]
-    elif m and job.step:
-        raise ConfigError(f"trainer.resume: {run_dir.name} has no checkpoint, the other members of its fused job do")
-    return run
+    loader = copy.copy(train_loader)
+    loader.generator = torch.Generator().manual_seed(cfg.seed)
+    return Run(cfg, run_dir, config, loader.generator, loader, records.start_summary(cfg, config, setup, fingerprint))
 
 
-def open_tracker(job: Job, m: int, run: Member) -> None:
+def resume(job: Job, saved: list[dict]) -> None:
+    """Apply each run's checkpoint; the job stands where they stand (load_saved checked they agree)."""
+    for m, (run, state) in enumerate(zip(job.runs, saved)):
+        run.finished_before = records.was_finished(run.run_dir)  # before restore rewrites nothing but memory
+        records.restore(run, m, state, job.members, job.optimizer, job.scheduler)
+        run.resumed = True
+    progress = saved[0]["progress"]
+    checkpoint.set_rng_state(progress["rng"])  # one process: the same global RNG states in every member's
+    job.epoch, job.skip, job.step = progress["epoch"], progress["batch"], progress["step"]
+    if progress["train_sums"] is not None:  # saved mid-epoch; at an epoch's end there are no sums to carry
+        job.pending_sums = [state["progress"]["train_sums"] for state in saved]
+
+
+def open_tracker(job: Job, m: int, run: Run) -> None:
     # Purge what a resumed run wrote after its checkpoint; a fresh run purges any older events in its folder.
     run.tracker = Tracker(run.run_dir, purge_step=job.step + 1 if run.resumed else 0,
                           progress=run.cfg.tracking.progress and m == 0, blocks=list(job.members.lambdas(m)))
@@ -215,6 +212,7 @@ def train_epoch(job: Job, epoch_rngs: list, stop: list[int]) -> tuple[EpochSums,
     batches = zip(*(run.loader.batches(job.skip) for run in job.runs))
     for i, pairs in enumerate(batches, start=job.skip):
         x, y = stack_batches(pairs)
+        job.lr = job.optimizer.param_groups[0]["lr"]
         losses, out = train_step(job.members, job.optimizer, job.scheduler, x, y, active, job.bf16,
                                  job.cfg.optim.label_smoothing)
         job.step += 1
@@ -321,7 +319,7 @@ def record_epoch(job: Job, m: int, sums: EpochSums, metrics: dict, images_per_s:
     run, step = job.runs[m], job.step
     loss_sum, correct, seen = sums.of(m)
     lam = records.lambdas(job.members, m)
-    scalars = {"acc/train": correct / seen, "loss/train": loss_sum / seen, "lr": job.scheduler.get_last_lr()[0],
+    scalars = {"acc/train": correct / seen, "loss/train": loss_sum / seen, "lr": job.lr,
                "throughput/train_img_s": images_per_s,
                **({f"lambda/{k}": v for k, v in lam.items()} if step % job.cfg.trainer.log_every_n_steps else {})}
     for split, (losses, accs) in metrics.items():
@@ -342,9 +340,10 @@ def record_epoch(job: Job, m: int, sums: EpochSums, metrics: dict, images_per_s:
 
 
 def save_all(job: Job, epoch_rngs: list | None, batch: int, sums: EpochSums | None) -> None:
-    """Every active member's checkpoint: mid-epoch (`epoch_rngs` replay the epoch's draws) or at its end."""
+    """Every active run's checkpoint: mid-epoch (`epoch_rngs` replay the epoch's draws) or at its end."""
+    rng = checkpoint.rng_state()
     for m in job.active:
-        rng = job.runs[m].generator.get_state() if epoch_rngs is None else epoch_rngs[m]
-        progress = {"epoch": job.epoch, "batch": batch, "step": job.step, "epoch_rng": rng}
-        records.save(job.runs[m], m, job.members, job.optimizer, job.scheduler, progress,
-                     None if sums is None else sums.of(m), job.elapsed())
+        data_rng = job.runs[m].generator.get_state() if epoch_rngs is None else epoch_rngs[m]
+        progress = {"epoch": job.epoch, "batch": batch, "step": job.step, "rng": {**rng, "data": data_rng},
+                    "train_sums": None if sums is None else sums.of(m)}
+        records.save(job.runs[m], m, job.members, job.optimizer, job.scheduler, progress, job.elapsed())

@@ -12,7 +12,7 @@ def evaluate(model, loader: data.Loader, bf16: bool) -> tuple[list[float], list[
     """(mean cross-entropy, accuracy) per member over the loader's split, in one pass over its batches.
 
     `model(x)` gives logits (batch, classes) for a plain model, or (members, batch, classes) for
-    resattn.members.Members called on one batch for all members (shared=True)."""
+    a job's resattn.members.Members called on one batch for all members (shared=True)."""
     was_training = model.training
     model.train(False)
     loss = correct = None

@@ -15,11 +15,10 @@ NOT_THE_EXPERIMENT = ("hydra", "trainer.device", "trainer.resume", "trainer.num_
                       "trainer.eval_batch_size", "trainer.log_every_n_steps", "trainer.deadline", "tracking",
                       "data.root", "data.download")
 
-# summary.json keys the engine writes with what the run resolved on its machine. These change the
-# result: runs that differ in one are never pooled. precision: "bf16" or "fp32" (trainer.precision=auto
-# resolves per machine); data_fingerprint: a hash of the data itself (data.Dataset.fingerprint).
-RESULT_KEYS = ("precision", "data_fingerprint")  # see `recorded`
-# summary.json keys that say where a run ran: pooled, but a group that mixes them says so.
+# What a run resolved on its machine and summary.json records (`recorded`) changes the result too: runs that differ
+# in their precision ("bf16" or "fp32": trainer.precision=auto resolves per machine, and a resumed run keeps the one
+# it started in) or their data (data.Dataset.fingerprint: a hash of the images themselves) are never pooled.
+# summary.json keys that say where a run ran, piece by piece: pooled, but a group that mixes them says so.
 PLACEMENT_KEYS = ("device_type", "torch_version", "compiled")
 
 # the config key a run's own data is known by when its summary.json has no data_fingerprint (older runs)
@@ -63,11 +62,12 @@ def experiment(config: dict) -> dict:
 
 
 def placements(summaries: list[dict]) -> dict[str, list]:
-    """{summary key: its distinct values} for the PLACEMENT_KEYS on which the summaries differ (a run that does
-    not record one counts as its own value, "unrecorded")."""
+    """{summary key: its distinct values} for the PLACEMENT_KEYS on which the summaries' pieces differ (a run that
+    lists no pieces counts as one piece; one that does not record a key counts as its own value, "unrecorded")."""
+    pieces = [p for s in summaries for p in s.get("pieces") or [s]]
     out = {}
     for key in PLACEMENT_KEYS:
-        values = list(dict.fromkeys(s.get(key, "unrecorded") for s in summaries))
+        values = list(dict.fromkeys(p.get(key, "unrecorded") for p in pieces))
         if len(values) > 1:
             out[key] = values
     return out

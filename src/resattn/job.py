@@ -19,6 +19,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, open_dict
 
+from resattn import clock
 from resattn.config import inert_keys, inert_keys_message, moved_keys, validate
 from resattn.engine import train_members
 from resattn.launchers import check_launching, hydra_group_options
@@ -253,13 +254,20 @@ def run(cfg: DictConfig) -> dict | None:
     or None when it did not complete."""
     hc = HydraConfig.get()
     warn_inert_keys(cfg, hc.overrides.task)
-    return run_group([cfg], [Path(hc.runtime.output_dir)], hc)[0]
+    return run_jobs([cfg], [Path(hc.runtime.output_dir)], hc)[0]
 
 
-def run_group(cfgs: list[DictConfig], run_dirs: list[Path], hc) -> list[dict | None]:
-    """Run jobs as the members of one training process (one job: an ordinary run); each member's summary,
-    None where it did not complete. `hc`: the Hydra config of the first job (mode, launcher, sweep folder)."""
+def run_jobs(cfgs: list[DictConfig], run_dirs: list[Path], hc, fused: bool = False) -> list[dict | None]:
+    """Run jobs as the members of one training process (one job: an ordinary run); each job's summary, None
+    where it did not complete. `hc`: the Hydra config of the first job (mode, launcher, sweep folder); `fused`:
+    the fused launcher's jobs (one precision for all, engine.train_members)."""
     multirun = hc.mode == RunMode.MULTIRUN
+    if clock.passed(cfgs[0].trainer.get("deadline")):  # a job a launcher started past the piece's deadline
+        for run_dir in run_dirs:
+            discard_unstarted(run_dir, f"{hc.job.name}.log")
+        print("trainer.deadline passed before this job started: nothing trained; run the same command to continue",
+              file=sys.stderr)
+        sys.exit(Interrupted.DEADLINE_EXIT)
     varied = sorted(k.lstrip("+") for k in recorded_varied_keys(hc.sweep.dir) or ()) if multirun else None
     for cfg in cfgs:
         place(cfg, hc)
@@ -268,7 +276,7 @@ def run_group(cfgs: list[DictConfig], run_dirs: list[Path], hc) -> list[dict | N
                 cfg.tracking.varied = varied
     try:
         with stop_on_signals() as stop:
-            summaries = train_members(cfgs, run_dirs, stop)
+            summaries = train_members(cfgs, run_dirs, stop, fused)
         if stop:  # it came during the last evaluation: the runs are complete, and the stop still ends a sweep
             sys.exit(128 + stop[0])
         return [s if s["status"] == "completed" else None for s in summaries]

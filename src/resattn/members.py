@@ -1,12 +1,15 @@
-"""Several models of one architecture trained as one: the members of a fused job.
+"""The models a training job trains, seen member-first: one plain module, or several stacked as one.
 
-Member m's parameters and buffers are slice m of stacked tensors (member first), so one forward
-(torch.func.vmap over functional_call), one backward and one optimizer step train them all, each
-with its own weights, BatchNorm statistics and momentum: nothing mixes across the member dimension
-(a grouped convolution per member, per-member normalisation, an elementwise optimizer).
+Both kinds answer the same calls: `members(x)` gives logits (members, batch, classes), each member on its own
+batch x[m] (or all on one batch, `shared=True`); `state_dict(m)`, `load_state_dict(m, state)`, `module(m)`,
+`lambdas(m)`, `momentum(optimizer, m)`, `load_momentum(optimizer, m, buffers)`; `params` are the tensors the
+optimizer steps and `template` is one member's module (the names and shapes of its parameters).
 
-One member is the plain module itself (no vmap, channels_last kept), seen through the same
-interface: an unfused run is a run of one member.
+`Single` is an ordinary run: the module itself, no vmap, channels_last kept. `Stacked` is a fused job: member
+m's parameters and buffers are slice m of stacked tensors (member first), so one forward (torch.func.vmap over
+functional_call), one backward and one optimizer step train them all, each with its own weights, BatchNorm
+statistics and momentum: nothing mixes across the member dimension (a grouped convolution per member,
+per-member normalisation, an elementwise optimizer).
 """
 
 import copy
@@ -36,53 +39,18 @@ def fusion_key(cfg: DictConfig) -> str:
 
 
 class Members:
-    def __init__(self, models: list[nn.Module]):
-        self.n = len(models)
-        self.template = models[0]  # the module itself for one member; for several, a shell to load one into
-        if self.n == 1:
-            self.params = dict(self.template.named_parameters())
-            buffers = dict(self.template.named_buffers())
-            # member-first views of the module's own tensors: writes through them reach the module
-            self.tensors = {k: v.unsqueeze(0) for k, v in {**self.params, **buffers}.items()}
-        else:
-            self.params, buffers = stack_module_state(models)
-            self.tensors = {**self.params, **buffers}
-            self.template = copy.deepcopy(models[0])
-        self._buffers = buffers
-        self.member_dims = 0 if self.n == 1 else 1
-        self._stateless = copy.deepcopy(self.template).to("meta") if self.n > 1 else None
-        self._calls = self._make_calls(compiled=False)
+    """What both kinds share: member-first views of every parameter and buffer (`tensors`)."""
+    n: int
+    template: nn.Module
+    params: dict[str, torch.Tensor]
+    tensors: dict[str, torch.Tensor]
 
-    def _one(self, params, buffers, x):
-        return functional_call(self._stateless, (params, buffers), (x,))
-
-    def _make_calls(self, compiled: bool) -> dict:
-        """shared -> the function giving every member's logits: on its own batch, or on one batch for all."""
-        wrap = torch.compile if compiled else (lambda f: f)
-        if self.n == 1:
-            one = wrap(self.template)
-            return {False: lambda x: one(x[0]).unsqueeze(0), True: lambda x: one(x).unsqueeze(0)}
-        return {shared: wrap(vmap(self._one, in_dims=(0, 0, None if shared else 0), randomness="different"))
-                for shared in (False, True)}
-
-    def compile(self) -> None:
-        # A fresh compile cache for each run: the jobs of a multirun share one process, and once one function
-        # has been compiled for recompile_limit (8) models, dynamo silently runs every later job uncompiled.
-        torch.compiler.reset()
-        self._calls = self._make_calls(compiled=True)
-
-    def forward(self, x: torch.Tensor, shared: bool = False) -> torch.Tensor:
-        """Logits (members, batch, classes) of each member on its own batch x[m], or on the same x when `shared`."""
-        if self.n == 1:
-            return self._calls[shared](x)
-        return self._calls[shared](self.params, self._buffers, x)
-
-    __call__ = forward
+    def member_first(self, t: torch.Tensor) -> torch.Tensor:
+        """A tensor shaped like `params` seen with the member dimension first."""
+        raise NotImplementedError
 
     def train(self, mode: bool = True) -> None:
         self.template.train(mode)
-        if self._stateless is not None:
-            self._stateless.train(mode)
 
     @property
     def training(self) -> bool:
@@ -101,13 +69,6 @@ class Members:
         for k, v in state.items():
             self.tensors[k][m].copy_(v)
 
-    def module(self, m: int) -> nn.Module:
-        """A module holding member m's weights (for attention maps): the module itself for one member."""
-        if self.n > 1:
-            self.template.load_state_dict(self.state_dict(m))
-            self.template.train(self.training)
-        return self.template
-
     def lambdas(self, m: int) -> dict[str, torch.Tensor]:
         """Member m's λ per controlled block (0-d, or (C,) per channel), as the module's lambdas() names them."""
         return {k.removesuffix(".lam_logit"): torch.sigmoid(v[m].detach()) for k, v in self.tensors.items()
@@ -119,7 +80,7 @@ class Members:
         for name, p in self.params.items():
             buf = optimizer.state.get(p, {}).get("momentum_buffer")
             if buf is not None:
-                out[name] = (buf.unsqueeze(0) if self.n == 1 else buf)[m].detach().clone()
+                out[name] = self.member_first(buf)[m].detach().clone()
         return out
 
     @torch.no_grad()
@@ -129,4 +90,75 @@ class Members:
             state = optimizer.state[p]
             if state.get("momentum_buffer") is None:  # zeros: SGD's first step then gives exactly the gradient
                 state["momentum_buffer"] = torch.zeros_like(p)
-            (state["momentum_buffer"].unsqueeze(0) if self.n == 1 else state["momentum_buffer"])[m].copy_(value)
+            self.member_first(state["momentum_buffer"])[m].copy_(value)
+
+
+class Single(Members):
+    """One model: the module itself."""
+
+    def __init__(self, model: nn.Module):
+        self.n, self.template = 1, model
+        self.params = dict(model.named_parameters())
+        # member-first views of the module's own tensors: writes through them reach the module
+        self.tensors = {k: v.unsqueeze(0) for k, v in {**self.params, **dict(model.named_buffers())}.items()}
+        self._forward = model
+
+    def member_first(self, t: torch.Tensor) -> torch.Tensor:
+        return t.unsqueeze(0)
+
+    def compile(self) -> None:
+        # A fresh compile cache for each run: the jobs of a multirun share one process, and once one function
+        # has been compiled for recompile_limit (8) models, dynamo silently runs every later job uncompiled.
+        torch.compiler.reset()
+        self._forward = torch.compile(self.template)
+
+    def __call__(self, x: torch.Tensor, shared: bool = False) -> torch.Tensor:
+        return self._forward(x if shared else x[0]).unsqueeze(0)
+
+    def module(self, m: int) -> nn.Module:
+        return self.template
+
+
+class Stacked(Members):
+    """Several models of one architecture as one: vmap over stacked weights."""
+
+    def __init__(self, models: list[nn.Module]):
+        self.n = len(models)
+        self.params, self._buffers = stack_module_state(models)
+        self.tensors = {**self.params, **self._buffers}
+        self.template = copy.deepcopy(models[0])  # a shell to load one member into (attention maps)
+        self._stateless = copy.deepcopy(models[0]).to("meta")
+        self._calls = self._make_calls(lambda f: f)
+
+    def member_first(self, t: torch.Tensor) -> torch.Tensor:
+        return t
+
+    def _one(self, params, buffers, x):
+        return functional_call(self._stateless, (params, buffers), (x,))
+
+    def _make_calls(self, wrap) -> dict:
+        """shared -> the function giving every member's logits: on its own batch, or on one batch for all."""
+        return {shared: wrap(vmap(self._one, in_dims=(0, 0, None if shared else 0), randomness="different"))
+                for shared in (False, True)}
+
+    def compile(self) -> None:
+        torch.compiler.reset()  # as Single.compile
+        self._calls = self._make_calls(torch.compile)
+
+    def __call__(self, x: torch.Tensor, shared: bool = False) -> torch.Tensor:
+        return self._calls[shared](self.params, self._buffers, x)
+
+    def train(self, mode: bool = True) -> None:
+        super().train(mode)
+        self._stateless.train(mode)
+
+    def module(self, m: int) -> nn.Module:
+        """A module holding member m's weights (for attention maps)."""
+        self.template.load_state_dict(self.state_dict(m))
+        self.template.train(self.training)
+        return self.template
+
+
+def stack(models: list[nn.Module]) -> Members:
+    """The models as one job's members: the plain module for one, stacked for several."""
+    return Single(models[0]) if len(models) == 1 else Stacked(models)

@@ -7,12 +7,15 @@ members of one process and one stacked model (resattn.members), so seeds cost a 
 
 Every member is an ordinary job to everything after it: its own folder (named as without fusion), its
 .hydra/ record, log, events, checkpoint.pt and summary.json (with `members`: how many trained together).
-Jobs whose network, data or schedule differ form groups of their own; a job alone in its group is an
-ordinary run of one member. Hydra's on_job_start/on_job_end callbacks are not called for fused jobs (this
+Jobs whose network, data or schedule differ form groups of their own; a job alone in its group trains as one
+member. Every job of the launcher trains in one precision (fp32 under trainer.precision=auto: bf16 autocast
+does not reach convolutions under vmap), a job alone in its group too, so a report never splits an arm by
+precision. A job whose config or checkpoint is refused fails alone, not its group. Hydra's on_job_start/on_job_end callbacks are not called for fused jobs (this
 project has none; SweepEnd acts at the sweep's start and end).
 """
 
 import logging
+import math
 import os
 import signal
 from concurrent.futures import ProcessPoolExecutor
@@ -48,17 +51,20 @@ def task_config(sweep_config: DictConfig) -> DictConfig:
 
 def group_jobs(configs: list[DictConfig], max_members: int) -> list[list[int]]:
     """Indices of the jobs that train together, in sweep order: same fusion key and same progress (the step
-    their summary.json reached: members resume together), at most max_members each."""
+    their summary.json reached: members resume together), in groups of near-equal size, at most max_members each
+    (11 jobs at most 10: 6 and 5, not 10 and 1)."""
     from resattn.members import fusion_key
 
-    groups: dict[tuple, list[list[int]]] = {}
+    keys: dict[tuple, list[int]] = {}
     for i, cfg in enumerate(configs):
-        key = (fusion_key(task_config(cfg)), resume_step(cfg)) if valid(cfg) else ("invalid", i)
-        chunks = groups.setdefault(key, [[]])
-        if len(chunks[-1]) == max_members:
-            chunks.append([])
-        chunks[-1].append(i)
-    return sorted((chunk for chunks in groups.values() for chunk in chunks), key=lambda g: g[0])
+        refused = refusal(cfg)
+        key = (fusion_key(task_config(cfg)), resume_step(cfg)) if refused is None else ("refused", i)
+        keys.setdefault(key, []).append(i)
+    groups = []
+    for jobs in keys.values():
+        n = math.ceil(len(jobs) / max_members)
+        groups += [jobs[k * len(jobs) // n:(k + 1) * len(jobs) // n] for k in range(n)]
+    return sorted(groups, key=lambda g: g[0])
 
 
 def resume_step(cfg: DictConfig) -> int:
@@ -71,16 +77,22 @@ def resume_step(cfg: DictConfig) -> int:
     return (read_summary(folder) or {}).get("step", 0)
 
 
-def valid(cfg: DictConfig) -> bool:
-    """Whether the job's config passes resattn's checks (one that does not fails alone, not its group)."""
+def refusal(cfg: DictConfig) -> str | None:
+    """Why the job would be refused (its config fails resattn's checks, or its checkpoint cannot be resumed), or
+    None: a refused job trains alone, so its error is its own and its group's other members train."""
+    from resattn import checkpoint, records
     from resattn.config import validate
     from resattn.errors import ConfigError
 
+    task = task_config(cfg)
     try:
-        validate(task_config(cfg))
-    except ConfigError:
-        return False
-    return True
+        validate(task)
+        path = records.resume_path(task.trainer.resume, job_folder(cfg) / records.CHECKPOINT)
+        if path is not None:
+            checkpoint.load(path, records.resolved(task))
+    except ConfigError as err:
+        return str(err)
+    return None
 
 
 def splitting_keys(configs: list[DictConfig]) -> list[str]:
@@ -115,10 +127,10 @@ def start_member(cfg: DictConfig) -> tuple[DictConfig, Path]:
     return task_cfg, run_dir
 
 
-def run_group(sweep_configs: list[DictConfig], singleton_state: dict | None = None) -> list[dict | None]:
+def train_group(sweep_configs: list[DictConfig], singleton_state: dict | None = None) -> list[dict | None]:
     """Train one group (in this process, or in a worker given Hydra's singletons); each member's summary, None
     where it did not complete (plain data: a worker's results travel back pickled)."""
-    from resattn.job import run_group as run_members
+    from resattn.job import run_jobs
 
     if singleton_state is not None:  # a spawned worker: Hydra's singletons, and resattn's resolvers registered
         from resattn.sweep import register_resolvers
@@ -136,7 +148,7 @@ def run_group(sweep_configs: list[DictConfig], singleton_state: dict | None = No
         handler.setFormatter(root.handlers[0].formatter if root.handlers else None)
         root.addHandler(handler)
     try:
-        summaries = run_members([c for c, _ in started], [d for _, d in started], HydraConfig.get())
+        summaries = run_jobs([c for c, _ in started], [d for _, d in started], HydraConfig.get(), fused=True)
     finally:
         for handler in files:
             root.removeHandler(handler)
@@ -179,7 +191,7 @@ class FusedLauncher(Launcher):
         groups = group_jobs(configs, self.max_members)
         self.describe(configs, groups)
         if self.n_jobs == 1 or len(groups) == 1:
-            results = [run_group([configs[i] for i in group]) for group in groups]
+            results = [train_group([configs[i] for i in group]) for group in groups]
         else:
             results = self.in_workers([[configs[i] for i in group] for group in groups])
         summaries = {i: summary for group, result in zip(groups, results) for i, summary in zip(group, result)}
@@ -192,13 +204,13 @@ class FusedLauncher(Launcher):
                  min(self.n_jobs, len(groups)), f"; kept apart by {', '.join(split)}" if split else "")
         for group in groups:
             names = [job_folder(configs[i]).name for i in group]
-            kind = f"{len(group)} fused members" if len(group) > 1 else "alone, unfused (no other job to fuse with)"
+            kind = f"{len(group)} fused members" if len(group) > 1 else "alone (no other job to fuse with)"
             log.info("\t%s: %s", kind, "; ".join(names))
 
     def in_workers(self, groups: list[list[DictConfig]]) -> list[list[dict | None]]:
         """Groups side by side in n_jobs spawned processes; a signal to this process is passed on to them
         (each saves its members and stops), and the first stop ends the sweep, as with one process."""
-        # OmegaConf's resolvers do not pickle: the workers register Hydra's and resattn's again (run_group)
+        # OmegaConf's resolvers do not pickle: the workers register Hydra's and resattn's again (train_group)
         state = {"instances": Singleton.get_state()["instances"]}
         # Workers in process groups of their own: a Ctrl-C reaches them once, forwarded from here, so each
         # saves its members (a second signal would make them exit at once, unsaved).
@@ -206,7 +218,7 @@ class FusedLauncher(Launcher):
         forward = lambda signum, frame: [os.kill(pid, signum) for pid in list(pool._processes)]  # noqa: E731
         previous = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM)}
         try:
-            futures = [pool.submit(run_group, group, state) for group in groups]
+            futures = [pool.submit(train_group, group, state) for group in groups]
             return [f.result() for f in futures]
         except SystemExit:  # a stop: groups not yet started never start; those running have saved
             pool.shutdown(wait=True, cancel_futures=True)
