@@ -729,3 +729,26 @@ def test_grid_heatmap_colours_only_differences_found_and_marks_empty_cells(tmp_p
     assert np.array_equal(colours[2, 0], image.to_rgba(0.0))  # none detected: white, as the reference
     assert image.get_array().mask[2, 1]  # no runs: masked, drawn in the colour map's "bad" colour, not white
     assert not np.allclose(colours[2, 1], image.to_rgba(0.0))
+
+
+def test_the_accuracy_curve_puts_each_point_at_its_epoch_and_shows_validation_when_there_is_a_split(tmp_path):
+    """With data.val_size the test split is read once, at the last epoch: it was drawn at epoch 1."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    import types
+
+    from resattn.report import plots
+    from resattn.report.runs import find_run_dirs, read_run
+
+    for seed in (0, 1):
+        run = fake_run(tmp_path / f"b{seed}", seed=seed, summary={"epochs_completed": 3, "step": 30})
+        with SummaryWriter(str(run)) as writer:
+            for epoch in (1, 2, 3):
+                writer.add_scalar("acc/val", 0.1 * epoch + 0.01 * seed, 10 * epoch)
+    runs = [read_run(d) for d in find_run_dirs([tmp_path])]
+    test = plots.epoch_table(runs, "acc/test")  # fake_run logs acc/test at steps 1 and 2 of 30 steps: epoch 1
+    assert test.shape == (2, 3) and np.isnan(test[:, 1:]).all()
+    val = plots.epoch_table(runs, "acc/val")
+    assert val[0].tolist() == pytest.approx([0.1, 0.2, 0.3])
+    groups = [types.SimpleNamespace(runs=runs, label="baseline")]
+    assert plots.accuracy(groups).axes[0].get_ylabel() == "validation accuracy (%)"

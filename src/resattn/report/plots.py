@@ -41,18 +41,31 @@ def band(ax, x, table: np.ndarray, label: str, **style) -> None:
                         linewidth=0)
 
 
+def epoch_table(runs: list, tag: str) -> np.ndarray:
+    """(runs, epochs) of a per-epoch curve, each point at the epoch its step ends (NaN where a run has none)."""
+    epochs = max(int(r.summary.get("epochs_completed") or 1) for r in runs)
+    table = np.full((len(runs), epochs), np.nan)
+    for i, run in enumerate(runs):
+        per_epoch = (run.summary.get("step") or 1) / max(1, int(run.summary.get("epochs_completed") or 1))
+        for step, value in run.curves.get(tag, []):
+            table[i, min(epochs, max(1, round(step / per_epoch))) - 1] = value
+    return table
+
+
 def accuracy(groups: list[Group]) -> Figure | None:
+    """The held-out accuracy per epoch: validation where every run has a split (test is then read once, at the
+    end), else test."""
     groups = [g for g in groups if g.runs]
     if not groups:
         return None
+    split = "val" if all("acc/val" in r.curves for g in groups for r in g.runs) else "test"
+    name = {"val": "Validation", "test": "Test"}[split]
     fig, (ax,) = new_figure()
     for group in groups:
-        curves = [[v for _, v in sorted(r.curves["acc/test"])] for r in group.runs]
-        table = np.full((len(curves), max(map(len, curves))), np.nan)
-        for i, c in enumerate(curves):
-            table[i, :len(c)] = c
-        band(ax, np.arange(1, table.shape[1] + 1), table * 100, f"{group.label} (n={len(curves)})")  # a point an epoch
-    ax.set(xlabel="epoch", ylabel="test accuracy (%)", title="Test accuracy: mean over seeds, band = min to max")
+        table = epoch_table(group.runs, f"acc/{split}")
+        band(ax, np.arange(1, table.shape[1] + 1), table * 100, f"{group.label} (n={len(group.runs)})")
+    ax.set(xlabel="epoch", ylabel=f"{name.lower()} accuracy (%)",
+           title=f"{name} accuracy: mean over seeds, band = min to max")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.grid(alpha=0.3)
     ax.legend(fontsize="small")

@@ -42,7 +42,7 @@ class Run:
     # flattened, resolved .hydra/config.yaml, with what summary.json says the run resolved (identity.recorded:
     # the precision it ran in, its data's fingerprint) under trainer.precision and data.fingerprint
     config: dict = field(default_factory=dict)
-    curves: dict = field(default_factory=dict)  # TensorBoard tag -> [(step, value)], acc/test and lambda/*
+    curves: dict = field(default_factory=dict)  # TensorBoard tag -> [(step, value)]: acc/test, acc/val, lambda/*
     label: str = ""  # the group it belongs to, filled in by group_runs
 
     @property
@@ -96,7 +96,7 @@ def read_curves(run_dir: Path) -> dict:
     finally:
         tb_log.setLevel(level)
     return {tag: [(e.step, e.value) for e in acc.Scalars(tag)]
-            for tag in acc.Tags()["scalars"] if tag == "acc/test" or tag.startswith("lambda/")}
+            for tag in acc.Tags()["scalars"] if tag in ("acc/test", "acc/val") or tag.startswith("lambda/")}
 
 
 def read_summary(run: Run) -> bool:
