@@ -12,10 +12,12 @@ from resattn.tracking import read_summary
 
 
 class SweepEnd(Callback):
-    """At the start of a multirun: record what its jobs share (sweep.yaml). At the end: write the sweep
-    report, and exit non-zero if any job did not complete."""
+    """At the start of a multirun under another sweeper (Optuna): record what its jobs share (sweep.yaml). At the
+    end: write the sweep report, and exit non-zero if any job did not complete."""
 
     def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
+        if str(config.hydra.sweeper.get("_target_", "")).endswith(".ResattnSweeper"):
+            return  # the resattn sweeper writes it itself, once it knows the rerun may change the sweep's records
         write_record(Path(config.hydra.sweep.dir), sweeper_params(config.hydra), list(config.hydra.overrides.task))
 
     def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
