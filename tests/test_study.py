@@ -2,7 +2,9 @@
 and export.
 
 One real two-job sweep of tiny synthetic runs is made once for the module; tests work on copies of it.
-Subprocesses: that sweep, its rerun (all skipped, no training) and one rerun that trains two jobs.
+Subprocesses: that sweep; reruns that train nothing (all skipped, narrowed, refused, or past the deadline);
+three reruns that train one or two jobs; and, in the slow run, a sweep stopped by its deadline and finished.
+The sweeper's launches and the pieces' endings are tested in-process with launchers that only record.
 """
 
 import json
