@@ -1,7 +1,8 @@
 """A sweep in pieces: python scripts/study.py status SWEEP_DIR | export SWEEP_DIR DEST
 
 status: every job of the sweep (from its multirun.yaml, so jobs that never started show as missing),
-its state and the time it still needs, from the epochs timed so far; totals at the end.
+its state and the time it still needs, from the epochs timed so far; totals, why any job that claims to be
+complete is not, and the pieces the sweep ran in (pieces.yaml) at the end.
 export: a copy of the sweep without the checkpoints of completed runs, small enough to take off the
 machine; scripts/report.py reads it like the original.
 """
@@ -12,14 +13,15 @@ from pathlib import Path
 
 from rich.console import Console
 
-from resattn.study import StudyError, export, status_table, study_status, totals
+from resattn.study import StudyError, export, pieces_lines, reasons, status_table, study_status, totals
 
 
 def show_status(sweep_dir: Path) -> None:
     jobs = study_status(sweep_dir)
     console = Console()
     console.print(status_table(jobs, console.width))
-    console.print(totals(jobs), soft_wrap=False)
+    console.print("\n".join([totals(jobs), *reasons(jobs), *pieces_lines(sweep_dir)]), soft_wrap=False,
+                  markup=False, highlight=False)
 
 
 def show_export(sweep_dir: Path, dest: Path) -> None:

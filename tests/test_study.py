@@ -2,14 +2,18 @@
 and export.
 
 One real two-job sweep of tiny synthetic runs is made once for the module; tests work on copies of it.
-Subprocesses: that sweep, its rerun (all skipped, no training) and one rerun that trains two jobs.
+Subprocesses: that sweep; reruns that train nothing (all skipped, narrowed, refused, or past the deadline);
+three reruns that train one or two jobs; and, in the slow run, a sweep stopped by its deadline and finished.
+The sweeper's launches and the pieces' endings are tested in-process with launchers that only record.
 """
 
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -17,7 +21,15 @@ from omegaconf import OmegaConf
 from rich.console import Console
 
 from conftest import ROOT, TINY, run_train
-from resattn.study import JobStatus, StudyError, export, status_table, study_status, totals, wrap_name
+from hydra._internal.core_plugins.basic_launcher import BasicLauncher
+from hydra_plugins.resattn_sweeper.resattn_sweeper import FinishingLauncher, ResattnSweeper
+from resattn.errors import ConfigError
+from resattn.pieces import read_pieces
+from resattn.rerun import PlannedJob
+from resattn.tracking import completion
+from torch.utils.tensorboard import SummaryWriter
+from resattn.study import (JobStatus, StudyError, export, pieces_lines, reasons, status_table, study_status, totals,
+                           wrap_name)
 
 SWEEP = [*TINY, "trainer.epochs=1", "trainer.device=cpu", "seed=0,1"]
 
@@ -82,6 +94,166 @@ def test_a_rerun_resumes_the_interrupted_job_and_runs_the_missing_one(finished_s
         assert json.loads((sweep_dir / job / "summary.json").read_text())["status"] == "completed"
     # the new job kept its number: job 2 of the sweep, as in a sweep run in one go
     assert OmegaConf.load(sweep_dir / "seed=2" / ".hydra" / "hydra.yaml").hydra.job.num == 2
+    # the command runs every job the records list, and one more: a widened sweep, its records rewritten
+    assert OmegaConf.load(sweep_dir / "sweep.yaml").varied.seed == ["0", "1", "2"]
+    piece = last_piece(sweep_dir)
+    assert (piece["jobs"], piece["records"]) == ({"skipped": 1, "resumed": 1, "new": 1, "rerun": 0}, "rewritten")
+
+
+def last_piece(sweep_dir: Path) -> dict:
+    return OmegaConf.to_container(OmegaConf.load(sweep_dir / "pieces.yaml"))[-1]
+
+
+def test_the_first_piece_is_recorded(finished_sweep):
+    [piece] = OmegaConf.to_container(OmegaConf.load(finished_sweep / "pieces.yaml"))
+    assert piece["overrides"] == SWEEP and piece["host"] and piece["started"] <= piece["ended"]
+    assert (piece["jobs"], piece["records"], piece["ended_by"]) == (
+        {"skipped": 0, "resumed": 0, "new": 2, "rerun": 0}, "written", "finished")
+
+
+@pytest.mark.parametrize("listed, change, says", [
+    (None, ["trainer.epochs=2"], "seed=0 ran with trainer.epochs=1, this command gives trainer.epochs=2; give "
+                                 "trainer.epochs=1 to finish the sweep as it ran, or give a new hydra.sweep.dir"),
+    (None, ["optim.lr=0.05"], "seed=0 ran with optim.lr=0.2, this command gives optim.lr=0.05; give optim.lr=0.2"),
+    # a narrowed rerun keeps the records: it may not add a job they do not list, nor change one they list
+    (None, ["seed=1,2"], "seed=2 is not one of the 2 jobs the multirun.yaml of"),
+    ("0,1,2", ["seed=2", "trainer.epochs=2"], "seed=2 is listed in the sweep's multirun.yaml with trainer.epochs=1, "
+                                              "this command gives trainer.epochs=2"),
+])
+def test_a_rerun_that_would_make_the_records_lie_is_refused_before_anything_runs(finished_sweep, tmp_path, listed,
+                                                                                  change, says):
+    sweep_dir = copy_of(finished_sweep, tmp_path / "sweep")
+    if listed:
+        widen_sweep(sweep_dir, listed)
+    before = job_files(sweep_dir, ".")
+    rerun = run_train("-m", *SWEEP, *change, f"hydra.sweep.dir={sweep_dir}")
+    assert rerun.returncode == 2, rerun.stderr[-3000:]
+    assert rerun.stderr.strip().splitlines() == [rerun.stderr.strip()] and says in rerun.stderr, rerun.stderr
+    assert "[resattn.engine]" not in rerun.stdout + rerun.stderr  # nothing trained
+    assert job_files(sweep_dir, ".") == before  # no file of the sweep folder changed, pieces.yaml included
+
+
+def test_a_narrowed_rerun_skips_the_completed_job_and_keeps_the_records(finished_sweep, tmp_path):
+    sweep_dir = copy_of(finished_sweep, tmp_path / "sweep")
+    records = {name: ((sweep_dir / name).read_bytes(), (sweep_dir / name).stat().st_mtime_ns)
+               for name in ("multirun.yaml", "sweep.yaml")}
+    rerun = run_train("-m", *SWEEP[:-1], "seed=0", f"hydra.sweep.dir={sweep_dir}")
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert "#0 seed=0: skipped: completed" in rerun.stdout  # its folder named as the sweep named it
+    assert "[resattn.engine]" not in rerun.stdout + rerun.stderr
+    assert sorted(p.name for p in sweep_dir.iterdir() if p.is_dir()) == ["seed=0", "seed=1"]  # no duplicate job
+    assert {name: ((sweep_dir / name).read_bytes(), (sweep_dir / name).stat().st_mtime_ns)
+            for name in records} == records
+    piece = last_piece(sweep_dir)
+    assert piece["overrides"][-1] == "seed=0" and (piece["jobs"]["skipped"], piece["records"]) == (1, "kept")
+
+
+def test_a_job_that_claims_completed_without_its_events_is_trained_again(finished_sweep, tmp_path):
+    sweep_dir = copy_of(finished_sweep, tmp_path / "sweep")
+    for events in (sweep_dir / "seed=0").glob("events.out.tfevents.*"):
+        events.unlink()
+    untouched = job_files(sweep_dir, "seed=1")
+    rerun = run_train("-m", *SWEEP, f"hydra.sweep.dir={sweep_dir}")
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert "#0 seed=0: rerun from scratch: summary.json says completed, but it has no TensorBoard events" \
+        in rerun.stdout
+    assert completion(sweep_dir / "seed=0") is None  # its events are back, to the last step, with HParams
+    assert job_files(sweep_dir, "seed=1") == untouched
+    assert last_piece(sweep_dir)["jobs"] == {"skipped": 1, "resumed": 0, "new": 0, "rerun": 1}
+
+
+def test_completion_checks_the_events_against_the_summary(finished_sweep, tmp_path):
+    run_dir = copy_of(finished_sweep / "seed=0", tmp_path / "run")
+    assert completion(run_dir) is None
+    set_summary(run_dir, step=99)
+    assert "its TensorBoard events stop at step 4" in completion(run_dir)
+    set_summary(run_dir, step=4, status="interrupted")
+    assert completion(run_dir) == "summary.json says interrupted"
+    set_summary(run_dir, status="completed")
+    for events in run_dir.glob("events.out.tfevents.*"):
+        events.unlink()
+    with SummaryWriter(str(run_dir)) as writer:  # events to the last step, but no HParams entry
+        writer.add_scalar("acc/test", 0.5, 4)
+    assert "no HParams entry" in completion(run_dir)
+    (run_dir / "summary.json").write_text("{")
+    assert completion(run_dir) == "summary.json cannot be read"
+
+
+def test_past_the_deadline_no_job_starts_and_the_same_command_finishes(finished_sweep, tmp_path):
+    sweep_dir = copy_of(finished_sweep, tmp_path / "sweep")
+    shutil.rmtree(sweep_dir / "seed=1")
+    untouched = job_files(sweep_dir, "seed=0")
+    stopped = run_train("-m", *SWEEP, "trainer.deadline=0.001", f"hydra.sweep.dir={sweep_dir}")
+    assert stopped.returncode == 124, stopped.stderr[-3000:]  # as timeout(1) exits
+    assert "deadline passed: 1 jobs not started; run the same command to continue" in stopped.stdout
+    assert not (sweep_dir / "seed=1").exists() and job_files(sweep_dir, "seed=0") == untouched
+    assert last_piece(sweep_dir)["ended_by"] == "deadline"
+    again = run_train("-m", *SWEEP, f"hydra.sweep.dir={sweep_dir}")
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert completion(sweep_dir / "seed=1") is None and last_piece(sweep_dir)["ended_by"] == "finished"
+
+
+@pytest.mark.slow  # waits out a deadline (15 s)
+def test_a_job_stopped_at_the_deadline_ends_the_piece_and_the_next_never_starts(tmp_path):
+    """The deadline passes while the first job runs (the sweep is paused from its first job's start until past
+    the deadline): the trainer saves and stops it, the second job never starts, the same command finishes both."""
+    sweep_dir, deadline = tmp_path / "sweep", 15
+    proc = subprocess.Popen([sys.executable, "-m", "train", "-m", *SWEEP, f"trainer.deadline={deadline}",
+                             f"hydra.sweep.dir={sweep_dir}"], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    first = sweep_dir / "seed=0" / ".hydra" / "config.yaml"
+    while not first.exists() and proc.poll() is None:
+        time.sleep(0.01)
+    assert proc.poll() is None, "the sweep ended before its first job started"
+    os.kill(proc.pid, signal.SIGSTOP)  # the piece started before the job did: its deadline has passed after this
+    time.sleep(deadline)
+    os.kill(proc.pid, signal.SIGCONT)
+    _, stderr = proc.communicate(timeout=240)
+    assert proc.returncode == 124, stderr[-3000:]
+    s = json.loads((sweep_dir / "seed=0" / "summary.json").read_text())
+    assert (s["status"], s["stop_reason"]) == ("interrupted", "deadline")
+    assert not (sweep_dir / "seed=1").exists() and last_piece(sweep_dir)["ended_by"] == "deadline"
+    again = run_train("-m", *SWEEP, f"hydra.sweep.dir={sweep_dir}")
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "#0 seed=0: resuming from epoch 0" in again.stdout and "#1 seed=1: new" in again.stdout
+    assert completion(sweep_dir / "seed=0") is None and completion(sweep_dir / "seed=1") is None
+
+
+def test_no_launch_starts_once_the_deadline_passed(tmp_path, monkeypatch):
+    """A launcher that runs one job after another gets one job per launch: the deadline, passed during the
+    first, stops the second from starting; the piece says so, and the sweep exits 124."""
+    from resattn import clock
+
+    monkeypatch.setattr(clock, "STARTED", time.time())  # the piece starts now: its deadline is a minute away
+    passing = OneAfterAnother(on_launch=lambda: monkeypatch.setattr(clock, "STARTED", clock.STARTED - 3600))
+    sweeper = ResattnSweeper(max_batch_size=None)
+    sweeper.config = OmegaConf.create({"hydra": {"sweep": {"dir": str(tmp_path)}, "overrides": {"task": ["seed=0,1"]},
+                                                 "hydra_logging": None, "verbose": False}})
+    sweeper.finishing = FinishingLauncher(passing, deadline=60)
+    with pytest.raises(SystemExit) as stop:
+        sweeper.run_piece([planned(tmp_path, seeds=(0, 1), completed=())], keep_numbers=False, records="kept")
+    assert stop.value.code == 124
+    assert passing.launches == [([["seed=0"]], 0)]
+    assert last_piece(tmp_path)["ended_by"] == "deadline"
+
+
+@pytest.mark.parametrize("stop, ended_by, note", [
+    (SystemExit(124), "deadline", None),  # a job stopped at the deadline (the trainer exits 124)
+    (SystemExit(143), "signal", "SIGTERM"),
+    (RuntimeError("no space left\non device"), "error", "RuntimeError: no space left"),
+])
+def test_the_piece_says_how_it_ended(tmp_path, stop, ended_by, note):
+    def launch():
+        raise stop
+
+    sweeper = ResattnSweeper(max_batch_size=None)
+    sweeper.config = OmegaConf.create({"hydra": {"sweep": {"dir": str(tmp_path)}, "overrides": {"task": ["seed=0"]},
+                                                 "hydra_logging": None, "verbose": False}})
+    sweeper.finishing = FinishingLauncher(RecordingLauncher(on_launch=launch))
+    with pytest.raises(type(stop)):
+        sweeper.run_piece([planned(tmp_path, seeds=(0,), completed=())], keep_numbers=False, records="kept")
+    piece = last_piece(tmp_path)
+    assert (piece["ended_by"], piece.get("note")) == (ended_by, note) and piece["ended"]
 
 
 # --- study status ---
@@ -117,6 +289,36 @@ def test_status_prints_names_whole_at_80_columns(study_in_pieces):
                     "seed=1": ["interrupted", "│", "1/3", "│", "30s", "│", "1m", "00s"],
                     "seed=2": ["missing", "│", "0/1", "│", "20s*", "│", "20s*"]}
     assert max(len(line) for line in done.stdout.splitlines()) <= 80
+    assert "pieces: 1, the last: " in done.stdout and "2 new; records written; ended by finished" in \
+        " ".join(done.stdout.split())
+
+
+def test_status_shows_a_corrupt_summary_as_unreadable_and_says_why_a_job_is_not_complete(study_in_pieces):
+    for events in (study_in_pieces / "seed=0").glob("events.out.tfevents.*"):
+        events.unlink()
+    (study_in_pieces / "seed=1" / "summary.json").write_text('{"status": "interr')
+    jobs = study_status(study_in_pieces)
+    assert [j.describe() for j in jobs] == ["incomplete", "unreadable", "missing"]
+    assert jobs[0].remaining_s == pytest.approx(10.0)  # trained again from scratch: its one epoch
+    assert reasons(jobs) == [
+        "seed=0: incomplete: summary.json says completed, but it has no TensorBoard events; a rerun trains it "
+        "again from scratch", "seed=1: unreadable: summary.json cannot be read"]
+
+
+def test_a_history_that_cannot_be_read_is_named_not_overwritten(study_in_pieces):
+    (study_in_pieces / "pieces.yaml").write_text("- started: [")
+    with pytest.raises(ConfigError, match="pieces.yaml cannot be read .*; repair it or move it away"):
+        read_pieces(study_in_pieces)  # the sweeper refuses a rerun with this line (exit 2) before anything runs
+    [line] = pieces_lines(study_in_pieces)
+    assert line.startswith("pieces: ") and "cannot be read" in line
+
+
+def test_a_fused_member_counts_its_share_of_its_groups_time(study_in_pieces):
+    # seed=1 trained as one of 3 fused members: 30 s an epoch for the whole group, 10 s of it its own
+    set_summary(study_in_pieces / "seed=1", members=3)
+    jobs = {j.name: j for j in study_status(study_in_pieces)}
+    assert jobs["seed=1"].seconds_per_epoch == pytest.approx(10.0)
+    assert jobs["seed=1"].remaining_s == pytest.approx(2 * 10.0)  # summed over the group: the group's 2 epochs
 
 
 def test_long_names_break_between_keys_only():
@@ -161,24 +363,29 @@ def test_export_leaves_out_checkpoints_of_completed_runs_only_and_report_reads_i
 # --- the sweeper's launches: which jobs reach the launcher, under which numbers (no training) ---
 
 class RecordingLauncher:
-    def __init__(self):
-        self.launches = []
+    def __init__(self, on_launch=None):
+        self.launches, self.on_launch = [], on_launch
 
     def launch(self, job_overrides, initial_job_idx):
         self.launches.append(([list(o) for o in job_overrides], initial_job_idx))
+        if self.on_launch:
+            self.on_launch()
         return [f"ran {o[0]}" for o in job_overrides]
 
 
-class FolderPerOverride:
-    """A config loader whose job folder is its override (`seed=1`), or `job<num>` when `by_number`."""
+class OneAfterAnother(BasicLauncher, RecordingLauncher):
+    """A launcher that runs its jobs one after another, as Hydra's basic one does (recording, not running)."""
 
-    def __init__(self, sweep_dir: Path, by_number: bool):
-        self.sweep_dir, self.by_number = sweep_dir, by_number
+    def __init__(self, on_launch=None):
+        RecordingLauncher.__init__(self, on_launch)
 
-    def load_sweep_config(self, master, overrides):
-        subdir = "job${hydra.job.num}" if self.by_number else overrides[0]
-        return OmegaConf.create({"hydra": {"sweep": {"dir": str(self.sweep_dir), "subdir": subdir}, "job": {"num": 0}},
-                                 "trainer": {"resume": "auto"}})
+    launch = RecordingLauncher.launch
+
+
+def planned(tmp_path: Path, seeds=range(4), completed=(0, 2)) -> list[PlannedJob]:
+    summary = {"status": "completed", "epochs_completed": 1}
+    return [PlannedJob([f"seed={i}"], i, tmp_path / f"seed={i}", summary if i in completed else None,
+                       "skipped: completed" if i in completed else "new") for i in seeds]
 
 
 @pytest.mark.parametrize("by_number, launches", [
@@ -186,16 +393,8 @@ class FolderPerOverride:
     (True, [([["seed=1"]], 1), ([["seed=3"]], 3)]),  # each job keeps its number, so its folder
 ])
 def test_only_unfinished_jobs_reach_the_launcher(tmp_path, by_number, launches):
-    from hydra_plugins.resattn_sweeper.resattn_sweeper import FinishingLauncher
-
-    batch = [[f"seed={i}"] for i in range(4)]
-    for i in (0, 2):  # completed
-        folder = tmp_path / (f"job{i}" if by_number else f"seed={i}")
-        folder.mkdir()
-        (folder / "summary.json").write_text(json.dumps({"status": "completed", "epochs_completed": 1}))
     inner = RecordingLauncher()
-    master = OmegaConf.create({"hydra": {"hydra_logging": None, "verbose": False}})
-    results = FinishingLauncher(inner, FolderPerOverride(tmp_path, by_number), master).launch(batch, 0)
+    results = FinishingLauncher(inner).launch(planned(tmp_path), keep_numbers=by_number)
     assert inner.launches == launches
     assert results[1] == "ran seed=1" and results[3] == "ran seed=3"
     assert results[0].return_value == {"status": "completed", "epochs_completed": 1}  # as the job itself returns

@@ -24,15 +24,17 @@ def refuse(check, config: DictConfig) -> None:
 
 
 class SweepEnd(Callback):
-    """At the start of a run or multirun: refuse a tuning preset that cannot give a result (resattn.tuning); a
-    multirun's record of what its jobs share (sweep.yaml). At the end: write the sweep report, and exit non-zero
-    if any job did not complete."""
+    """At the start of a run or multirun: refuse a tuning preset that cannot give a result (resattn.tuning); under
+    another sweeper (Optuna), record what a multirun's jobs share (sweep.yaml). At the end: write the sweep report,
+    and exit non-zero if any job did not complete."""
 
     def on_run_start(self, config: DictConfig, **kwargs) -> None:
         refuse(check_objective, config)  # a tuning preset run once (hydra.mode=RUN)
 
     def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
         refuse(check_tuning, config)
+        if str(config.hydra.sweeper.get("_target_", "")).endswith(".ResattnSweeper"):
+            return  # the resattn sweeper writes it itself, once it knows the rerun may change the sweep's records
         write_record(Path(config.hydra.sweep.dir), sweeper_params(config.hydra), list(config.hydra.overrides.task))
 
     def on_multirun_end(self, config: DictConfig, **kwargs) -> None:

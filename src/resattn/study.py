@@ -14,8 +14,10 @@ from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from omegaconf import OmegaConf
 from rich.table import Table
 
-from resattn.sweep import job_name, parse, sweeper_params, varied_keys
-from resattn.tracking import read_summary
+from resattn import pieces
+from resattn.errors import ConfigError
+from resattn.sweep import job_name, parse, read_record, sweeper_params, varied_keys
+from resattn.tracking import completion, read_summary
 
 CHECKPOINT = "checkpoint.pt"
 
@@ -27,11 +29,16 @@ class StudyError(Exception):
 @dataclass
 class JobStatus:
     name: str
-    state: str  # completed, interrupted, diverged, failed, running or missing
+    # completed, interrupted, diverged, failed, running or missing; incomplete (its summary says completed, its
+    # files disagree: a rerun trains it again from scratch) or unreadable (a summary.json that cannot be read)
+    state: str
     epochs_done: int
     epochs: int | None
-    seconds_per_epoch: float | None  # measured on this job, else the sweep's mean (estimated)
+    # this job's own share of the time per epoch (a fused member's: its group's time over the members), else the
+    # sweep's mean (estimated): summed over a fused group's members, the group's time
+    seconds_per_epoch: float | None
     estimated: bool = False
+    reason: str = ""  # why an incomplete or unreadable job is not complete (tracking.completion)
 
     @property
     def remaining_s(self) -> float | None:
@@ -46,20 +53,21 @@ class JobStatus:
         progress = f"{self.epochs_done}/{self.epochs if self.epochs is not None else '?'}"
         if self.state == "interrupted":
             return f"interrupted at epoch {progress}"
-        return self.state if self.state in ("completed", "missing") else f"{self.state} at epoch {progress}"
+        bare = ("completed", "missing", "incomplete", "unreadable")
+        return self.state if self.state in bare else f"{self.state} at epoch {progress}"
 
 
 def read_master(sweep_dir: Path):
-    """The `hydra` node and the whole config of the sweep's multirun.yaml."""
-    record = Path(sweep_dir) / "multirun.yaml"
+    """The sweep's multirun.yaml: the `hydra` node and the whole config of its command."""
     if not Path(sweep_dir).is_dir():
         raise StudyError(f"{sweep_dir} is not a folder")
-    if not record.is_file():
-        raise StudyError(f"{sweep_dir} has no multirun.yaml: not a sweep folder (give the folder Hydra's -m wrote)")
     try:
-        return OmegaConf.load(record)
-    except Exception as err:
-        raise StudyError(f"{record} cannot be read: {str(err).splitlines()[0]}") from None
+        record = read_record(sweep_dir)
+    except ConfigError as err:
+        raise StudyError(str(err)) from None
+    if record is None:
+        raise StudyError(f"{sweep_dir} has no multirun.yaml: not a sweep folder (give the folder Hydra's -m wrote)")
+    return record
 
 
 def sweep_jobs(master) -> list[tuple[str, list[str]]]:
@@ -79,13 +87,22 @@ def planned_epochs(master, overrides: list[str]) -> int | None:
     return OmegaConf.select(master, "trainer.epochs", default=None)
 
 
-def job_status(name: str, summary: dict | None, epochs: int | None) -> JobStatus:
-    if summary is None:
-        return JobStatus(name, "missing", 0, epochs, None)
+def job_status(name: str, folder: Path, epochs: int | None) -> JobStatus:
+    """The job in `folder`: its state, as its summary.json says and tracking.completion checks, and its time."""
+    summary = read_summary(folder)
+    if not isinstance(summary, dict):
+        if not (folder / "summary.json").exists():
+            return JobStatus(name, "missing", 0, epochs, None)
+        return JobStatus(name, "unreadable", 0, epochs, None, reason=completion(folder))
     done = int(summary.get("epochs_completed") or 0)
-    wall = summary.get("wall_time_s")
-    per_epoch = wall / done if done and wall else None
-    return JobStatus(name, str(summary.get("status", "running")), done, summary.get("epochs", epochs), per_epoch)
+    wall, members = summary.get("wall_time_s"), summary.get("members") or 1
+    # a fused member's wall_time_s is its whole group's: its own share is the group's over its members
+    per_epoch = wall / members / done if done and wall else None
+    state, reason = str(summary.get("status", "running")), ""
+    if state == "completed":
+        reason = completion(folder) or ""
+        state, done = ("incomplete", 0) if reason else (state, done)  # a rerun trains it again from scratch
+    return JobStatus(name, state, done, summary.get("epochs", epochs), per_epoch, reason=reason)
 
 
 def fill_estimates(jobs: list[JobStatus]) -> None:
@@ -101,7 +118,7 @@ def fill_estimates(jobs: list[JobStatus]) -> None:
 
 def study_status(sweep_dir: Path) -> list[JobStatus]:
     master = read_master(sweep_dir)
-    jobs = [job_status(name, read_summary(Path(sweep_dir) / name), planned_epochs(master, overrides))
+    jobs = [job_status(name, Path(sweep_dir) / name, planned_epochs(master, overrides))
             for name, overrides in sweep_jobs(master)]
     fill_estimates(jobs)
     return jobs
@@ -149,12 +166,29 @@ def totals(jobs: list[JobStatus]) -> str:
         counts[job.state] = counts.get(job.state, 0) + 1
     known = [j.remaining_s for j in jobs if j.remaining_s is not None]
     lines = [f"{len(jobs)} jobs: " + ", ".join(f"{n} {state}" for state, n in sorted(counts.items())),
-             f"still needed: {duration(sum(known))}, one job at a time, on the machine that timed the epochs"]
+             f"still needed: {duration(sum(known))}, one job or fused group at a time, as timed where they ran"]
     if len(known) < len(jobs):
         lines.append(f"  and {len(jobs) - len(known)} jobs with no epoch timed in the sweep yet")
     if any(j.estimated and j.state != "completed" for j in jobs):
         lines.append("*: estimated from the mean time per epoch of the sweep's other jobs")
     return "\n".join(lines)
+
+
+def reasons(jobs: list[JobStatus]) -> list[str]:
+    """Why each incomplete or unreadable job is not complete, one line each."""
+    return [f"{j.name}: {j.state}: {j.reason}" + ("; a rerun trains it again from scratch" if j.state == "incomplete"
+                                                  else "") for j in jobs if j.reason]
+
+
+def pieces_lines(sweep_dir: Path) -> list[str]:
+    """The pieces the sweep ran in so far (pieces.yaml): how many, and the last one."""
+    try:
+        history = pieces.read_pieces(sweep_dir)
+    except ConfigError as err:
+        return [f"pieces: {err}"]
+    if not history:
+        return ["pieces: none recorded (a sweep run before pieces.yaml was kept)"]
+    return [f"pieces: {len(history)}, the last: {pieces.describe(history[-1])}"]
 
 
 # --- export: the study without the checkpoints of completed runs ---

@@ -1,10 +1,12 @@
-"""Sweep job names: each job's folder is named by the keys the sweep varies, and by nothing else.
+"""Sweep job names: each job's folder is named by the keys the sweep varies, and by nothing else; and the
+sweep's records (multirun.yaml, sweep.yaml).
 
 Hydra resolves `hydra.sweep.subdir` inside each job (in the worker process for joblib and
 submitit), where only that job's overrides are known. Which keys vary is a property of the whole
 sweep, so the `resattn.job_name` resolver reads it from the sweep folder's multirun.yaml, which
-Hydra writes before it launches any job: the same name for every launcher, and for a sweep
-relaunched with the same command.
+the sweeper writes before it launches any job: the same name for every launcher, and for a sweep
+relaunched into the same folder (a rerun that runs only some of its jobs keeps the record, so its
+jobs keep their names).
 """
 
 import hashlib
@@ -12,11 +14,14 @@ from pathlib import Path
 
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import Override
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
+
+from resattn.errors import ConfigError
 
 NAME_MAX = 255  # bytes in one file name: Linux, macOS and Windows file systems
 RECORD = "sweep.yaml"  # the sweep's fixed overrides and the keys its job folders are named by
 REPLICATE_KEY = "seed"  # the replicates of one experiment (the report's n): last in a job's name
+MULTIRUN = "multirun.yaml"  # the sweep's command, whole: Hydra's own record of a sweep
 
 
 def parse(overrides: list[str]) -> list[Override]:
@@ -75,14 +80,36 @@ def sweeper_params(hydra_cfg) -> dict:
     return OmegaConf.to_container(params) if params else {}
 
 
-def recorded_varied_keys(sweep_dir) -> set[str] | None:
-    """The keys the sweep in `sweep_dir` varies, from the multirun.yaml Hydra writes there before any
-    job starts; None without one."""
-    record = Path(sweep_dir) / "multirun.yaml"
-    if not record.is_file():
+def read_record(sweep_dir) -> DictConfig | None:
+    """The sweep's multirun.yaml (the command's whole config, as Hydra's basic sweeper saves it); None without
+    one. ConfigError (one line) when it cannot be read."""
+    path = Path(sweep_dir) / MULTIRUN
+    if not path.is_file():
         return None
-    master = OmegaConf.load(record).hydra
-    return varied_keys(sweeper_params(master), list(master.overrides.task))
+    try:
+        record = OmegaConf.load(path)
+        record.hydra.overrides.task  # noqa: B018  (a sweep's record names its command)
+    except Exception as err:
+        raise ConfigError(f"{path} cannot be read ({str(err).splitlines()[0]}); repair it, or run the sweep into "
+                          "a new hydra.sweep.dir") from None
+    return record
+
+
+def write_records(config: DictConfig) -> None:
+    """The sweep's records: multirun.yaml, as BasicSweeper.sweep saves it, and sweep.yaml (write_record)."""
+    sweep_dir = Path(str(config.hydra.sweep.dir))
+    sweep_dir.mkdir(parents=True, exist_ok=True)
+    OmegaConf.save(config, sweep_dir / MULTIRUN)
+    write_record(sweep_dir, sweeper_params(config.hydra), list(config.hydra.overrides.task))
+
+
+def recorded_varied_keys(sweep_dir) -> set[str] | None:
+    """The keys the sweep in `sweep_dir` varies, from the multirun.yaml the sweeper writes there before any
+    job starts; None without one."""
+    record = read_record(sweep_dir)
+    if record is None:
+        return None
+    return varied_keys(sweeper_params(record.hydra), list(record.hydra.overrides.task))
 
 
 def resolve_job_name(sweep_dir: str, task, num) -> str:

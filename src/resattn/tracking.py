@@ -13,6 +13,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 from torch.utils.tensorboard import SummaryWriter
+from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
 from tensorboard.compat.proto import summary_pb2
 from tensorboard.plugins.hparams import api_pb2, metadata, plugin_data_pb2
 
@@ -34,6 +35,45 @@ def read_summary(run_dir: Path) -> dict | None:
         return json.loads((Path(run_dir) / "summary.json").read_text())
     except (OSError, ValueError):
         return None
+
+
+def events_reach(run_dir: Path) -> tuple[int, bool] | None:
+    """(the last step, whether the HParams entry is there) over the run's TensorBoard event files, read with
+    TensorBoard's own record reader (it checks every record's checksum and stops at a cut one); None without
+    event files. The light loader, not EventAccumulator: both take the time of the checksums, and these two
+    facts need no per-tag store."""
+    files = sorted(Path(run_dir).glob("events.out.tfevents.*"))
+    if not files:
+        return None
+    last, hparams = -1, False
+    for file in files:
+        for event in EventFileLoader(str(file)).Load():
+            last = max(last, event.step)
+            hparams = hparams or any(v.tag == metadata.SESSION_START_INFO_TAG for v in event.summary.value)
+    return last, hparams
+
+
+def completion(run_dir: Path) -> str | None:
+    """None when the run in `run_dir` is complete: its summary.json says completed, its TensorBoard events reach
+    the summary's last step, and its HParams entry is there. Otherwise the short reason it is not."""
+    summary_file = Path(run_dir) / "summary.json"
+    summary = read_summary(run_dir)
+    if not isinstance(summary, dict):
+        return "summary.json cannot be read" if summary_file.exists() else "no summary.json"
+    if summary.get("status") != "completed":
+        return f"summary.json says {summary.get('status', 'no status')}"
+    try:
+        reached = events_reach(run_dir)
+    except Exception as err:  # an unreadable file: TensorBoard's reader names the problem
+        return f"its TensorBoard events cannot be read ({type(err).__name__}: {str(err).splitlines()[0]})"
+    step = summary.get("step", 0)
+    if reached is None:
+        return "summary.json says completed, but it has no TensorBoard events"
+    if reached[0] < 0:
+        return "summary.json says completed, but its TensorBoard events hold no readable record"
+    if reached[0] < step:
+        return f"summary.json says completed at step {step}, but its TensorBoard events stop at step {reached[0]}"
+    return None if reached[1] else "summary.json says completed, but its TensorBoard events hold no HParams entry"
 
 
 def custom_scalars_layout(blocks) -> dict:

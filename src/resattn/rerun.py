@@ -1,0 +1,115 @@
+"""Rerun = finish: what a sweep's command, run again into its hydra.sweep.dir, does with each job and with the
+sweep's records (docs/sweeps.md, "A study in pieces"). The resattn sweeper (src/hydra_plugins/resattn_sweeper)
+composes each job and launches; this decides, from the job's composed config and the files in its folder.
+
+- A job whose folder holds a complete run (tracking.completion) is skipped; one whose summary says completed
+  but whose files disagree is rerun from scratch; one with a checkpoint resumes; any other runs as new.
+- A job whose folder holds a run (completed, or one to resume) must be the experiment that run was
+  (identity.first_difference, the one definition): otherwise the whole rerun is refused before any job runs.
+- The sweep's records (multirun.yaml, sweep.yaml) are rewritten only when the command runs every job they list;
+  a command that runs only some of them keeps them, and its jobs must be jobs they list, as they list them.
+"""
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from resattn.errors import ConfigError, flatten
+from resattn.identity import first_difference
+from resattn.report.runs import fmt_value, read_config
+from resattn.tracking import completion
+
+RESUME = "trainer.resume"
+WAY_OUT = "or give a new hydra.sweep.dir"
+
+
+@dataclass
+class PlannedJob:
+    """One job of the sweep: its overrides, its number in the whole sweep, its folder and what to do."""
+    overrides: list[str]
+    num: int
+    folder: Path
+    summary: dict | None
+    action: str  # "skipped: completed", "resuming from epoch k", "new" or "rerun from scratch: <why>"
+
+    @property
+    def kind(self) -> str:
+        """skipped, resumed, new or rerun (pieces.JOB_KINDS)."""
+        return {"skipped": "skipped", "resuming": "resumed", "rerun": "rerun"}.get(self.action.split()[0].strip(":"),
+                                                                                   "new")
+
+    @property
+    def skipped(self) -> bool:
+        return self.kind == "skipped"
+
+    @property
+    def holds_a_run(self) -> bool:
+        """A run this command would keep or finish (its summary says completed, or it resumes)."""
+        return self.kind != "new"
+
+
+def action(summary: dict | None, folder: Path, resume) -> str:
+    summary = summary if isinstance(summary, dict) else None  # a summary.json that holds no object: unreadable
+    if summary and summary.get("status") == "completed":
+        why = completion(folder)
+        return "skipped: completed" if why is None else f"rerun from scratch: {why}"
+    if resume == "auto" and (folder / "checkpoint.pt").is_file():
+        epoch = (summary or {}).get("epochs_completed", "?")
+        return f"resuming from epoch {epoch}"
+    return "new"
+
+
+def from_scratch(overrides: list[str]) -> list[str]:
+    """The job's overrides with trainer.resume=false (in place of any it had): a run whose summary says completed
+    but whose files disagree trains again from its first step, its old events purged (engine.open_tracker)."""
+    return [o for o in overrides if o.lstrip("+~").partition("=")[0] != RESUME] + [f"{RESUME}=false"]
+
+
+def setting(key: str, value) -> str:
+    return f"{key}={fmt_value(value)}" if value is not None else f"no {key}"
+
+
+def difference(theirs: dict, ours: dict) -> tuple[str, str] | None:
+    """(old setting, new setting), as key=value, of the first key defining the experiment that differs between
+    two configs (identity.first_difference); None when they are the same experiment."""
+    theirs, ours = flatten(theirs), flatten(ours)
+    key = first_difference(theirs, ours)
+    return None if key is None else (setting(key, theirs.get(key)), setting(key, ours.get(key)))
+
+
+def compare_with_run(job: PlannedJob, task: dict) -> None:
+    """ConfigError (the one line) when the run in the job's folder is another experiment than the job's config
+    `task` (resolved, without the hydra node): the first key that differs, its old and new value, the way out."""
+    try:
+        ran = read_config(job.folder)
+    except Exception as err:
+        raise ConfigError(f"rerun refused, no job started: {job.folder} holds a run whose .hydra/config.yaml cannot "
+                          f"be read ({type(err).__name__}), so it cannot be compared with this command; restore it, "
+                          f"move the folder away, {WAY_OUT}") from None
+    differs = difference(ran, task)
+    if differs:
+        raise ConfigError(f"rerun refused, no job started: {job.folder} ran with {differs[0]}, this command gives "
+                          f"{differs[1]}; give {differs[0]} to finish the sweep as it ran, {WAY_OUT} for the new "
+                          "setting")
+
+
+def compare_with_record(job: PlannedJob, listed: dict, task: dict) -> None:
+    """ConfigError when a job of a command that keeps the sweep's records is not the job they list (`listed`, the
+    record's own composition of it): the records would no longer say how the sweep's runs were made."""
+    differs = difference(listed, task)
+    if differs:
+        raise ConfigError(f"rerun refused, no job started: {job.folder} is listed in the sweep's multirun.yaml with "
+                          f"{differs[0]}, this command gives {differs[1]}; give {differs[0]}, give every job of the "
+                          f"sweep (to rewrite its records), {WAY_OUT}")
+
+
+def not_listed(job: PlannedJob, sweep_dir: Path, listed: int) -> ConfigError:
+    """A job that a command running only some of the sweep's jobs adds: the records it keeps would not list it."""
+    return ConfigError(f"rerun refused, no job started: {job.folder.name} is not one of the {listed} jobs the "
+                       f"multirun.yaml of {sweep_dir} lists, and this command leaves out some of those; give every "
+                       f"job of the sweep and the new ones (to widen it), only jobs it lists, {WAY_OUT}")
+
+
+def records_action(listed: list[str], commanded: list[str]) -> str:
+    """What a rerun does with the sweep's records: `rewritten` when the command runs every job they list (the same
+    sweep, or a widened one), else `kept` (a narrowed rerun)."""
+    return "rewritten" if set(listed) <= set(commanded) else "kept"
