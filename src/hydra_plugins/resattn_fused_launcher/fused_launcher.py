@@ -31,6 +31,8 @@ from hydra.core.utils import JobReturn, JobStatus, _save_config, configure_log, 
 from hydra.plugins.launcher import Launcher
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
+from hydra_plugins.resattn_sweeper.resattn_sweeper import job_folder
+
 log = logging.getLogger(__name__)
 
 
@@ -104,11 +106,6 @@ def splitting_keys(configs: list[DictConfig]) -> list[str]:
     keys = dict.fromkeys(k for f in flat for k in f)
     return [k for k in keys if k not in FUSABLE_KEYS and len({repr(f.get(k)) for f in flat}) > 1
             and not k.startswith("tracking.")]
-
-
-def job_folder(cfg: DictConfig) -> Path:
-    HydraConfig.instance().set_config(cfg)  # the subdir's resolvers may read hydra:... of this job
-    return Path(str(cfg.hydra.sweep.dir)) / str(cfg.hydra.sweep.subdir)
 
 
 def start_member(cfg: DictConfig) -> tuple[DictConfig, Path]:

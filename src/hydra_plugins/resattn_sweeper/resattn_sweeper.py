@@ -24,6 +24,7 @@ from typing import Any, Optional, Sequence
 from hydra._internal.core_plugins.basic_launcher import BasicLauncher
 from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra.core.config_store import ConfigStore
+from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.utils import JobReturn, JobStatus, configure_log
 from omegaconf import DictConfig, OmegaConf, open_dict
@@ -58,6 +59,8 @@ def task_part(cfg: DictConfig) -> dict:
 
 
 def job_folder(cfg: DictConfig) -> Path:
+    """A sweep job's folder, as the launchers make it (the fused launcher too)."""
+    HydraConfig.instance().set_config(cfg)  # the subdir's resolvers may read hydra:... of this job
     return Path(str(cfg.hydra.sweep.dir)) / str(cfg.hydra.sweep.subdir)
 
 
