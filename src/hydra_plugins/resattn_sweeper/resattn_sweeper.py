@@ -27,7 +27,7 @@ from hydra.core.config_store import ConfigStore
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.utils import JobReturn, JobStatus, configure_log
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +66,7 @@ def job_folder(cfg: DictConfig) -> Path:
 
 def renumbered_folder(cfg: DictConfig, num: int) -> Path:
     """The folder the job would get as job `num`: it differs only if the subdir uses hydra.job.num."""
-    with open_dict(cfg):
+    with read_write(cfg.hydra), open_dict(cfg):  # job_folder made it read-only, as Hydra's set_config does
         cfg.hydra.job.num = num
     return job_folder(cfg)
 
