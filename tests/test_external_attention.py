@@ -28,8 +28,8 @@ from resattn.tracking import Tracker, gate_effect
 TIMM_TYPES = qualifying_timm_types()  # asked of the installed timm when the tests are collected
 BACKBONES = {"simplecnn": lambda **keys: SimpleCNN(width=0.25, **keys),
              "resnet20": lambda **keys: CifarResNet(depth=20, width=0.25, **keys)}
-# A researcher's module file, outside the project: a gate with masks, one that halves the channels, one vmap
-# cannot stack (it reads a value back)
+# A researcher's module file, outside the project: a gate with masks, one that halves the channels, one that
+# cannot take channels-last tensors, one vmap cannot stack (it reads a value back)
 GATES = textwrap.dedent('''
     import torch
     from torch import nn
@@ -57,6 +57,15 @@ GATES = textwrap.dedent('''
 
         def forward(self, v):
             return self.conv(v)
+
+
+    class Views(nn.Module):
+        def __init__(self, channels):
+            super().__init__()
+
+        def forward(self, v):
+            b, c, h, w = v.shape
+            return v.view(b, c * h * w).view(b, c, h, w)  # .view needs a contiguous tensor
 
 
     class ReadsBack(nn.Module):
@@ -154,6 +163,12 @@ def test_a_module_that_changes_the_shape_is_refused_when_built(gates):
     with pytest.raises(ConfigError, match=r"labgates.Shrink \(Shrink\) must return its input's shape: in block1 it "
                                           r"returned \(2, 8, 32, 32\) for an input of \(2, 16, 32, 32\)"):
         build_model(cfg, 10)
+
+
+def test_a_module_that_cannot_take_channels_last_tensors_is_refused_where_training_feeds_them(gates, one_thread):
+    with pytest.raises(ConfigError, match=r"attention labgates.Views fails in block1: RuntimeError: view size"):
+        build_model(make("attention=custom", "attention._target_=labgates.Views", "trainer.channels_last=true"), 10)
+    build_model(make("attention=custom", "attention._target_=labgates.Views", "trainer.channels_last=false"), 10)
 
 
 def test_a_module_vmap_cannot_stack_is_refused_for_fused_members(gates, one_thread):

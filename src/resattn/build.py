@@ -89,7 +89,7 @@ def build_model(cfg: DictConfig, num_classes: int) -> ResidualNet:
     else:
         model = SimpleCNN(**common)
     if source(cfg.attention) != "resattn" and p.placement != "none":
-        check_contract(model, cfg.attention.name)
+        check_contract(model, cfg.attention.name, channels_last=cfg.trainer.channels_last)
     return model
 
 

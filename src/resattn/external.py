@@ -226,9 +226,10 @@ def contract_hook(label: str, block: str, module, args, out) -> None:
 
 
 @torch.no_grad()
-def check_contract(model, label: str, image_shape=(3, 32, 32)) -> None:
-    """Run the model once (eval mode: nothing it holds changes) on a batch of two images; ConfigError, naming
-    the module, the block and the shapes, where an attention module breaks the contract or fails."""
+def check_contract(model, label: str, channels_last: bool = False, image_shape=(3, 32, 32)) -> None:
+    """Run the model once (eval mode: nothing it holds changes) on a batch of two images, channels-last ones
+    when training will feed those (trainer.channels_last: a module's .view() fails on them); ConfigError,
+    naming the module, the block and the shapes, where an attention module breaks the contract or fails."""
     where = {}
     hooks = []
     for block, b in model.blocks.items():
@@ -239,7 +240,8 @@ def check_contract(model, label: str, image_shape=(3, 32, 32)) -> None:
     model.eval()
     try:
         with torch.random.fork_rng(devices=[]):
-            model(torch.randn(2, *image_shape))
+            x = torch.randn(2, *image_shape)
+            model(x.to(memory_format=torch.channels_last) if channels_last else x)
     except ConfigError:
         raise
     except Exception as err:
