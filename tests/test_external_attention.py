@@ -23,6 +23,7 @@ from resattn.external import (attention_factory, check_contract, check_stackable
 from resattn.keys import check_keys
 from resattn.model import SimpleCNN
 from resattn.resnet import CifarResNet
+from resattn.sweep import job_name, varied_keys
 from resattn.tracking import Tracker, gate_effect
 
 TIMM_TYPES = qualifying_timm_types()  # asked of the installed timm when the tests are collected
@@ -213,6 +214,13 @@ def test_a_bad_module_is_refused_in_one_line(gates, tmp_path, args, message):
     assert not (tmp_path / "outputs").exists()  # nothing left behind
 
 
+def test_sweep_job_folders_name_the_timm_type_when_it_varies():
+    task = ["attention=timm", "attention.type=se,coord", "pattern=p1"]
+    assert job_name(["attention=timm", "attention.type=coord", "pattern=p1"], varied_keys(None, task), 0) == \
+        "attention.type=coord"
+
+
+@pytest.mark.slow  # four jobs and a report: in CI's second command (-m slow)
 def test_a_preset_sweeps_timm_types_and_everything_downstream_names_them(tmp_path):
     proc = run_train("-m", "experiment=placement_grid", *TINY, "trainer.epochs=1", "data.train_size=128",
                      "attention=timm", "attention.type=se,coord", "pattern=baseline,p1", "seed=0",
