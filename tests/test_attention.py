@@ -7,7 +7,8 @@ import torch
 import torch.nn.functional as F
 from omegaconf import OmegaConf
 
-from resattn.attention import ATTENTIONS, ECA, SE, CBAMChannel, CBAMSpatial, attention_keys, attention_layer
+from resattn.attention import ATTENTIONS, CBAM, ECA, SE, CBAMChannel, CBAMSpatial, attention_keys, attention_layer
+from resattn.external import OPEN_ATTENTIONS
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "attention"
 
@@ -93,8 +94,10 @@ def test_cbam_halves_match_their_formulas():
 
 def test_every_attention_has_a_config_with_exactly_its_keys():
     configs = {p.stem: OmegaConf.to_container(OmegaConf.load(p)) for p in CONFIGS.glob("*.yaml")}
-    assert set(configs) == set(ATTENTIONS)
+    assert set(configs) == set(ATTENTIONS) | set(OPEN_ATTENTIONS)  # timm's and custom: resattn.external
     for name, cfg in configs.items():
+        if name in OPEN_ATTENTIONS:
+            continue
         assert cfg.pop("name") == name
         assert set(cfg) == set(attention_keys(name))
         module = attention_layer(name, **cfg)(16)  # the config's values build the module
@@ -108,3 +111,51 @@ def test_attention_layer_refuses_unknown_names_and_keys():
     with pytest.raises(ValueError, match="spatial_kernel"):
         attention_layer("se", spatial_kernel=7)
     assert attention_layer("se", reduction=8)(64).fc1.out_channels == 8
+
+
+# ---------------------------------------------------------------- against timm's modules of the same name
+
+def test_se_equals_timms_se_at_the_same_hidden_width():
+    from timm.layers import create_attn
+
+    ours = SE(64, reduction=16)
+    randomise_biases(ours)
+    # timm rounds the hidden width C/16 to a multiple of 8 (here 8), resattn takes max(C // 16, 4) (here 4)
+    assert create_attn("se", 64).fc1.out_channels == 8 and ours.fc1.out_channels == 4
+    theirs = create_attn("se", 64, rd_channels=4)
+    theirs.load_state_dict(ours.state_dict())  # the same names: fc1, fc2 (and timm's bn, an Identity)
+    v = torch.randn(3, 64, 5, 5)
+    torch.testing.assert_close(ours(v), theirs(v))
+
+
+@pytest.mark.parametrize("channels", [16, 128, 512])  # kernel sizes 3, 5, 5
+def test_eca_equals_timms_eca(channels):
+    from timm.layers import create_attn
+
+    ours, theirs = ECA(channels), create_attn("eca", channels)
+    assert theirs.conv.kernel_size == ours.conv.kernel_size
+    theirs.load_state_dict(ours.state_dict())
+    v = torch.randn(3, channels, 4, 4)
+    torch.testing.assert_close(ours(v), theirs(v))
+
+
+def test_cbam_differs_from_timms_in_hidden_width_and_a_batchnorm_after_the_spatial_conv():
+    """The notebook's CBAM (attention=cbam) against timm's cbam (attention=timm attention.type=cbam): the same
+    computation except (1) the channel MLP's hidden width: max(C // 16, 4) here, round(C / 16) in timm; (2) timm
+    puts a BatchNorm after the spatial conv (as CBAM's authors' code does), resattn none. With timm's width set to
+    ours and its BatchNorm made the identity, the two agree."""
+    from timm.layers import create_attn
+
+    assert CBAM(32).ca.mlp[0].out_channels == 4 and create_attn("cbam", 32).channel.fc1.out_channels == 2
+    ours, theirs = CBAM(32), create_attn("cbam", 32, rd_channels=4)
+    bn = theirs.spatial.conv.bn
+    assert isinstance(bn, torch.nn.BatchNorm2d) and not hasattr(ours.sa, "bn")
+    theirs.channel.fc1.weight.data.copy_(ours.ca.mlp[0].weight)
+    theirs.channel.fc2.weight.data.copy_(ours.ca.mlp[2].weight)
+    theirs.spatial.conv.conv.weight.data.copy_(ours.sa.conv.weight)
+    v = torch.randn(3, 32, 6, 6)
+    assert not torch.allclose(ours(v), theirs(v), atol=1e-3)  # training mode: timm's BN normalises the logits
+    bn.eval()
+    bn.running_mean.zero_()  # the pass above moved it
+    bn.running_var.fill_(1 - bn.eps)  # y = (x - 0) / sqrt(var + eps) * 1 + 0 = x
+    torch.testing.assert_close(ours(v), theirs(v))

@@ -66,15 +66,25 @@ def test_data_config_composes_and_builds(name, tmp_path):
     assert len(ds.train.labels) == (6 if name == "folder" else 64)
 
 
+# attention=timm and custom name their module: timm's se, and resattn's SE as if it were a researcher's own
+OPEN = {"timm": ("attention.type=se", "timm.se", "SEModule"),
+        "custom": ("attention._target_=resattn.attention.SE", "resattn.attention.SE", "SE")}
+
+
 @pytest.mark.parametrize("model", ["simplecnn", "resnet"])
 @pytest.mark.parametrize("attention", sorted(p.stem for p in (CONFIGS / "attention").glob("*.yaml")))
 def test_attention_and_model_compose_and_build(attention, model):
-    cfg = make(f"attention={attention}", f"model={model}", "model.width=0.25", "pattern=p1")
+    if attention in OPEN:
+        which, name, cls = OPEN[attention]
+        cfg = make(f"attention={attention}", which, f"model={model}", "model.width=0.25", "pattern=p1")
+    else:
+        name, cls = attention, ATTENTIONS[attention].__name__
+        cfg = make(f"attention={attention}", f"model={model}", "model.width=0.25", "pattern=p1")
     validate(cfg)
     net = build_model(cfg, num_classes=10)
-    assert cfg.attention.name == attention and cfg.model.name == model
+    assert cfg.attention.name == name and cfg.model.name == model
     assert len(net.blocks) == (9 if model == "resnet" else 2)
-    assert all(type(b.attn) is ATTENTIONS[attention] for b in net.blocks.values())
+    assert all(type(b.attn).__name__ == cls for b in net.blocks.values())
 
 
 def test_resnet_brings_its_training_recipe_and_the_command_line_wins():

@@ -9,7 +9,17 @@
 Each is built from the channel count and its own keys (`ATTENTIONS[name](channels, **keys)`);
 `attention_layer(name, **keys)` gives the `channels -> module` factory a residual block takes.
 `module.masks(v)` returns the masks themselves for visualisation: {"channel": (B, C, 1, 1)} and/or
-{"spatial": (B, 1, H, W)}, whichever the module has.
+{"spatial": (B, 1, H, W)}, whichever the module has. timm's attention layers and a researcher's own
+module are built by resattn.external (attention=timm, attention=custom).
+
+Against timm's modules of the same names (attention=timm attention.type=se|eca|cbam; tests/test_attention.py):
+    se    the same computation; the hidden width differs: max(C // reduction, 4) here, C / 16 rounded to a
+          multiple of 8 in timm (equal with +attention.rd_channels=max(C // 16, 4), at one C only)
+    eca   the same computation and kernel size
+    cbam  the notebook's CBAM differs from timm's cbam in two places: (1) the channel MLP's hidden width,
+          max(C // reduction, 4) here, round(C / 16) (at least 1) in timm; (2) timm's spatial branch has a
+          BatchNorm after its conv (as the CBAM authors' code does), the notebook's has none, so in training
+          timm normalises the spatial logits over the batch. Both stay selectable.
 """
 
 import inspect

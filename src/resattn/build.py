@@ -9,8 +9,8 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from resattn.attention import attention_layer
 from resattn.errors import ConfigError
+from resattn.external import attention_factory, check_contract, check_stackable, source
 from resattn.model import ResidualNet, SimpleCNN
 from resattn.resnet import CifarResNet
 
@@ -98,13 +98,26 @@ def seed_everything(seed: int) -> None:
 
 
 def build_model(cfg: DictConfig, num_classes: int) -> ResidualNet:
+    """The backbone with the pattern and attention; a module from outside resattn (timm's, the researcher's own)
+    is checked against the attention contract on the built model (ConfigError: one line naming it)."""
     p, m = cfg.pattern, cfg.model
-    attention = attention_layer(**OmegaConf.to_container(cfg.attention))
+    attention = attention_factory(OmegaConf.to_container(cfg.attention, resolve=True))
     common = dict(pattern=p.name, num_classes=num_classes, attention=attention, lam_init=float(p.lam_init),
                   lam_learnable=p.lam_learnable, controlled=p.controlled, lam_shape=p.lam_shape, width=m.width)
     if m.name == "resnet":
-        return CifarResNet(depth=m.depth, shortcut=m.shortcut, **common)
-    return SimpleCNN(**common)
+        model = CifarResNet(depth=m.depth, shortcut=m.shortcut, **common)
+    else:
+        model = SimpleCNN(**common)
+    if source(cfg.attention) != "resattn" and p.placement != "none":
+        check_contract(model, cfg.attention.name, channels_last=cfg.trainer.channels_last)
+    return model
+
+
+def check_fusable(cfg: DictConfig, model: ResidualNet) -> None:
+    """ConfigError when the fused launcher cannot stack this model's attention (torch.func.vmap fails on it);
+    resattn's own modules are known to stack and are not tried."""
+    if source(cfg.attention) != "resattn" and cfg.pattern.placement != "none":
+        check_stackable(model, cfg.attention.name)
 
 
 def build_optimizer(cfg: DictConfig, named_params: dict[str, torch.Tensor], template: nn.Module, total_steps: int):

@@ -9,6 +9,7 @@ from resattn.attention import ATTENTIONS, attention_keys
 from resattn.blocks import LAM_SHAPES
 from resattn.corruptions import CORRUPTIONS, FAMILIES, SEVERITIES
 from resattn.errors import ConfigError
+from resattn.external import check_config, source
 from resattn.model import PATTERNS
 from resattn.resnet import DEPTHS, SHORTCUTS
 
@@ -57,6 +58,9 @@ def moved_keys(args: list[str]) -> list[str]:
 
 
 def _validate_attention(a: DictConfig) -> None:
+    if source(a) != "resattn":  # timm's or the researcher's own: their own constructors say what they take
+        check_config(a)
+        return
     _one_of("attention.name", a.name, ATTENTIONS)
     keys, expected = set(a) - {"name"}, set(attention_keys(a.name))
     if keys != expected:

@@ -13,6 +13,7 @@ from hydra.errors import HydraException
 from omegaconf import OmegaConf
 
 from resattn.errors import ConfigError, flatten
+from resattn.external import OPEN_ATTENTIONS
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 
@@ -74,17 +75,31 @@ def check_keys(args: list[str]) -> list[str]:
     if not checked or any(not options for options in groups.values()):
         return args  # nothing to check, or a group swept by glob(): Hydra checks
     first = {g: options[0] for g, options in groups.items()}
+    constructor = set()  # constructor keys of attention=timm or custom: added to the config, with or without +
     try:
         known = composed_keys([f"{g}={c}" for g, c in first.items()])
-        for _, override in checked:
+        for arg, override in checked:
             key = override.key_or_group
             # a key of another option of a swept group (attention=cbam,se attention.bias=false) is real too
             for group, options in groups.items():
                 for option in options[1:] if key not in known else []:
                     known |= composed_keys([f"{g}={option if g == group else c}" for g, c in first.items()])
-            if key not in known:
+            if key not in known and takes_any_key(key, groups, first):
+                constructor.add(arg)
+            elif key not in known:
                 raise ConfigError(unknown_key_message(key, known, first))
     except HydraException:
         return args  # a preset that does not compose: Hydra's own message says why
-    added = {arg for arg, o in checked if o.is_add()}
-    return [f"+{arg}" if arg in added else arg for arg in args]
+    added = {arg for arg, o in checked if o.is_add() and arg not in constructor}
+    plain = {arg for arg, o in checked if not o.is_add() and arg in constructor}
+    return [f"+{arg}" if arg in added | plain else arg for arg in args]
+
+
+def takes_any_key(key: str, groups: dict[str, list[str]], first: dict[str, str]) -> bool:
+    """Whether `key` is an attention.KEY the module's constructor takes: with attention=timm or custom (every
+    option of a sweep), whose keys no config can list. The module's signature checks it when the run starts."""
+    group = key.split(".")[0]
+    if group != "attention":
+        return False
+    options = groups.get(group) or [compose_config([f"{g}={c}" for g, c in first.items()]).hydra.runtime.choices[group]]
+    return all(option in OPEN_ATTENTIONS for option in options)

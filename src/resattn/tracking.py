@@ -1,6 +1,7 @@
 """What a run leaves behind: TensorBoard events, summary.json, a progress bar and a result table."""
 
 import json
+import logging
 import os
 import re
 from pathlib import Path
@@ -18,6 +19,8 @@ from tensorboard.compat.proto import summary_pb2
 from tensorboard.plugins.hparams import api_pb2, metadata, plugin_data_pb2
 
 from resattn.errors import flatten
+
+log = logging.getLogger(__name__)
 
 # Metrics of the HParams tab: summary.json keys, logged as scalars under summary/ (after acc/ and lambda/)
 METRICS = ("best_test_acc", "final_test_acc", "best_val_acc", "final_val_acc", "robust_acc")  # those absent skipped
@@ -173,12 +176,23 @@ def spatial_map_image(images: torch.Tensor, mask: torch.Tensor, title: str) -> n
     return np.asarray(canvas.buffer_rgba())[..., :3].copy()
 
 
+def gate_effect(v: torch.Tensor, out: torch.Tensor) -> dict[str, torch.Tensor]:
+    """What a module without masks did to v, from its input and output: |A(v)*v| / |v|, each summed over the
+    channels (spatial, (B, 1, H, W)) or over the positions (channel, (B, C, 1, 1)) before dividing. For a
+    gate it is the |v|-weighted mean of the gate's values: the mask itself for a channel or a spatial gate."""
+    a, b = out.float().abs(), v.float().abs()
+    eps = 1e-6 * b.mean() + 1e-12  # a position or channel that v leaves at zero: no division by zero
+    return {"spatial": a.sum(1, keepdim=True) / (b.sum(1, keepdim=True) + eps),
+            "channel": a.sum((2, 3), keepdim=True) / (b.sum((2, 3), keepdim=True) + eps)}
+
+
 class Tracker:
     """TensorBoard tags: acc/, lambda/ (first in Time Series, which sorts groups by name and opens the
     first two), then loss/, lr, maps/ (attention maps), summary/ (the HParams metrics), throughput/."""
 
     def __init__(self, run_dir: Path, purge_step: int | None = None, progress: bool = True, blocks=()):
         self.run_dir = Path(run_dir)
+        self.effect_said = False  # the log line on maps seen from outside, once a run
         self.writer = SummaryWriter(str(self.run_dir), purge_step=purge_step)
         if not purge_step:
             self.writer.add_custom_scalars(custom_scalars_layout(blocks))
@@ -211,9 +225,10 @@ class Tracker:
     @torch.inference_mode()
     def attention_maps(self, model, images: torch.Tensor, x: torch.Tensor, step: int) -> None:
         """For a few fixed images (uint8 `images`, normalised `x`), per block with attention: the spatial mask
-        beside the images (maps/<block>/spatial) and the channel mask's histogram (maps/<block>/channel)."""
-        inputs = {}
-        hooks = [b.attn.register_forward_hook(lambda mod, args, out, name=name: inputs.__setitem__(name, args[0]))
+        beside the images (maps/<block>/spatial) and the channel mask's histogram (maps/<block>/channel). A module
+        without masks(v) (timm's) is seen from outside instead: maps/<block>/effect_spatial and effect_channel."""
+        seen = {}
+        hooks = [b.attn.register_forward_hook(lambda mod, args, out, name=name: seen.__setitem__(name, (args[0], out)))
                  for name, b in model.blocks.items() if b.attn is not None]
         was_training = model.training
         model.eval()
@@ -223,13 +238,26 @@ class Tracker:
             model.train(was_training)
             for h in hooks:
                 h.remove()
-        for name, v in inputs.items():
-            masks = model.blocks[name].attn.masks(v)
-            if "spatial" in masks:
-                image = spatial_map_image(images, masks["spatial"], f"{name} spatial attention, step {step}")
-                self.writer.add_image(f"maps/{name}/spatial", image, step, dataformats="HWC")
-            if "channel" in masks:
-                self.writer.add_histogram(f"maps/{name}/channel", masks["channel"].float().flatten(), step)
+        for name, (v, out) in seen.items():
+            attn = model.blocks[name].attn
+            if hasattr(attn, "masks"):
+                self.maps(name, "", "attention", attn.masks(v), images, step)
+            else:
+                self.say_effect_once(type(attn).__name__)
+                self.maps(name, "effect_", "gate effect |A(v)*v| / |v|", gate_effect(v, out), images, step)
+
+    def maps(self, block: str, prefix: str, what: str, masks: dict, images: torch.Tensor, step: int) -> None:
+        if "spatial" in masks:
+            image = spatial_map_image(images, masks["spatial"], f"{block} spatial {what}, step {step}")
+            self.writer.add_image(f"maps/{block}/{prefix}spatial", image, step, dataformats="HWC")
+        if "channel" in masks:
+            self.writer.add_histogram(f"maps/{block}/{prefix}channel", masks["channel"].float().flatten(), step)
+
+    def say_effect_once(self, module: str) -> None:
+        if not self.effect_said:
+            log.info("%s has no masks(v): TensorBoard's maps/*/effect_* show its effect from outside, |A(v)*v| / |v| "
+                     "summed over channels (effect_spatial) or over positions (effect_channel)", module)
+            self.effect_said = True
 
     def hparams(self, summary: dict, cfg: DictConfig) -> None:
         """The HParams tab entry, written into this run itself (add_hparams would make a sub-run): the config
