@@ -172,10 +172,15 @@ def test_a_module_that_cannot_take_channels_last_tensors_is_refused_where_traini
     build_model(make("attention=custom", "attention._target_=labgates.Views", "trainer.channels_last=false"), 10)
 
 
-def test_a_module_vmap_cannot_stack_is_refused_for_fused_members(gates, one_thread):
+def test_a_module_vmap_cannot_stack_is_refused_for_fused_members(gates, one_thread, tmp_path):
+    from resattn import engine
+
     cfg = make("attention=custom", "attention._target_=labgates.ReadsBack")
     with pytest.raises(ConfigError, match="hydra/launcher=fused cannot stack attention labgates.ReadsBack"):
         check_fusable(cfg, build_model(cfg, 10))
+    other = make("attention=custom", "attention._target_=labgates.ReadsBack", "seed=1")
+    with pytest.raises(ConfigError, match="hydra/launcher=fused cannot stack attention labgates.ReadsBack"):
+        engine.train_members([cfg, other], [tmp_path / "a", tmp_path / "b"])  # before any step
     check_stackable(build_model(make("attention=timm", "attention.type=coord"), 10), "timm.coord")
 
 

@@ -18,8 +18,8 @@ import torch.nn.functional as F
 from omegaconf import DictConfig
 
 from resattn import checkpoint, clock, data, records, robustness
-from resattn.build import (build_model, build_optimizer, configure_device, pick_device, pick_precision,
-                           seed_everything, set_threads, use_compile)
+from resattn.build import (build_model, build_optimizer, check_fusable, configure_device, pick_device,
+                           pick_precision, seed_everything, set_threads, use_compile)
 from resattn.config import validate
 from resattn.errors import ConfigError, Diverged, Interrupted
 from resattn.evaluate import evaluate
@@ -143,6 +143,8 @@ def prepare(cfgs: list[DictConfig], run_dirs: list[Path], started: float, fused:
         seed_everything(c.seed)
         model = build_model(c, len(ds.classes)).to(device)
         models.append(model.to(memory_format=torch.channels_last) if channels_last else model)
+    if len(models) > 1:
+        check_fusable(cfg, models[0])  # a module vmap cannot stack: one line, before any step
     members = stack(models)
     total_steps = t.epochs * len(train_loader)
     optimizer, scheduler = build_optimizer(cfg, members.params, members.template, total_steps)
