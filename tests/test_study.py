@@ -21,8 +21,10 @@ from omegaconf import OmegaConf
 from rich.console import Console
 
 from conftest import ROOT, TINY, run_train
-from hydra._internal.core_plugins.basic_launcher import BasicLauncher
-from hydra_plugins.resattn_sweeper.resattn_sweeper import FinishingLauncher, ResattnSweeper
+from hydra._internal.core_plugins import basic_launcher
+# the sweeper's classes are looked up when a test runs: Hydra's plugin scan re-executes its plugin modules (and
+# its own launchers) in place, so a class imported at collection may no longer be the one the module holds
+from hydra_plugins.resattn_sweeper import resattn_sweeper
 from resattn.errors import ConfigError
 from resattn.pieces import read_pieces
 from resattn.rerun import PlannedJob
@@ -225,11 +227,11 @@ def test_no_launch_starts_once_the_deadline_passed(tmp_path, monkeypatch):
     from resattn import clock
 
     monkeypatch.setattr(clock, "STARTED", time.time())  # the piece starts now: its deadline is a minute away
-    passing = OneAfterAnother(on_launch=lambda: monkeypatch.setattr(clock, "STARTED", clock.STARTED - 3600))
-    sweeper = ResattnSweeper(max_batch_size=None)
+    passing = one_after_another(lambda: monkeypatch.setattr(clock, "STARTED", clock.STARTED - 3600))
+    sweeper = resattn_sweeper.ResattnSweeper(max_batch_size=None)
     sweeper.config = OmegaConf.create({"hydra": {"sweep": {"dir": str(tmp_path)}, "overrides": {"task": ["seed=0,1"]},
                                                  "hydra_logging": None, "verbose": False}})
-    sweeper.finishing = FinishingLauncher(passing, deadline=60)
+    sweeper.finishing = resattn_sweeper.FinishingLauncher(passing, deadline=60)
     with pytest.raises(SystemExit) as stop:
         sweeper.run_piece([planned(tmp_path, seeds=(0, 1), completed=())], keep_numbers=False, records="kept")
     assert stop.value.code == 124
@@ -246,10 +248,10 @@ def test_the_piece_says_how_it_ended(tmp_path, stop, ended_by, note):
     def launch():
         raise stop
 
-    sweeper = ResattnSweeper(max_batch_size=None)
+    sweeper = resattn_sweeper.ResattnSweeper(max_batch_size=None)
     sweeper.config = OmegaConf.create({"hydra": {"sweep": {"dir": str(tmp_path)}, "overrides": {"task": ["seed=0"]},
                                                  "hydra_logging": None, "verbose": False}})
-    sweeper.finishing = FinishingLauncher(RecordingLauncher(on_launch=launch))
+    sweeper.finishing = resattn_sweeper.FinishingLauncher(RecordingLauncher(on_launch=launch))
     with pytest.raises(type(stop)):
         sweeper.run_piece([planned(tmp_path, seeds=(0,), completed=())], keep_numbers=False, records="kept")
     piece = last_piece(tmp_path)
@@ -373,13 +375,16 @@ class RecordingLauncher:
         return [f"ran {o[0]}" for o in job_overrides]
 
 
-class OneAfterAnother(BasicLauncher, RecordingLauncher):
+def one_after_another(on_launch=None) -> RecordingLauncher:
     """A launcher that runs its jobs one after another, as Hydra's basic one does (recording, not running)."""
 
-    def __init__(self, on_launch=None):
-        RecordingLauncher.__init__(self, on_launch)
+    class OneAfterAnother(basic_launcher.BasicLauncher, RecordingLauncher):
+        def __init__(self):
+            RecordingLauncher.__init__(self, on_launch)
 
-    launch = RecordingLauncher.launch
+        launch = RecordingLauncher.launch
+
+    return OneAfterAnother()
 
 
 def planned(tmp_path: Path, seeds=range(4), completed=(0, 2)) -> list[PlannedJob]:
@@ -394,7 +399,7 @@ def planned(tmp_path: Path, seeds=range(4), completed=(0, 2)) -> list[PlannedJob
 ])
 def test_only_unfinished_jobs_reach_the_launcher(tmp_path, by_number, launches):
     inner = RecordingLauncher()
-    results = FinishingLauncher(inner).launch(planned(tmp_path), keep_numbers=by_number)
+    results = resattn_sweeper.FinishingLauncher(inner).launch(planned(tmp_path), keep_numbers=by_number)
     assert inner.launches == launches
     assert results[1] == "ran seed=1" and results[3] == "ran seed=3"
     assert results[0].return_value == {"status": "completed", "epochs_completed": 1}  # as the job itself returns
