@@ -4,7 +4,8 @@ status: every job of the sweep (from its multirun.yaml, so jobs that never start
 its state and the time it still needs, from the epochs timed so far; totals, why any job that claims to be
 complete is not, and the pieces the sweep ran in (pieces.yaml) at the end.
 export: a copy of the sweep without the checkpoints of completed runs, small enough to take off the
-machine; scripts/report.py reads it like the original.
+machine; scripts/report.py reads it like the original. --without-images leaves the attention maps out of its
+events (they are drawn over the data set's images: use it for a copy that goes into a repository).
 """
 
 import argparse
@@ -24,9 +25,10 @@ def show_status(sweep_dir: Path) -> None:
                   markup=False, highlight=False)
 
 
-def show_export(sweep_dir: Path, dest: Path) -> None:
-    copied, left_out = export(sweep_dir, dest)
-    print(f"exported {copied} files to {dest}, without the checkpoints of {left_out} completed runs")
+def show_export(sweep_dir: Path, dest: Path, images: bool) -> None:
+    copied, left_out = export(sweep_dir, dest, images)
+    print(f"exported {copied} files to {dest}, without the checkpoints of {left_out} completed runs"
+          + ("" if images else " and without image summaries"))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -38,12 +40,13 @@ def main(argv: list[str] | None = None) -> int:
     copy = commands.add_parser("export", help="copy the sweep without the checkpoints of completed runs")
     copy.add_argument("sweep_dir", type=Path, metavar="SWEEP_DIR")
     copy.add_argument("dest", type=Path, metavar="DEST")
+    copy.add_argument("--without-images", action="store_true", help="leave the attention maps out of the events")
     args = parser.parse_args(argv)
     try:
         if args.command == "status":
             show_status(args.sweep_dir)
         else:
-            show_export(args.sweep_dir, args.dest)
+            show_export(args.sweep_dir, args.dest, not args.without_images)
     except StudyError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -362,6 +362,23 @@ def test_export_leaves_out_checkpoints_of_completed_runs_only_and_report_reads_i
     assert "seed=0" in (tmp_path / "report" / "runs.csv").read_text()
 
 
+def test_an_export_without_images_keeps_every_scalar_and_drops_the_maps(study_in_pieces, tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    def tags(run_dir):
+        acc = EventAccumulator(str(run_dir), size_guidance={"images": 0, "scalars": 0})
+        acc.Reload()
+        return acc, acc.Tags()
+
+    export(study_in_pieces, tmp_path / "export", images=False)
+    (original, before), (copy, after) = tags(study_in_pieces / "seed=0"), tags(tmp_path / "export" / "seed=0")
+    assert before["images"] and not after["images"]  # the attention maps drawn over test images are gone
+    assert after["scalars"] == before["scalars"]
+    for tag in before["scalars"]:
+        assert [(e.step, e.value) for e in copy.Scalars(tag)] == [(e.step, e.value) for e in original.Scalars(tag)]
+    assert "_hparams_/session_start_info" in copy.summary_metadata  # still a complete run (tracking.completion)
+
+
 # --- the sweeper's launches: which jobs reach the launcher, under which numbers (no training) ---
 
 class RecordingLauncher:

@@ -17,7 +17,7 @@ from rich.table import Table
 from resattn import pieces
 from resattn.errors import ConfigError
 from resattn.sweep import job_name, parse, read_record, sweeper_params, varied_keys
-from resattn.tracking import completion, read_summary
+from resattn.tracking import completion, drop_images, read_summary
 
 CHECKPOINT = "checkpoint.pt"
 
@@ -211,13 +211,17 @@ def check_export_target(sweep_dir: Path, dest: Path) -> None:
         raise StudyError(f"{dest} is inside the sweep folder {sweep_dir}; give a folder outside it")
 
 
-def export(sweep_dir: Path, dest: Path) -> tuple[int, int]:
+def export(sweep_dir: Path, dest: Path, images: bool = True) -> tuple[int, int]:
     """Copy the sweep to `dest` (events, summaries, .hydra, sweep.yaml, multirun.yaml, report files), each
-    file with its times; (files copied, checkpoints left out)."""
+    file with its times; without `images`, the events lose their image summaries (tracking.drop_images: the
+    attention maps show the data set's images). (files copied, checkpoints left out)."""
     check_export_target(Path(sweep_dir), Path(dest))
     left_out = sum(1 for p in Path(sweep_dir).rglob(CHECKPOINT) if completed_run(p.parent))
     if Path(dest).is_dir():
         Path(dest).rmdir()  # copytree makes it
     shutil.copytree(sweep_dir, dest, ignore=leave_out_finished_checkpoints, symlinks=True)
+    if not images:
+        for events in Path(dest).rglob("events.out.tfevents.*"):
+            drop_images(events)
     copied = sum(1 for p in Path(dest).rglob("*") if p.is_file())
     return copied, left_out

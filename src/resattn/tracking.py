@@ -14,9 +14,11 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 from torch.utils.tensorboard import SummaryWriter
-from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
+from tensorboard.backend.event_processing.event_file_loader import EventFileLoader, RawEventFileLoader
+from tensorboard.compat.proto import event_pb2
 from tensorboard.compat.proto import summary_pb2
 from tensorboard.plugins.hparams import api_pb2, metadata, plugin_data_pb2
+from tensorboard.summary.writer.record_writer import RecordWriter
 
 from resattn.errors import flatten
 
@@ -320,3 +322,25 @@ class Tracker:
         for key, value in rows.items():
             table.add_row(key, value)
         self.console.print(table)
+
+
+def drop_images(events_file: Path) -> int:
+    """Rewrite a TensorBoard events file without its image summaries (the attention maps, drawn over the data
+    set's test images: what may not travel with a committed copy of a study); the images dropped."""
+    events_file = Path(events_file)
+    records = list(RawEventFileLoader(str(events_file)).Load())
+    tmp, dropped = events_file.with_name(events_file.name + ".tmp"), 0
+    with open(tmp, "wb") as f:
+        writer = RecordWriter(f)
+        for raw in records:
+            event = event_pb2.Event.FromString(raw)
+            if event.HasField("summary"):
+                values = [v for v in event.summary.value if not v.HasField("image")]
+                dropped += len(event.summary.value) - len(values)
+                if not values:
+                    continue  # an event of images alone
+                del event.summary.value[:]
+                event.summary.value.extend(values)
+            writer.write(event.SerializeToString())
+    os.replace(tmp, events_file)
+    return dropped
