@@ -1,4 +1,4 @@
-"""A sweep in pieces: python scripts/study.py status SWEEP_DIR | export SWEEP_DIR DEST
+"""A sweep in pieces: python scripts/study.py status SWEEP_DIR | export SWEEP_DIR DEST | rows DIR STUDY TABLE
 
 status: every job of the sweep (from its multirun.yaml, so jobs that never started show as missing),
 its state and the time it still needs, from the epochs timed so far; totals, why any job that claims to be
@@ -6,6 +6,8 @@ complete is not, and the pieces the sweep ran in (pieces.yaml) at the end.
 export: a copy of the sweep without the checkpoints of completed runs, small enough to take off the
 machine; scripts/report.py reads it like the original. --without-images leaves the attention maps out of its
 events (they are drawn over the data set's images: use it for a copy that goes into a repository).
+rows: every run under DIR (a sweep, or one run's folder) as the rows of STUDY in the CSV file TABLE
+(docs/results/runs.csv), replacing that study's rows and keeping the others'.
 """
 
 import argparse
@@ -14,7 +16,8 @@ from pathlib import Path
 
 from rich.console import Console
 
-from resattn.study import StudyError, export, pieces_lines, reasons, status_table, study_status, totals
+from resattn.study import (StudyError, export, pieces_lines, reasons, status_table, study_status, totals,
+                           write_rows)
 
 
 def show_status(sweep_dir: Path) -> None:
@@ -41,12 +44,18 @@ def main(argv: list[str] | None = None) -> int:
     copy.add_argument("sweep_dir", type=Path, metavar="SWEEP_DIR")
     copy.add_argument("dest", type=Path, metavar="DEST")
     copy.add_argument("--without-images", action="store_true", help="leave the attention maps out of the events")
+    rows = commands.add_parser("rows", help="the study's runs as rows of the published table")
+    rows.add_argument("sweep_dir", type=Path, metavar="DIR")
+    rows.add_argument("study", metavar="STUDY")
+    rows.add_argument("table", type=Path, metavar="TABLE")
     args = parser.parse_args(argv)
     try:
         if args.command == "status":
             show_status(args.sweep_dir)
-        else:
+        elif args.command == "export":
             show_export(args.sweep_dir, args.dest, not args.without_images)
+        else:
+            print(f"{write_rows(args.table, args.study, args.sweep_dir)} rows of {args.study} in {args.table}")
     except StudyError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

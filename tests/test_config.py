@@ -212,7 +212,7 @@ def test_lambda_keys_without_a_controlled_gate_are_named(overrides, inert):
     ("model.name=vgg", "model.name"),
     ("trainer.epochs=0", "trainer.epochs"),
     ("trainer.batch_size=0", "trainer.batch_size"),
-    ("optim.schedule=step", "optim.schedule"),
+    ("optim.schedule=linear", "optim.schedule"),
     ("trainer.precision=fp16", "trainer.precision"),
     ("model.width=0", "model.width"),
     ("trainer.resume=true", "trainer.resume"),

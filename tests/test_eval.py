@@ -77,6 +77,22 @@ def test_lam_lr_scale_multiplies_only_the_lambda_learning_rate():
         assert group["weight_decay"] == (0.0 if any(p.ndim <= 1 for p in group["params"]) else cfg.optim.weight_decay)
 
 
+
+def test_the_step_schedule_divides_every_rate_by_10_at_half_and_three_quarters_of_the_steps():
+    """He et al.'s schedule: 0.1 until 32k of 64k steps, 0.01 until 48k, then 0.001 (here over 64 steps)."""
+    cfg = make("optim.schedule=step", "optim.lam_lr_scale=10")
+    model = build_model(cfg, 10)
+    optimizer, scheduler = build_optimizer(cfg, dict(model.named_parameters()), model, total_steps=64)
+    rates = []
+    for _ in range(64):
+        rates.append([group["lr"] for group in optimizer.param_groups])
+        optimizer.step()
+        scheduler.step()
+    base = [cfg.optim.lr, cfg.optim.lr, cfg.optim.lr * 10]
+    for step, got in enumerate(rates):
+        factor = 1.0 if step < 32 else 0.1 if step < 48 else 0.01
+        assert got == pytest.approx([b * factor for b in base]), step
+
 def test_lambda_travels_further_at_a_higher_lambda_learning_rate(tmp_path):
     travel = {}
     for scale in (1, 100):

@@ -7,6 +7,7 @@ three reruns that train one or two jobs; and, in the slow run, a sweep stopped b
 The sweeper's launches and the pieces' endings are tested in-process with launchers that only record.
 """
 
+import csv
 import json
 import os
 import shutil
@@ -31,7 +32,7 @@ from resattn.rerun import PlannedJob
 from resattn.tracking import completion
 from torch.utils.tensorboard import SummaryWriter
 from resattn.study import (JobStatus, StudyError, export, pieces_lines, reasons, status_table, study_status, totals,
-                           wrap_name)
+                           wrap_name, write_rows)
 
 SWEEP = [*TINY, "trainer.epochs=1", "trainer.device=cpu", "seed=0,1"]
 
@@ -379,6 +380,33 @@ def test_an_export_without_images_keeps_every_scalar_and_drops_the_maps(study_in
         assert [(e.step, e.value) for e in copy.Scalars(tag)] == [(e.step, e.value) for e in original.Scalars(tag)]
     assert "_hparams_/session_start_info" in copy.summary_metadata  # still a complete run (tracking.completion)
 
+
+
+# --- rows: the published table ---
+
+def test_rows_put_a_studys_runs_in_the_table_and_keep_the_other_studies(study_in_pieces, tmp_path):
+    table = tmp_path / "runs.csv"
+    table.write_text("study,run,status,final_test_acc,device\nolder,a,completed,0.5,cuda\nmine,gone,failed,,cpu\n")
+    done = subprocess.run([sys.executable, "scripts/study.py", "rows", str(study_in_pieces), "mine", str(table)],
+                          cwd=ROOT, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    with open(table, newline="") as f:
+        rows = {r["run"]: r for r in csv.DictReader(f)}
+    assert list(rows) == ["a", "seed=0", "seed=1"]  # the study's old rows replaced, the other study's kept
+    assert rows["a"]["final_test_acc"] == "0.5" and rows["a"]["model"] == ""
+    for name, status in (("seed=0", "completed"), ("seed=1", "interrupted")):
+        summary = json.loads((study_in_pieces / name / "summary.json").read_text())
+        config = OmegaConf.load(study_in_pieces / name / ".hydra" / "config.yaml")
+        row = rows[name]
+        assert (row["status"], row["model"], row["attention"], row["pattern"]) == \
+            (status, config.model.name, summary["attention"], config.pattern.name)
+        assert float(row["final_test_acc"]) == summary["final_test_acc"] and row["train_size"] == \
+            str(config.data.train_size) and float(row["lr"]) == config.optim.lr and row["device"] == "cpu"
+    with pytest.raises(StudyError, match="is not a folder"):
+        write_rows(table, "mine", tmp_path / "empty")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(StudyError, match="no run folders"):
+        write_rows(table, "mine", tmp_path / "empty")
 
 # --- the sweeper's launches: which jobs reach the launcher, under which numbers (no training) ---
 

@@ -139,6 +139,9 @@ def build_optimizer(cfg: DictConfig, named_params: dict[str, torch.Tensor], temp
         sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lrs, total_steps=total_steps,
                                                     pct_start=float(o.warmup_frac), anneal_strategy="linear",
                                                     cycle_momentum=False)
+    elif o.schedule == "step":  # He et al.'s: divided by 10 at 32k and 48k of 64k steps, i.e. at 50% and 75%
+        sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=[total_steps // 2, total_steps * 3 // 4],
+                                                     gamma=0.1)
     else:
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total_steps)
     return opt, sched

@@ -127,7 +127,7 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError(f"optim.warmup_frac must be a number in (0, 1), got {cfg.optim.warmup_frac!r}")
     if not _number(cfg, "optim.label_smoothing") < 1:
         raise ConfigError(f"optim.label_smoothing must be a number in [0, 1), got {cfg.optim.label_smoothing!r}")
-    _one_of("optim.schedule", cfg.optim.schedule, ("onecycle", "cosine"))
+    _one_of("optim.schedule", cfg.optim.schedule, ("onecycle", "cosine", "step"))
     _one_of("trainer.precision", cfg.trainer.precision, ("auto", "bf16", "fp32"))
     _one_of("trainer.compile", cfg.trainer.compile, ("auto", True, False))
     _one_of("trainer.channels_last", cfg.trainer.channels_last, (True, False))

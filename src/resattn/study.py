@@ -1,11 +1,12 @@
-"""A study in pieces: which jobs of a sweep are done, how long the rest will take, and a copy of the
-sweep small enough to take off the machine (scripts/study.py).
+"""A study in pieces: which jobs of a sweep are done, how long the rest will take, a copy of the sweep small
+enough to take off the machine, and its runs as rows of the published table (scripts/study.py).
 
 Every job of the sweep comes from its multirun.yaml, expanded as Hydra's basic sweeper (and the resattn
 sweeper) expands it, and named as the `resattn.job_name` resolver names it: so a job that never
 started shows too.
 """
 
+import csv
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,8 +15,10 @@ from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from omegaconf import OmegaConf
 from rich.table import Table
 
-from resattn import pieces
+from resattn import pieces, robustness
 from resattn.errors import ConfigError
+from resattn.report.runs import find_run_dirs, read_run
+from resattn.report.tables import write_csv
 from resattn.sweep import job_name, parse, read_record, sweeper_params, varied_keys
 from resattn.tracking import completion, drop_images, read_summary
 
@@ -225,3 +228,47 @@ def export(sweep_dir: Path, dest: Path, images: bool = True) -> tuple[int, int]:
             drop_images(events)
     copied = sum(1 for p in Path(dest).rglob("*") if p.is_file())
     return copied, left_out
+
+
+# --- rows: a study's runs in the published table (docs/results/runs.csv) ---
+
+# the table's first columns; after them each run's accuracy per corruption (acc_<name>), λ per block
+# (final_lambda_<block>, lam_travel_<block>) and times, with the device last
+ROW_COLUMNS = ("study", "run", "status", "model", "depth", "attention", "pattern", "width", "epochs",
+               "epochs_completed", "train_size", "seed", "lr", "lam_init", "lam_lr_scale", "best_test_acc",
+               "final_test_acc", "robust_acc")
+LAST_COLUMNS = ("wall_time_s", "corruption_eval_s", "device")
+
+
+def run_row(study: str, root: Path, run) -> dict:
+    """One run's row, from its summary.json and config (data.train_size: null is every image, "all")."""
+    s = run.summary
+    row = {"study": study, "run": str(run.path.relative_to(root)) if run.path != root else run.path.name,
+           "status": run.status, **{k: s.get(k) for k in ROW_COLUMNS[3:] if k in s},
+           "train_size": run.config.get("data.train_size") or "all",
+           **{k: s.get(k) for k in LAST_COLUMNS if k in s}}
+    if s.get("corruption_acc"):
+        row.update({f"acc_{name}": acc for name, acc in robustness.summarise(s["corruption_acc"])[0].items()})
+    for key in ("final_lambda", "lam_travel"):
+        row.update({f"{key}_{block}": value for block, value in (s.get(key) or {}).items()})
+    return row
+
+
+def write_rows(table: Path, study: str, study_dir: Path) -> int:
+    """Put every run under `study_dir` in `table` as the rows of `study`, replacing that study's rows and
+    keeping the others; columns appear as runs need them. The number of rows written."""
+    if not Path(study_dir).is_dir():
+        raise StudyError(f"{study_dir} is not a folder")
+    runs = [read_run(path) for path in find_run_dirs([study_dir])]
+    if not runs:
+        raise StudyError(f"{study_dir}: no run folders (summary.json or .hydra/) under it")
+    kept = []
+    if table.exists():
+        with open(table, newline="") as f:
+            kept = [row for row in csv.DictReader(f) if row["study"] != study]
+    rows = kept + [run_row(study, Path(study_dir), run) for run in runs]
+    seen = list(dict.fromkeys(k for row in rows for k in row))
+    middle = [k for k in seen if k not in ROW_COLUMNS and k not in LAST_COLUMNS]
+    headers = [*ROW_COLUMNS, *middle, *LAST_COLUMNS]
+    write_csv(table, headers, [[row.get(k) for k in headers] for row in rows])
+    return len(runs)
