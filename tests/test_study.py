@@ -338,6 +338,8 @@ def test_long_names_break_between_keys_only():
 @pytest.mark.parametrize("args, message", [
     (["status", "no/such/folder"], "is not a folder"),
     (["status", "."], "no multirun.yaml"),
+    (["export", "no/such/folder", "copy"], "is not a folder"),
+    (["export", "src", "copy"], "neither a sweep folder"),
 ])
 def test_bad_inputs_name_the_problem_and_exit_2(args, message):
     done = subprocess.run([sys.executable, "scripts/study.py", *args], cwd=ROOT, capture_output=True, text=True)
@@ -362,6 +364,22 @@ def test_export_leaves_out_checkpoints_of_completed_runs_only_and_report_reads_i
                             cwd=ROOT, capture_output=True, text=True, timeout=240)
     assert report.returncode == 0, report.stderr[-2000:]
     assert "seed=0" in (tmp_path / "report" / "runs.csv").read_text()
+
+
+def test_one_runs_folder_exports_like_a_sweep_keeping_its_checkpoint_until_it_completes(study_in_pieces, tmp_path):
+    unfinished, completed = study_in_pieces / "seed=1", study_in_pieces / "seed=0"
+    assert export(unfinished, tmp_path / "unfinished") == (len(list(_files(unfinished))), 0)
+    assert (tmp_path / "unfinished" / "checkpoint.pt").is_file()  # a run in pieces goes on from its export
+    copied, left_out = export(completed, tmp_path / "completed")
+    assert left_out == 1 and not (tmp_path / "completed" / "checkpoint.pt").exists()
+    assert copied == len(list(_files(completed))) - 1 and (tmp_path / "completed" / ".hydra" / "config.yaml").is_file()
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(StudyError, match="neither a sweep folder .multirun.yaml. nor a run's"):
+        export(tmp_path / "empty", tmp_path / "nothing")
+
+
+def _files(folder: Path):
+    return (p for p in folder.rglob("*") if p.is_file())
 
 
 def test_an_export_without_images_keeps_every_scalar_and_drops_the_maps(study_in_pieces, tmp_path):

@@ -206,23 +206,28 @@ def leave_out_finished_checkpoints(folder: str, names: list[str]) -> list[str]:
     return [CHECKPOINT] if CHECKPOINT in names and completed_run(Path(folder)) else []
 
 
-def check_export_target(sweep_dir: Path, dest: Path) -> None:
-    read_master(sweep_dir)
+def check_export_target(source: Path, dest: Path) -> None:
+    """`source` is a sweep folder or one run's (summary.json or .hydra/ in it); `dest` new or empty."""
+    if not ((source / "summary.json").is_file() or (source / ".hydra").is_dir()):
+        if source.is_dir() and not (source / "multirun.yaml").exists():
+            raise StudyError(f"{source} is neither a sweep folder (multirun.yaml) nor a run's (summary.json or "
+                             ".hydra/): give the folder that -m or the run wrote")
+        read_master(source)  # a sweep's: its record must read
     if dest.exists() and (not dest.is_dir() or any(dest.iterdir())):
         raise StudyError(f"{dest} already exists and is not an empty folder; give a new folder")
-    if dest.resolve().is_relative_to(Path(sweep_dir).resolve()):
-        raise StudyError(f"{dest} is inside the sweep folder {sweep_dir}; give a folder outside it")
+    if dest.resolve().is_relative_to(source.resolve()):
+        raise StudyError(f"{dest} is inside {source}; give a folder outside it")
 
 
-def export(sweep_dir: Path, dest: Path, images: bool = True) -> tuple[int, int]:
-    """Copy the sweep to `dest` (events, summaries, .hydra, sweep.yaml, multirun.yaml, report files), each
-    file with its times; without `images`, the events lose their image summaries (tracking.drop_images: the
-    attention maps show the data set's images). (files copied, checkpoints left out)."""
-    check_export_target(Path(sweep_dir), Path(dest))
-    left_out = sum(1 for p in Path(sweep_dir).rglob(CHECKPOINT) if completed_run(p.parent))
+def export(source: Path, dest: Path, images: bool = True) -> tuple[int, int]:
+    """Copy a sweep, or one run's folder, to `dest` (events, summaries, .hydra, sweep.yaml, multirun.yaml,
+    report files), each file with its times; without `images`, the events lose their image summaries
+    (tracking.drop_images: the attention maps show the data set's images). (files copied, checkpoints left out)."""
+    check_export_target(Path(source), Path(dest))
+    left_out = sum(1 for p in Path(source).rglob(CHECKPOINT) if completed_run(p.parent))
     if Path(dest).is_dir():
         Path(dest).rmdir()  # copytree makes it
-    shutil.copytree(sweep_dir, dest, ignore=leave_out_finished_checkpoints, symlinks=True)
+    shutil.copytree(source, dest, ignore=leave_out_finished_checkpoints, symlinks=True)
     if not images:
         for events in Path(dest).rglob("events.out.tfevents.*"):
             drop_images(events)
