@@ -420,6 +420,7 @@ def test_rows_put_a_studys_runs_in_the_table_and_keep_the_other_studies(study_in
             (status, config.model.name, summary["attention"], config.pattern.name)
         assert float(row["final_test_acc"]) == summary["final_test_acc"] and row["train_size"] == \
             str(config.data.train_size) and float(row["lr"]) == config.optim.lr and row["device"] == "cpu"
+        assert (row["schedule"], row["precision"]) == (config.optim.schedule, summary["precision"])
     with pytest.raises(StudyError, match="is not a folder"):
         write_rows(table, "mine", tmp_path / "empty")
     (tmp_path / "empty").mkdir()

@@ -240,17 +240,18 @@ def export(source: Path, dest: Path, images: bool = True) -> tuple[int, int]:
 # the table's first columns; after them each run's accuracy per corruption (acc_<name>), λ per block
 # (final_lambda_<block>, lam_travel_<block>) and times, with the device last
 ROW_COLUMNS = ("study", "run", "status", "model", "depth", "attention", "pattern", "width", "epochs",
-               "epochs_completed", "train_size", "seed", "lr", "lam_init", "lam_lr_scale", "best_test_acc",
-               "final_test_acc", "robust_acc")
-LAST_COLUMNS = ("wall_time_s", "corruption_eval_s", "device")
+               "epochs_completed", "train_size", "seed", "lr", "schedule", "lam_init", "lam_lr_scale",
+               "best_test_acc", "final_test_acc", "robust_acc")
+LAST_COLUMNS = ("wall_time_s", "corruption_eval_s", "precision", "device")
 
 
 def run_row(study: str, root: Path, run) -> dict:
-    """One run's row, from its summary.json and config (data.train_size: null is every image, "all")."""
+    """One run's row, from its summary.json and config (data.train_size: null is every image, "all"); the
+    precision is the one the run trained in (summary.json), not the setting (auto)."""
     s = run.summary
     row = {"study": study, "run": str(run.path.relative_to(root)) if run.path != root else run.path.name,
            "status": run.status, **{k: s.get(k) for k in ROW_COLUMNS[3:] if k in s},
-           "train_size": run.config.get("data.train_size") or "all",
+           "train_size": run.config.get("data.train_size") or "all", "schedule": run.config.get("optim.schedule"),
            **{k: s.get(k) for k in LAST_COLUMNS if k in s}}
     if s.get("corruption_acc"):
         row.update({f"acc_{name}": acc for name, acc in robustness.summarise(s["corruption_acc"])[0].items()})
