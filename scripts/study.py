@@ -1,8 +1,8 @@
-"""A sweep in pieces: python scripts/study.py status SWEEP_DIR | export DIR DEST | rows DIR STUDY TABLE
+"""A study in pieces: python scripts/study.py status DIR | export DIR DEST | rows DIR STUDY TABLE
 
-status: every job of the sweep (from its multirun.yaml, so jobs that never started show as missing),
-its state and the time it still needs, from the epochs timed so far; totals, why any job that claims to be
-complete is not, and the pieces the sweep ran in (pieces.yaml) at the end.
+status: every job of the sweep DIR (from its multirun.yaml, so jobs that never started show as missing),
+or the one run of a run's folder, its state and the time it still needs, from the epochs timed so far;
+totals, why any job that claims to be complete is not, and the pieces it ran in at the end.
 export: a copy of DIR (a sweep, or one run's folder) without the checkpoints of completed runs, small
 enough to take off the machine; scripts/report.py reads it like the original. --without-images leaves
 the attention maps out of its events (they are drawn over the data set's images: use it for a copy that
@@ -21,11 +21,11 @@ from resattn.study import (StudyError, export, pieces_lines, reasons, status_tab
                            write_rows)
 
 
-def show_status(sweep_dir: Path) -> None:
-    jobs = study_status(sweep_dir)
+def show_status(folder: Path) -> None:
+    jobs = study_status(folder)
     console = Console()
     console.print(status_table(jobs, console.width))
-    console.print("\n".join([totals(jobs), *reasons(jobs), *pieces_lines(sweep_dir)]), soft_wrap=False,
+    console.print("\n".join([totals(jobs), *reasons(jobs), *pieces_lines(folder)]), soft_wrap=False,
                   markup=False, highlight=False)
 
 
@@ -39,8 +39,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0].partition(": ")[2],
                                      formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
-    status = commands.add_parser("status", help="each job's state and the time still needed")
-    status.add_argument("folder", type=Path, metavar="SWEEP_DIR")
+    status = commands.add_parser("status", help="each job's (or the run's) state and the time still needed")
+    status.add_argument("folder", type=Path, metavar="DIR")
     copy = commands.add_parser("export", help="copy a sweep or a run without the checkpoints of completed runs")
     copy.add_argument("folder", type=Path, metavar="DIR")
     copy.add_argument("dest", type=Path, metavar="DEST")

@@ -297,6 +297,17 @@ def test_status_prints_names_whole_at_80_columns(study_in_pieces):
         " ".join(done.stdout.split())
 
 
+def test_status_of_one_runs_folder_is_that_run_and_the_pieces_its_summary_lists(study_in_pieces):
+    run = study_in_pieces / "seed=1"  # interrupted after 1 of 3 epochs, 30 s an epoch
+    [job] = study_status(run)
+    assert (job.name, job.describe(), job.remaining_s) == ("seed=1", "interrupted at epoch 1/3", pytest.approx(60.0))
+    summary = json.loads((run / "summary.json").read_text())
+    [line] = pieces_lines(run)
+    first = summary["pieces"][-1]
+    assert line.startswith(f"pieces: {len(summary['pieces'])}, the last: started ") and \
+        f"steps {first['start_step']} to {first['end_step']}" in line
+
+
 def test_status_shows_a_corrupt_summary_as_unreadable_and_says_why_a_job_is_not_complete(study_in_pieces):
     for events in (study_in_pieces / "seed=0").glob("events.out.tfevents.*"):
         events.unlink()

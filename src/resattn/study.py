@@ -17,7 +17,7 @@ from rich.table import Table
 
 from resattn import pieces, robustness
 from resattn.errors import ConfigError
-from resattn.report.runs import find_run_dirs, read_run
+from resattn.report.runs import find_run_dirs, read_config, read_run
 from resattn.report.tables import write_csv
 from resattn.sweep import job_name, parse, read_record, sweeper_params, varied_keys
 from resattn.tracking import completion, drop_images, read_summary
@@ -119,7 +119,17 @@ def fill_estimates(jobs: list[JobStatus]) -> None:
             job.seconds_per_epoch, job.estimated = mean, True
 
 
+def is_run_folder(folder: Path) -> bool:
+    """One run's folder (python -m train ... hydra.run.dir=FOLDER, or a job of a sweep)."""
+    return (folder / "summary.json").is_file() or (folder / ".hydra").is_dir()
+
+
 def study_status(sweep_dir: Path) -> list[JobStatus]:
+    """Every job of a sweep, or the one run of a run's folder."""
+    folder = Path(sweep_dir)
+    if is_run_folder(folder):
+        config = read_config(folder) if (folder / ".hydra" / "config.yaml").is_file() else {}
+        return [job_status(folder.name, folder, config.get("trainer.epochs"))]
     master = read_master(sweep_dir)
     jobs = [job_status(name, Path(sweep_dir) / name, planned_epochs(master, overrides))
             for name, overrides in sweep_jobs(master)]
@@ -184,7 +194,15 @@ def reasons(jobs: list[JobStatus]) -> list[str]:
 
 
 def pieces_lines(sweep_dir: Path) -> list[str]:
-    """The pieces the sweep ran in so far (pieces.yaml): how many, and the last one."""
+    """The pieces the sweep (pieces.yaml) or the run (its summary.json) ran in so far: how many, and the last."""
+    if is_run_folder(Path(sweep_dir)):
+        history = (read_summary(Path(sweep_dir)) or {}).get("pieces") or []
+        if not history:
+            return ["pieces: none recorded yet"]
+        last = history[-1]
+        return [f"pieces: {len(history)}, the last: started {str(last.get('started'))[:19].replace('T', ' ')} on "
+                f"{last.get('host', '?')}, steps {last.get('start_step')} to {last.get('end_step')}, "
+                f"{duration(last.get('wall_time_s'))}"]
     try:
         history = pieces.read_pieces(sweep_dir)
     except ConfigError as err:
@@ -208,7 +226,7 @@ def leave_out_finished_checkpoints(folder: str, names: list[str]) -> list[str]:
 
 def check_export_target(source: Path, dest: Path) -> None:
     """`source` is a sweep folder or one run's (summary.json or .hydra/ in it); `dest` new or empty."""
-    if not ((source / "summary.json").is_file() or (source / ".hydra").is_dir()):
+    if not is_run_folder(source):
         if source.is_dir() and not (source / "multirun.yaml").exists():
             raise StudyError(f"{source} is neither a sweep folder (multirun.yaml) nor a run's (summary.json or "
                              ".hydra/): give the folder that -m or the run wrote")
