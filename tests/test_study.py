@@ -303,9 +303,9 @@ def test_status_of_one_runs_folder_is_that_run_and_the_pieces_its_summary_lists(
     assert (job.name, job.describe(), job.remaining_s) == ("seed=1", "interrupted at epoch 1/3", pytest.approx(60.0))
     summary = json.loads((run / "summary.json").read_text())
     [line] = pieces_lines(run)
-    first = summary["pieces"][-1]
+    last = summary["pieces"][-1]
     assert line.startswith(f"pieces: {len(summary['pieces'])}, the last: started ") and \
-        f"steps {first['start_step']} to {first['end_step']}" in line
+        f"steps {last['start_step']} to {last['end_step']}" in line
 
 
 def test_status_shows_a_corrupt_summary_as_unreadable_and_says_why_a_job_is_not_complete(study_in_pieces):

@@ -124,14 +124,14 @@ def is_run_folder(folder: Path) -> bool:
     return (folder / "summary.json").is_file() or (folder / ".hydra").is_dir()
 
 
-def study_status(sweep_dir: Path) -> list[JobStatus]:
+def study_status(folder: Path) -> list[JobStatus]:
     """Every job of a sweep, or the one run of a run's folder."""
-    folder = Path(sweep_dir)
+    folder = Path(folder)
     if is_run_folder(folder):
         config = read_config(folder) if (folder / ".hydra" / "config.yaml").is_file() else {}
         return [job_status(folder.name, folder, config.get("trainer.epochs"))]
-    master = read_master(sweep_dir)
-    jobs = [job_status(name, Path(sweep_dir) / name, planned_epochs(master, overrides))
+    master = read_master(folder)
+    jobs = [job_status(name, folder / name, planned_epochs(master, overrides))
             for name, overrides in sweep_jobs(master)]
     fill_estimates(jobs)
     return jobs
@@ -193,10 +193,10 @@ def reasons(jobs: list[JobStatus]) -> list[str]:
                                                   else "") for j in jobs if j.reason]
 
 
-def pieces_lines(sweep_dir: Path) -> list[str]:
+def pieces_lines(folder: Path) -> list[str]:
     """The pieces the sweep (pieces.yaml) or the run (its summary.json) ran in so far: how many, and the last."""
-    if is_run_folder(Path(sweep_dir)):
-        history = (read_summary(Path(sweep_dir)) or {}).get("pieces") or []
+    if is_run_folder(Path(folder)):
+        history = (read_summary(Path(folder)) or {}).get("pieces") or []
         if not history:
             return ["pieces: none recorded yet"]
         last = history[-1]
@@ -204,7 +204,7 @@ def pieces_lines(sweep_dir: Path) -> list[str]:
                 f"{last.get('host', '?')}, steps {last.get('start_step')} to {last.get('end_step')}, "
                 f"{duration(last.get('wall_time_s'))}"]
     try:
-        history = pieces.read_pieces(sweep_dir)
+        history = pieces.read_pieces(folder)
     except ConfigError as err:
         return [f"pieces: {err}"]
     if not history:
