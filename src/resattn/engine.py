@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from omegaconf import DictConfig
 
-from resattn import checkpoint, clock, data, records, robustness
+from resattn import checkpoint, clock, data, provenance, records, robustness
 from resattn.build import (build_model, build_optimizer, check_fusable, configure_device, pick_device,
                            pick_precision, seed_everything, set_threads, use_compile)
 from resattn.config import validate
@@ -151,9 +151,11 @@ def prepare(cfgs: list[DictConfig], run_dirs: list[Path], started: float, fused:
     compiled = use_compile(t.compile, device, total_steps)
     if compiled:
         members.compile()
+    # channels_last is the config's wish; a fused job trains NCHW (above): record what ran
     setup = {"device": str(device), "device_type": device.type, "precision": "bf16" if bf16 else "fp32",
-             "compiled": compiled, "torch_version": str(torch.__version__), "num_threads": threads,
-             "members": len(cfgs)}
+             "compiled": compiled, "memory_format": "channels_last" if channels_last else "contiguous",
+             "fused": len(cfgs) > 1, "torch_version": str(torch.__version__), "num_threads": threads,
+             "members": len(cfgs), **provenance.code_identity(records.resolved(cfg.attention))}
     job = Job(cfg, [new_run(c, d, train_loader, setup, ds.fingerprint) for c, d in zip(cfgs, run_dirs)], members,
               optimizer, scheduler, loaders, ds.test.images[:8], device, bf16, started)
     if saved:
