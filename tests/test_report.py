@@ -543,6 +543,17 @@ def test_labels_name_every_key_two_groups_differ_in(tmp_path):
                                             ("baseline", "p3_controlled") for lr, e in ((0.1, 2), (0.4, 4))]
 
 
+def test_runs_that_differ_only_in_data_cache_dir_are_pooled(tmp_path):
+    """data.cache_dir says where the decoded images are kept (identity.NOT_THE_EXPERIMENT), not what was run."""
+    for seed in range(2):
+        for pattern in ("baseline", "p1"):
+            fake_run(tmp_path / f"{pattern}_{seed}", pattern, seed, 0.6 + 0.01 * seed,
+                     config={"data.cache_dir": f"/cache/{seed}"})
+    report.write_report([tmp_path], console=Console(file=io.StringIO()))
+    assert [(g["group"], g["n"]) for g in rows(tmp_path / "groups.csv")] == [("pattern=baseline", "2"),
+                                                                              ("pattern=p1", "2")]
+
+
 def test_header_over_an_export_and_its_original_says_how_many_were_kept(tmp_path):
     """Issue 27: "8 runs found, 8 completed and averaged" when each seed was there twice and 4 were kept."""
     for seed in range(2):
