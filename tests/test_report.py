@@ -408,7 +408,7 @@ def test_verdicts_holm_and_power_from_the_numbers(verdict_report):
     p1 = final[0]
     diff, low, high = (num(p1[k]) * 100 for k in ("diff", "ci95_low", "ci95_high"))
     sentence = (f"pattern=p1 vs pattern=baseline: {diff:+.2f} points [{low:+.2f}, {high:+.2f}], "
-                f"better (Holm p = {num(p1['p_holm']):.3g}")
+                f"better (Holm p = {num(p1['p_holm']):.2g}")
     assert sentence in answer_part
     assert "pattern=p2 vs pattern=baseline" in answer_part and ", worse (Holm p" in answer_part
     p3 = final[2]
@@ -418,6 +418,28 @@ def test_verdicts_holm_and_power_from_the_numbers(verdict_report):
     assert f"0.5 points would need {p3['seeds_for_0.5pts']} seeds per group at alpha 0.0167" in answer_part
     # the intervals beside Holm's verdicts are each comparison's own: said so
     assert "95% CI (unadjusted: each comparison alone), verdict at Holm-adjusted p" in answer_part
+
+
+def test_a_p_value_reads_the_same_in_the_answer_and_the_table(verdict_report):
+    """Issue 39: one Holm p printed as 0.205 in the answer and 0.21 in the comparisons table."""
+    _, comp, md = verdict_report
+    answer_part, table = md.split("## Groups")[0], md.split("## Comparisons")[1].split("\n## ")[0]
+    header = [c.strip() for c in next(line for line in table.splitlines() if line.startswith("| group |")).split("|")]
+    for r in (r for r in comp if r["metric"] == "final_test_acc"):
+        (sentence,) = [line for line in answer_part.splitlines()
+                       if line.startswith(f"- {r['group']} vs ") and "Holm p = " in line]
+        said = sentence.split("Holm p = ")[1].split(",")[0]
+        (row,) = [line for line in table.splitlines() if line.startswith(f"| {r['group']} | {r['reference']} | "
+                                                                       "final_test_acc |")]
+        assert [c.strip() for c in row.split("|")][header.index("p Holm")] == said
+        assert float(said) == pytest.approx(num(r["p_holm"]), rel=0.05)  # two significant digits
+
+
+def test_p_values_keep_two_digits_unless_that_crosses_the_verdicts_level():
+    from resattn.report.tables import p_text
+
+    assert [p_text(p) for p in (0.2051, 6.9e-05, 0.0504, 0.0496, 0.04996)] == ["0.21", "6.9e-05", "0.05", "0.0496",
+                                                                                 "0.04996"]
 
 
 def test_one_seed_or_one_group_gives_no_verdict(verdict_report, tmp_path):

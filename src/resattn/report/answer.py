@@ -11,6 +11,7 @@ from resattn.report import stats
 from resattn.report.comparisons import TARGET_DIFF
 from resattn.report.plots import METRIC_TITLES
 from resattn.report.runs import Group, block_names, group_label
+from resattn.report.tables import p_text
 
 # Verdicts are stated for these; best_test_acc is the maximum over epochs measured on the test set
 # itself (an optimistic pick), so its tests stay in the table only.
@@ -32,7 +33,7 @@ def judged(row: dict) -> str:
                 f"(n = {row['n']} / {row['n_ref']}; a verdict needs {stats.MIN_SEEDS} seeds a side)")
     if row["verdict"] != "not testable":
         return (f"{head} [{points(row['ci95_low'])}, {points(row['ci95_high'])}], {row['verdict']} "
-                f"(Holm p = {row['p_holm']:.3g}, {row['test']} t-test, n = {row['n']} / {row['n_ref']})")
+                f"(Holm p = {p_text(row['p_holm'])}, {row['test']} t-test, n = {row['n']} / {row['n_ref']})")
     if min(row["n"], row["n_ref"]) < 2:
         return f"{head}, n = {row['n']} / {row['n_ref']}: one seed on a side, no verdict possible"
     return f"{head}: every seed gave the same difference, so there is no spread to test against; no verdict"

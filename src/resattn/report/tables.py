@@ -12,7 +12,7 @@ from rich.table import Table
 
 from resattn.report import corruption
 from resattn.report.runs import ACC_METRICS, VAL_METRICS, Group, Run, fmt_value, short
-from resattn.report.stats import describe
+from resattn.report.stats import ALPHA, describe
 
 PERCENT = (*ACC_METRICS, *VAL_METRICS, "robust_acc")  # fractions shown in %
 HEADLINE = (*PERCENT, "wall_time_s")  # the groups table; λ per block has a table of its own
@@ -108,7 +108,13 @@ def corruption_rows(groups: list[Group]) -> tuple[list[str], list[list[str]]]:
 
 
 def p_text(p: float) -> str:
-    return "–" if math.isnan(p) else f"{p:.2g}"  # small p-values stay readable: 6.9e-05, not 0.000
+    """A p-value as report.md and the terminal give it, tables and sentences alike: two significant digits
+    (small ones stay readable, 6.9e-05, not 0.000), more where two would round it across the verdicts'
+    level (0.0496 is not "0.05")."""
+    if math.isnan(p):
+        return "–"
+    texts = [f"{p:.{digits}g}" for digits in range(2, 7)]
+    return next((t for t in texts if (float(t) < ALPHA) == (p < ALPHA)), texts[-1])
 
 
 def comparison_rows(rows: list[dict]) -> tuple[list[str], list[list[str]]]:
