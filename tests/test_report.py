@@ -576,6 +576,19 @@ def test_runs_that_differ_only_in_data_cache_dir_are_pooled(tmp_path):
                                                                               ("pattern=p1", "2")]
 
 
+def test_sources_are_the_folders_given_by_their_full_paths(tmp_path, monkeypatch):
+    """Issue 39: "Sources: `.`" for a report written into the folder it was given."""
+    for name in ("study", "export"):
+        fake_run(tmp_path / name / "baseline_0")
+    study, export = (tmp_path / name for name in ("study", "export"))
+    monkeypatch.chdir(study)
+    md = report.write_report(["."], console=Console(file=io.StringIO())).read_text()
+    assert f"Sources: `{study.resolve()}`\n" in md
+    monkeypatch.chdir(tmp_path)
+    md = report.write_report(["study", "export"], "out", console=Console(file=io.StringIO())).read_text()
+    assert f"Sources: `{study.resolve()}`, `{export.resolve()}`\n" in md
+
+
 def test_header_over_an_export_and_its_original_says_how_many_were_kept(tmp_path):
     """Issue 27: "8 runs found, 8 completed and averaged" when each seed was there twice and 4 were kept."""
     for seed in range(2):

@@ -73,9 +73,10 @@ def write_csvs(out_dir: Path, runs, groups, group_stats, keys, metrics, rows) ->
                      [[r[c] for c in COMPARISON_COLUMNS] for r in renamed])
 
 
-def markdown(intro: str, paths, out_dir: Path, sections: dict, answer_lines: list[str], plot_names) -> str:
+def markdown(intro: str, paths, sections: dict, answer_lines: list[str], plot_names) -> str:
     """report.md: the answer first, then the tables (see report_sections), the plots and the files."""
-    sources = ", ".join(f"`{tables.relpath(p, out_dir)}`" for p in paths)
+    # full paths: report.md is read away from where it was made, where `.` (its own folder) says nothing
+    sources = ", ".join(f"`{p.resolve()}`" for p in paths)
     md = ["# resattn report", "", intro, "", f"Sources: {sources}", "", *answer_lines]
     for title, (text, (headers, rows), empty) in sections.items():
         if rows or empty:
@@ -182,6 +183,6 @@ def write_report(paths, out_dir=None, reference=None, console: Console | None = 
     show(console, intro, tables.group_rows(groups, group_stats, keys, metrics, ci_columns=False), sections, notes,
          tables.terminal_comparison_rows(rows))
     report = out_dir / "report.md"
-    report.write_text(markdown(intro, paths, out_dir, sections, answer(groups, rows, notes, keys), plot_names))
+    report.write_text(markdown(intro, paths, sections, answer(groups, rows, notes, keys), plot_names))
     console.print(f"report: {report}")
     return report
