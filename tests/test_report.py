@@ -589,6 +589,26 @@ def test_sources_are_the_folders_given_by_their_full_paths(tmp_path, monkeypatch
     assert f"Sources: `{study.resolve()}`, `{export.resolve()}`\n" in md
 
 
+def test_best_equal_to_final_in_every_run_is_shown_once_and_said(tmp_path):
+    """Issue 39: best and final accuracy tables identical when accuracy rose every epoch."""
+    for seed, base in enumerate(BASE[:3]):
+        for pattern, shift in (("baseline", 0.0), ("p1", 0.02)):
+            fake_run(tmp_path / "runs" / f"{pattern}_{seed}", pattern, seed, base + shift,
+                     summary={"best_test_acc": base + shift})
+    terminal = io.StringIO()
+    md = report.write_report([tmp_path / "runs"], tmp_path / "out", console=Console(file=terminal, width=200)
+                             ).read_text()
+    said = "Best test accuracy equals final test accuracy in every run"
+    assert "best test acc" not in md and "best_test_acc" not in md and md.count(said) == 1
+    assert "best test" not in terminal.getvalue() and said in terminal.getvalue()
+    assert {r["metric"] for r in rows(tmp_path / "out" / "comparisons.csv")} == {"best_test_acc", "final_test_acc"}
+    assert "best_test_acc_mean" in rows(tmp_path / "out" / "groups.csv")[0]
+    # one run that peaked before its last epoch: best is its own figure again
+    edit_summary(tmp_path / "runs" / "p1_0", best_test_acc=BASE[0] + 0.03)
+    md = report.write_report([tmp_path / "runs"], tmp_path / "out", console=Console(file=io.StringIO())).read_text()
+    assert "best test acc % (mean ± sd)" in md and "| best_test_acc |" in md and said not in md
+
+
 def test_header_over_an_export_and_its_original_says_how_many_were_kept(tmp_path):
     """Issue 27: "8 runs found, 8 completed and averaged" when each seed was there twice and 4 were kept."""
     for seed in range(2):

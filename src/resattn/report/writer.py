@@ -9,8 +9,8 @@ from rich.console import Console
 from resattn.report import plots, stats, tables
 from resattn.report.answer import answer
 from resattn.report.comparisons import comparisons, parse_reference, reference_groups
-from resattn.report.runs import (Group, ReportError, find_run_dirs, group_notes, group_runs, grouping_keys,
-                                 metric_names, read_run, short)
+from resattn.report.runs import (FINAL_OF_BEST, Group, ReportError, best_as_final, find_run_dirs, group_notes,
+                                 group_runs, grouping_keys, metric_names, read_run, short)
 from resattn.errors import file_in_the_way
 
 PLOTS = {"acc_test.png": "test accuracy per epoch", "lambda.png": "λ per step (or final λ per block)",
@@ -147,6 +147,17 @@ def counts(runs, groups: list[Group]) -> str:
             f"per group), {again}{len(runs) - averaged - diverged - twins} others not averaged.")
 
 
+def without_repeats(groups: list[Group], metrics: list[str]) -> tuple[list[str], str]:
+    """The metrics report.md and the terminal show, and a sentence on what they leave out: a best-over-epochs
+    metric equal to its final one in every run (best_as_final), whose column and comparisons would repeat the
+    final's. The CSV files keep every metric: their columns stay the same whatever the runs did."""
+    repeated, title = best_as_final(groups, metrics), plots.METRIC_TITLES
+    said = "".join(f" {title[best].capitalize()} equals {title[FINAL_OF_BEST[best]]} in every run (none scored higher "
+                   f"at an earlier epoch), so the tables show {title[FINAL_OF_BEST[best]]} alone; runs.csv, groups.csv "
+                   "and comparisons.csv hold both." for best in repeated)
+    return [m for m in metrics if m not in repeated], said
+
+
 def write_report(paths, out_dir=None, reference=None, console: Console | None = None) -> Path:
     """Report on every run under `paths` (run, sweep or parent folders) into out_dir (default: the first path).
 
@@ -176,8 +187,10 @@ def write_report(paths, out_dir=None, reference=None, console: Console | None = 
     group_stats = [tables.group_stats(g, metrics) for g in groups]
     write_csvs(out_dir, runs, groups, group_stats, keys, metrics, rows)
 
+    metrics, repeats = without_repeats(groups, metrics)
+    rows = [r for r in rows if r["metric"] in metrics]
     grouped = ", ".join(short(k) for k in keys) or "nothing (all runs share one config)"
-    intro = f"{counts(runs, groups)} Grouped by: {grouped}."
+    intro = f"{counts(runs, groups)} Grouped by: {grouped}.{repeats}"
     sections = report_sections(runs, groups, group_stats, keys, metrics, rows, out_dir)
     console = console or default_console()
     show(console, intro, tables.group_rows(groups, group_stats, keys, metrics, ci_columns=False), sections, notes,
