@@ -609,6 +609,30 @@ def test_best_equal_to_final_in_every_run_is_shown_once_and_said(tmp_path):
     assert "best test acc % (mean ± sd)" in md and "| best_test_acc |" in md and said not in md
 
 
+def test_each_groups_time_per_run_stands_beside_its_accuracy(tmp_path):
+    """Issue 39: p3 took 57% longer than the baseline, and the report did not show it. A fused job's
+    wall_time_s is the whole job's: each member counts its share."""
+    seconds = {"baseline": [100.0, 110.0, 120.0], "p1": [150.0, 175.0, 190.0], "p3": [95.0, 90.0, 100.0]}
+    for pattern, times in seconds.items():
+        for seed, (base, t) in enumerate(zip(BASE, times)):
+            members = 2 if pattern == "p3" else 1  # fused in pairs: twice the time on the clock, shared
+            fake_run(tmp_path / f"{pattern}_{seed}", pattern, seed, base, summary={"wall_time_s": t * members,
+                                                                                   "members": members})
+    md = report.write_report([tmp_path], console=Console(file=io.StringIO())).read_text()
+    table = md.split("## Groups")[1].split("\n## ")[0]
+    header = [c.strip() for c in next(line for line in table.splitlines() if line.startswith("| pattern |")).split("|")]
+    column = header.index("time vs reference")
+    cells = {c[1].strip(): c[column].strip() for c in (line.split("|") for line in table.splitlines()
+                                                        if line.startswith(("| baseline |", "| p1 |", "| p3 |")))}
+    ref = np.mean(seconds["baseline"])
+    for pattern in ("p1", "p3"):
+        change = f"{np.mean(seconds[pattern]) / ref - 1:+.0%}"
+        assert cells[pattern] == change
+        assert (f"- pattern={pattern}: {np.mean(seconds[pattern]):.1f} s against {ref:.1f} s for pattern=baseline, "
+                f"{change}") in md.split("## Groups")[0]
+    assert cells["baseline"] == "reference" and cells["p1"] == "+56%"  # 171.7 s against 110 s
+
+
 def test_header_over_an_export_and_its_original_says_how_many_were_kept(tmp_path):
     """Issue 27: "8 runs found, 8 completed and averaged" when each seed was there twice and 4 were kept."""
     for seed in range(2):

@@ -8,7 +8,7 @@ from rich.console import Console
 
 from resattn.report import plots, stats, tables
 from resattn.report.answer import answer
-from resattn.report.comparisons import comparisons, parse_reference, reference_groups
+from resattn.report.comparisons import comparisons, parse_reference, reference_groups, time_costs
 from resattn.report.runs import (FINAL_OF_BEST, Group, ReportError, best_as_final, find_run_dirs, group_notes,
                                  group_runs, grouping_keys, metric_names, read_run, short)
 from resattn.errors import file_in_the_way
@@ -93,13 +93,16 @@ def markdown(intro: str, paths, sections: dict, answer_lines: list[str], plot_na
     return "\n".join(md)
 
 
-def report_sections(runs, groups, group_stats, keys, metrics, rows, out_dir: Path) -> dict:
+def report_sections(runs, groups, group_stats, keys, metrics, rows, costs, out_dir: Path) -> dict:
     """title -> (explanation, (headers, rows), text when empty: "" leaves the section out)."""
+    time_vs_reference = (" Time vs reference: the group's time per run against its reference's (a fused job's wall "
+                         "time shared among its members), means over seeds.") if costs else ""
     return {
         "Groups": ("Completed runs only. Accuracy in %, mean ± sample standard deviation over seeds, 95% confidence "
                    "interval of the mean from the t distribution (– where n < 2), cut to the possible range. "
-                   "Diverged runs are counted.",
-                   tables.group_rows(groups, group_stats, keys, metrics, ci_columns=True), "No completed runs."),
+                   f"Diverged runs are counted.{time_vs_reference}",
+                   tables.group_rows(groups, group_stats, keys, metrics, ci_columns=True, costs=costs),
+                   "No completed runs."),
         "Comparisons": ("Group mean minus reference mean, in percentage points, with its 95% interval: a paired "
                         "t-test on per-seed differences where both groups hold the same seeds, otherwise Welch's. "
                         "p Holm: adjusted over each metric's comparisons; verdict at p Holm < 0.05 with at least "
@@ -188,14 +191,14 @@ def write_report(paths, out_dir=None, reference=None, console: Console | None = 
     write_csvs(out_dir, runs, groups, group_stats, keys, metrics, rows)
 
     metrics, repeats = without_repeats(groups, metrics)
-    rows = [r for r in rows if r["metric"] in metrics]
+    rows, costs = [r for r in rows if r["metric"] in metrics], time_costs(groups, rows)
     grouped = ", ".join(short(k) for k in keys) or "nothing (all runs share one config)"
     intro = f"{counts(runs, groups)} Grouped by: {grouped}.{repeats}"
-    sections = report_sections(runs, groups, group_stats, keys, metrics, rows, out_dir)
+    sections = report_sections(runs, groups, group_stats, keys, metrics, rows, costs, out_dir)
     console = console or default_console()
-    show(console, intro, tables.group_rows(groups, group_stats, keys, metrics, ci_columns=False), sections, notes,
-         tables.terminal_comparison_rows(rows))
+    show(console, intro, tables.group_rows(groups, group_stats, keys, metrics, ci_columns=False, costs=costs),
+         sections, notes, tables.terminal_comparison_rows(rows))
     report = out_dir / "report.md"
-    report.write_text(markdown(intro, paths, sections, answer(groups, rows, notes, keys), plot_names))
+    report.write_text(markdown(intro, paths, sections, answer(groups, rows, costs, notes, keys), plot_names))
     console.print(f"report: {report}")
     return report
