@@ -217,8 +217,8 @@ def test_a_cache_left_inside_data_root_by_an_older_version_is_not_read(tmp_path,
 
 
 def test_a_read_only_data_root_is_never_written(tmp_path, monkeypatch, caplog):
-    """Read-only media, someone else's files: root may not even be tried (permission bits do not stop root, so
-    every write under it fails here, and is recorded)."""
+    """Read-only media, someone else's files: nothing under data.root is even tried (permission bits do not stop
+    a root user, so every write under it fails here, and is recorded)."""
     root, xdg = tmp_path / "images", tmp_path / "xdg"
     make_folder(root, {"a": (10, 20, 30), "b": (200, 100, 0)})
     monkeypatch.setenv("XDG_CACHE_HOME", str(xdg))
