@@ -13,7 +13,7 @@ from resattn.errors import flatten
 # data.root says where the data lives, not what it is: the data's fingerprint in summary.json says that.
 NOT_THE_EXPERIMENT = ("hydra", "trainer.device", "trainer.resume", "trainer.num_threads", "trainer.compile",
                       "trainer.eval_batch_size", "trainer.log_every_n_steps", "trainer.deadline", "tracking",
-                      "data.root", "data.download")
+                      "data.root", "data.download", "data.cache_dir")
 
 # What a run resolved on its machine and summary.json records (`recorded`) changes the result too: runs that differ
 # in their precision ("bf16" or "fp32": trainer.precision=auto resolves per machine, and a resumed run keeps the one
