@@ -109,7 +109,8 @@ def validate(cfg: DictConfig) -> None:
                           f"the pattern: baseline none, p1 inside, p2 post_add, p3 pre, p4 skip), got {p.placement!r}")
     seed = cfg.seed
     if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**32:
-        raise ConfigError(f"seed must be an integer in [0, 2**32), got {seed!r}")
+        hint = "; seeds 0 to 2 are seed=range(0,3) (Hydra's range: the end is left out)" if ".." in str(seed) else ""
+        raise ConfigError(f"seed must be an integer in [0, 2**32), got {seed!r}{hint}")
     lam = _number(cfg, "pattern.lam_init")
     if not 0.0 <= lam <= 1.0:
         raise ConfigError(f"pattern.lam_init must be a number in [0, 1], got {lam!r}")

@@ -13,6 +13,7 @@ composes each job and launches; this decides, from the job's composed config and
 from dataclasses import dataclass
 from pathlib import Path
 
+from resattn.config import validate
 from resattn.errors import ConfigError, flatten
 from resattn.identity import first_difference
 from resattn.report.runs import fmt_value, read_config
@@ -52,6 +53,8 @@ def action(summary: dict | None, folder: Path, resume) -> str:
     if summary and summary.get("status") == "completed":
         why = completion(folder)
         return "skipped: completed" if why is None else f"rerun from scratch: {why}"
+    if summary and summary.get("status") == "diverged":  # a result: resumed, it would diverge again
+        return f"skipped: diverged at step {summary.get('step', '?')} (a new hydra.sweep.dir trains it again)"
     if resume == "auto" and (folder / "checkpoint.pt").is_file():
         epoch = (summary or {}).get("epochs_completed", "?")
         return f"resuming from epoch {epoch}"
@@ -110,6 +113,16 @@ def not_listed(job: PlannedJob, sweep_dir: Path, listed: int) -> ConfigError:
 
 
 def records_action(listed: list[str], commanded: list[str]) -> str:
-    """What a rerun does with the sweep's records: `rewritten` when the command runs every job they list (the same
-    sweep, or a widened one), else `kept` (a narrowed rerun)."""
-    return "rewritten" if set(listed) <= set(commanded) else "kept"
+    """What a rerun does with the sweep's records: `rewritten` when the command runs every job they list and more
+    (a widened sweep), else `kept` (the same sweep run again, or a narrowed one: its launcher and logging settings
+    belong to no job the records list)."""
+    return "rewritten" if set(listed) < set(commanded) else "kept"
+
+
+def check_job(job: PlannedJob, cfg) -> None:
+    """ConfigError naming the job when its config is invalid (config.validate): a sweep with one bad value refuses
+    before any of its jobs trains."""
+    try:
+        validate(cfg)
+    except ConfigError as err:
+        raise ConfigError(f"{job.folder.name}: {err}; no job started") from None
