@@ -122,6 +122,17 @@ def test_a_diverged_job_is_a_result_the_rerun_skips(finished_sweep, tmp_path):
     assert job_files(sweep_dir, "seed=1") == untouched
 
 
+@pytest.mark.parametrize("change, advice", [("attention=se", "attention=cbam"), ("model=resnet", "model=simplecnn")])
+def test_a_changed_group_is_refused_with_the_group_choice_that_finishes_the_sweep(finished_sweep, tmp_path, change,
+                                                                                  advice):
+    sweep_dir = copy_of(finished_sweep, tmp_path / "sweep")
+    refused = run_train("-m", *SWEEP, change, f"hydra.sweep.dir={sweep_dir}")
+    assert refused.returncode == 2
+    assert f"ran with {advice}, this command gives {change}; give {advice} to finish" in refused.stderr
+    followed = run_train("-m", *SWEEP, advice, f"hydra.sweep.dir={sweep_dir}")  # the advice, taken literally
+    assert followed.returncode == 0 and "skipped: completed" in followed.stdout, followed.stderr[-3000:]
+
+
 @pytest.mark.parametrize("bad, says", [
     ("trainer.epochs=1,0", "trainer.epochs=0: trainer.epochs must be an integer >= 1, got 0; no job started"),
     ("optim.lr=0.1,abc", "optim.lr=abc: optim.lr must be a number, got 'abc'; no job started"),

@@ -13,6 +13,8 @@ composes each job and launches; this decides, from the job's composed config and
 from dataclasses import dataclass
 from pathlib import Path
 
+from omegaconf import OmegaConf
+
 from resattn.config import validate
 from resattn.errors import ConfigError, flatten
 from resattn.identity import first_difference
@@ -79,9 +81,24 @@ def difference(theirs: dict, ours: dict) -> tuple[str, str] | None:
     return None if key is None else (setting(key, theirs.get(key)), setting(key, ours.get(key)))
 
 
-def compare_with_run(job: PlannedJob, task: dict) -> None:
+def group_difference(folder: Path, choices) -> tuple[str, str] | None:
+    """(old, new) as group=option for the first config group (not Hydra's own) whose choice differs between the run
+    in `folder` (its .hydra/hydra.yaml) and this command's `choices` (hydra.runtime.choices): a group's keys are
+    changed by choosing its option, so that is the setting to give back (attention=cbam, not attention.name=cbam)."""
+    try:
+        ran = OmegaConf.load(folder / ".hydra" / "hydra.yaml").hydra.runtime.choices
+    except Exception:
+        return None
+    for group, option in choices.items():
+        if not group.startswith("hydra/") and ran.get(group) != option:
+            return f"{group}={ran.get(group)}", f"{group}={option}"
+    return None
+
+
+def compare_with_run(job: PlannedJob, task: dict, choices) -> None:
     """ConfigError (the one line) when the run in the job's folder is another experiment than the job's config
-    `task` (resolved, without the hydra node): the first key that differs, its old and new value, the way out."""
+    `task` (resolved, without the hydra node): the group choice or else the first key that differs, its old and
+    new value, the way out."""
     try:
         ran = read_config(job.folder)
     except Exception as err:
@@ -90,6 +107,7 @@ def compare_with_run(job: PlannedJob, task: dict) -> None:
                           f"move the folder away, {WAY_OUT}") from None
     differs = difference(ran, task)
     if differs:
+        differs = group_difference(job.folder, choices) or differs
         raise ConfigError(f"rerun refused, no job started: {job.folder} ran with {differs[0]}, this command gives "
                           f"{differs[1]}; give {differs[0]} to finish the sweep as it ran, {WAY_OUT} for the new "
                           "setting")

@@ -212,7 +212,7 @@ class ResattnSweeper(BasicSweeper):
         if listed is not None and folder.name not in listed:
             raise rerun.not_listed(job, self.sweep_dir, len(listed))
         if job.holds_a_run:
-            rerun.compare_with_run(job, task_part(cfg))
+            rerun.compare_with_run(job, task_part(cfg), cfg.hydra.runtime.choices)
         elif listed is not None:
             recorded = job_config(self.hydra_context.config_loader, record, listed[folder.name], num)
             rerun.compare_with_record(job, task_part(recorded), task_part(cfg))
