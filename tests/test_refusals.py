@@ -1,13 +1,19 @@
 """A refused command changes no file of an earlier run or sweep (resattn.job_records): compared byte for byte."""
 
 import hashlib
+import re
 from pathlib import Path
 
 import pytest
+from hydra import compose, initialize_config_dir
+from test_report import fake_run
 
-from conftest import TINY, run_train
+from conftest import ROOT, TINY, run_train
+from resattn import report
+from resattn.config import validate
 from resattn.errors import ConfigError
 from resattn.launchers import check_launching
+from resattn.report import ReportError
 
 
 def files(folder: Path) -> dict[str, str]:
@@ -68,3 +74,39 @@ def test_an_empty_sweep_folder_from_an_unset_variable_writes_nothing(tmp_path):
     assert done.returncode == 2 and done.stderr.strip() == "error: hydra.sweep.dir is empty (an unset variable?): " \
                                                           "give the folder to write to"
     assert [p.name for p in tmp_path.iterdir()] == ["configs"]
+
+
+@pytest.mark.parametrize(("override", "says"), [
+    ("data.num_classes=1", "data.num_classes must be an integer >= 2, got 1"),
+    ("data.num_classes=0", "data.num_classes must be an integer >= 2, got 0"),
+    ("tracking.hparams=[no.such.key]", "tracking.hparams: no.such.key is no config key"),
+])
+def test_a_value_that_would_train_a_degenerate_or_silent_run_is_refused(override, says):
+    with initialize_config_dir(str(ROOT / "configs"), version_base="1.3"):
+        cfg = compose("config", overrides=[*TINY, override])
+    with pytest.raises(ConfigError, match=re.escape(says)):
+        validate(cfg)
+
+
+def test_the_default_hparams_pass_for_either_backbone():  # model.depth is resnet's: SimpleCNN's table shows it blank
+    for model in ("simplecnn", "resnet"):
+        with initialize_config_dir(str(ROOT / "configs"), version_base="1.3"):
+            validate(compose("config", overrides=[*TINY, f"model={model}"]))
+
+
+def test_one_class_is_refused_in_one_line_before_anything_is_written(tmp_path):
+    done = run_train(*TINY, "data.num_classes=1", f"hydra.run.dir={tmp_path / 'run'}")
+    assert done.returncode == 2 and done.stderr.strip() == "error: data.num_classes must be an integer >= 2, got 1"
+    assert not (tmp_path / "run").exists()
+
+
+def test_joblib_with_no_workers_is_refused_before_hydra_starts():
+    with pytest.raises(ConfigError, match="hydra.launcher.n_jobs must be a non-zero integer"):
+        check_launching(["hydra/launcher=joblib", "hydra.launcher.n_jobs=0"], True)
+    check_launching(["hydra/launcher=joblib", "hydra.launcher.n_jobs=-1"], True)  # every core: joblib's own idiom
+
+
+def test_a_reference_naming_one_key_twice_is_refused(tmp_path):
+    fake_run(tmp_path / "a", "p1")
+    with pytest.raises(ReportError, match="--reference gives pattern twice"):
+        report.write_report([tmp_path], reference=["pattern=p1", "pattern=p3"])

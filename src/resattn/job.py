@@ -20,7 +20,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, open_dict
 
 from resattn import clock, job_records
-from resattn.config import inert_keys, inert_keys_message, moved_keys, validate
+from resattn.config import CONFIGS, inert_keys, inert_keys_message, moved_keys, validate
 from resattn.engine import train_members
 from resattn.launchers import check_launching, hydra_group_options
 from resattn.errors import ConfigError, Diverged, Interrupted
@@ -37,8 +37,6 @@ LAUNCHERS = {
     "slurm": ("hydra_plugins.hydra_submitit_launcher", "slurm"),  # configs/hydra/launcher/slurm.yaml
 }
 
-
-CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 
 
 def usage_error(message: str) -> None:

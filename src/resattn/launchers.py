@@ -3,6 +3,7 @@
 accepts what it then ignores.
 
 - any launcher: a hydra.launcher key its config lacks, with the closest real one;
+- hydra/launcher=joblib: n_jobs a non-zero integer;
 - hydra/launcher=fused: n_jobs and max_members integers >= 1; a sweep (-m) to launch; no hydra.job.chdir
   (its members share one process and one working directory); the Optuna sweeper with it is tuning.py's;
 - hydra.sweep.dir (hydra.run.dir for a single run): empty, the working folder or above it, a file in the way,
@@ -63,6 +64,11 @@ def check_launching(args: list[str], multirun: bool) -> None:
     if folder_key in overrides:
         check_output_folder(folder_key, value(overrides[folder_key]))
     check_launcher_keys(overrides)
+    n_jobs = overrides.get("hydra.launcher.n_jobs")
+    if value(overrides.get("hydra/launcher")) == "joblib" and n_jobs is not None and not n_jobs.is_sweep_override():
+        n = n_jobs.value()  # joblib: -1 every core, -2 all but one...; 0 fails only after the sweep has started
+        if isinstance(n, bool) or not isinstance(n, int) or n == 0:
+            raise ConfigError(f"hydra.launcher.n_jobs must be a non-zero integer (-1: every core), got {n!r}")
     if value(overrides.get("hydra/launcher")) == FUSED:
         check_fused(overrides, multirun)
 

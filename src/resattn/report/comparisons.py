@@ -29,6 +29,8 @@ def parse_reference(items) -> dict[str, str]:
         key, sep, value = item.partition("=")
         if not sep or not key:
             raise ReportError(f"--reference {item!r}: expected KEY=VALUE, e.g. pattern=baseline")
+        if key in out:  # one group is the reference: two values of a key name none
+            raise ReportError(f"--reference gives {key} twice ({key}={out[key]}, {item}); give one value per key")
         out[key] = value
     return out
 
