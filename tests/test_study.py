@@ -266,6 +266,33 @@ def test_a_job_stopped_at_the_deadline_ends_the_piece_and_the_next_never_starts(
     assert completion(sweep_dir / "seed=0") is None and completion(sweep_dir / "seed=1") is None
 
 
+@pytest.mark.slow  # waits out a deadline (60 s)
+def test_a_deadline_under_joblib_saves_every_running_job_and_the_same_command_finishes(tmp_path):
+    """Two jobs train side by side in joblib workers when the deadline passes (the workers are paused from their
+    first steps until past it): each saves and stops, none is left `running`, the third never trains."""
+    sweep_dir, deadline = tmp_path / "sweep", 60
+    args = [*SWEEP[:-1], "seed=0,1,2", "data.train_size=2048", "trainer.epochs=2", "hydra/launcher=joblib",
+            "hydra.launcher.n_jobs=2", f"hydra.sweep.dir={sweep_dir}"]
+    proc = subprocess.Popen([sys.executable, "-m", "train", "-m", *args, f"trainer.deadline={deadline}"], cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    logs = [sweep_dir / f"seed={seed}" / "train.log" for seed in (0, 1)]
+    while not all(log.exists() and "training p3_controlled" in log.read_text() for log in logs) and proc.poll() is None:
+        time.sleep(0.01)
+    assert proc.poll() is None, "the sweep ended before both workers trained"
+    os.killpg(proc.pid, signal.SIGSTOP)  # the sweep and its workers: the deadline passes while they wait
+    time.sleep(max(0.0, deadline - (time.time() - (sweep_dir / "pieces.yaml").stat().st_ctime)) + 1)
+    os.killpg(proc.pid, signal.SIGCONT)
+    _, stderr = proc.communicate(timeout=240)
+    assert proc.returncode == 124, stderr[-3000:]
+    for seed in (0, 1):
+        s = json.loads((sweep_dir / f"seed={seed}" / "summary.json").read_text())
+        assert (s["status"], s["stop_reason"]) == ("interrupted", "deadline"), seed
+    assert not (sweep_dir / "seed=2" / "summary.json").exists() and last_piece(sweep_dir)["ended_by"] == "deadline"
+    again = run_train("-m", *args)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert all(completion(sweep_dir / f"seed={seed}") is None for seed in (0, 1, 2))
+
+
 def test_no_launch_starts_once_the_deadline_passed(tmp_path, monkeypatch):
     """A launcher that runs one job after another gets one job per launch: the deadline, passed during the
     first, stops the second from starting; the piece says so, and the sweep exits 124."""

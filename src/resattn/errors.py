@@ -14,6 +14,15 @@ class Diverged(RuntimeError):
     """A non-finite training loss: the run (or member) is recorded `diverged` at its step."""
 
 
+class StopSweep(Exception):
+    """A job's stop (a deadline, a signal) raised to end the sweep where an exit would abandon other jobs: in a
+    joblib worker, a SystemExit makes joblib drop every other worker mid-step. `code`: the exit code it stands for."""
+
+    def __init__(self, code: int):
+        self.code = code
+        super().__init__(f"stopped, exit code {code}")
+
+
 class Interrupted(Exception):
     """A stop was asked for: a signal (`signum`), or trainer.deadline (signum None). Checkpoints are saved
     before this is raised; the same command resumes."""

@@ -13,6 +13,7 @@ import shutil
 import sys
 from contextlib import contextmanager
 from pathlib import Path
+from typing import NoReturn
 
 import torch
 from hydra.core.hydra_config import HydraConfig
@@ -23,7 +24,7 @@ from resattn import clock, job_records
 from resattn.config import CONFIGS, inert_keys, inert_keys_message, moved_keys, validate
 from resattn.engine import train_members
 from resattn.launchers import check_launching, hydra_group_options
-from resattn.errors import ConfigError, Diverged, Interrupted
+from resattn.errors import ConfigError, Diverged, Interrupted, StopSweep
 from resattn.sweep import recorded_varied_keys  # importing it registers the resolver naming sweep jobs
 from resattn.tracking import read_summary, write_json
 
@@ -167,6 +168,16 @@ def cpu_threads(launcher: DictConfig, cores: int) -> int | None:
     return None
 
 
+def stop(code: int, hc) -> NoReturn:
+    """End the job with exit `code`, which ends its sweep too. In a joblib worker the stop is raised instead:
+    Hydra's run_job records it as the job's outcome and the worker goes on, so the other workers reach their
+    own stop and save (a SystemExit there makes joblib abandon them mid-step, `running` for good); the resattn
+    sweeper then exits with `code` (hydra_plugins.resattn_sweeper)."""
+    if "Joblib" in str(hc.launcher.get("_target_", "")):
+        raise StopSweep(code)
+    sys.exit(code)
+
+
 def place(cfg: DictConfig, hc) -> None:
     """Share the machine among a sweep's jobs: threads on CPU, one GPU each by job number."""
     t = cfg.trainer
@@ -275,7 +286,7 @@ def run_jobs(cfgs: list[DictConfig], run_dirs: list[Path], hc, fused: bool = Fal
             discard_unstarted(run_dir)
         print("trainer.deadline passed before this job started: nothing trained; run the same command to continue",
               file=sys.stderr)
-        sys.exit(Interrupted.DEADLINE_EXIT)
+        stop(Interrupted.DEADLINE_EXIT, hc)
     varied = sorted(k.lstrip("+") for k in recorded_varied_keys(hc.sweep.dir) or ()) if multirun else None
     for cfg in cfgs:
         place(cfg, hc)
@@ -283,15 +294,15 @@ def run_jobs(cfgs: list[DictConfig], run_dirs: list[Path], hc, fused: bool = Fal
             with open_dict(cfg):
                 cfg.tracking.varied = varied
     try:
-        with stop_on_signals() as stop:
-            summaries = train_members(cfgs, run_dirs, stop, fused, on_start=lambda: job_records.keep(run_dirs))
-        if stop:  # it came during the last evaluation: the runs are complete, and the stop still ends a sweep
-            sys.exit(128 + stop[0])
+        with stop_on_signals() as signals:
+            summaries = train_members(cfgs, run_dirs, signals, fused, on_start=lambda: job_records.keep(run_dirs))
+        if signals:  # it came during the last evaluation: the runs are complete, and the stop still ends a sweep
+            stop(128 + signals[0], hc)
         return [s if s["status"] == "completed" else None for s in summaries]
     except Interrupted as err:
         where = run_dirs[0] if len(run_dirs) == 1 else f"the {len(run_dirs)} members' folders"
         print(f"interrupted by {err}: checkpoint saved in {where}; run the same command to resume", file=sys.stderr)
-        sys.exit(err.exit_code)  # a stop request ends a sweep too
+        stop(err.exit_code, hc)  # a stop request ends a sweep too
     except ConfigError as err:
         if not multirun and discard_unstarted(run_dirs[0]):
             usage_error(str(err))  # no run happened: nothing is left in outputs/runs/
@@ -303,6 +314,8 @@ def run_jobs(cfgs: list[DictConfig], run_dirs: list[Path], hc, fused: bool = Fal
         print(f"error: {err}", file=sys.stderr)
         if not multirun:
             sys.exit(1)
+    except StopSweep:  # a stop at the very end of a joblib job: its runs completed (above)
+        raise
     except Exception as err:
         line = f"{type(err).__name__}: {err}".splitlines()[0]
         record_failures(cfgs, run_dirs, line)

@@ -130,16 +130,17 @@ def not_started(jobs: list) -> int:
 
 def ending(err: BaseException) -> tuple[str, str]:
     """(how the piece ended, a note) for what ended its launches: pieces.ENDINGS."""
-    from resattn.errors import Interrupted
+    from resattn.errors import Interrupted, StopSweep
 
-    if isinstance(err, DeadlinePassed) or (isinstance(err, SystemExit) and err.code == Interrupted.DEADLINE_EXIT):
+    code = err.code if isinstance(err, (SystemExit, StopSweep)) else None
+    if isinstance(err, DeadlinePassed) or code == Interrupted.DEADLINE_EXIT:
         return "deadline", ""
     if isinstance(err, KeyboardInterrupt):
         return "signal", "SIGINT"
-    if isinstance(err, SystemExit) and isinstance(err.code, int) and err.code > 128:
+    if isinstance(code, int) and code > 128:
         import signal
 
-        return "signal", signal.Signals(err.code - 128).name
+        return "signal", signal.Signals(code - 128).name
     return "error", f"{type(err).__name__}: {err}".splitlines()[0]
 
 
@@ -247,10 +248,12 @@ class ResattnSweeper(BasicSweeper):
                 configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
                 log.info(f"deadline passed: {not_started(jobs)} jobs not started; run the same command to continue")
             pieces.end(self.sweep_dir, ended_by, note, not_started(jobs))
-            if isinstance(err, DeadlinePassed):
-                from resattn.errors import Interrupted
+            from resattn.errors import Interrupted, StopSweep
 
+            if isinstance(err, DeadlinePassed):
                 sys.exit(Interrupted.DEADLINE_EXIT)  # as a job stopped by the deadline exits
+            if isinstance(err, StopSweep):  # a joblib worker's stop, once every worker has saved
+                sys.exit(err.code)
             raise
         pieces.end(self.sweep_dir, "finished", not_started=not_started(jobs))
         return returns
