@@ -190,6 +190,38 @@ def test_a_job_requeued_by_slurm_resumes_and_ends_as_uninterrupted(cluster, tmp_
     same_training(sweep_dir / ONLY, long_reference())
 
 
+def warn(job: str, cluster: dict) -> None:
+    """The signal SLURM sends a job signal_delay_s before its time limit (submitit's --signal=USR2@...)."""
+    subprocess.run(["scancel", "--signal=USR2", job], env={**os.environ, **cluster}, check=True, timeout=30)
+
+
+def test_a_job_at_its_time_limit_is_requeued_then_recorded_interrupted(cluster, tmp_path, long_reference):
+    """max_num_timeout=1: at its first time limit submitit requeues the job and it resumes; at the second none is
+    left: the run is recorded interrupted (it was recorded failed) and the sweep says so (exit 1); the same command
+    (with a longer limit) finishes it as an uninterrupted run ends. The test sends the limit's warning (USR2) itself
+    once the job trains, as submitit's own tests do: SLURM sends it at its 30 s checks, up to 30 s early, which may
+    come before a tiny run has started training or after it has ended. timeout_min=2 makes submitit count the
+    signal as a time-out (not a preemption), and SLURM's own warning comes after the test's."""
+    sweep_dir, run_dir = tmp_path / "sweep", tmp_path / "sweep" / ONLY
+    args = [*LONG, "seed=0", f"hydra.sweep.dir={sweep_dir}"]
+    sweep = slurm_sweep(tmp_path, cluster, *args, "hydra.launcher.timeout_min=2", "hydra.launcher.signal_delay_s=5",
+                        "hydra.launcher.max_num_timeout=1")
+    job = slurm_job(sweep_dir)
+    training(run_dir)
+    warn(job, cluster)
+    training(run_dir, 2)  # requeued by submitit, started again by SLURM
+    warn(job, cluster)
+    code, out = ended(sweep, tmp_path, 180)
+    run = summary(run_dir)
+    assert (run["status"], run.get("stop_reason")) == ("interrupted", "SIGUSR2"), out[-3000:]
+    assert code == 1 and f"1 of 1 jobs did not complete: {ONLY} (interrupted)" in out, out[-3000:]
+    assert len(run["pieces"]) == 2 and 0 < run["pieces"][0]["end_step"] < run["pieces"][1]["end_step"]
+    code, out = ended(slurm_sweep(tmp_path, cluster, *args, "hydra.launcher.timeout_min=10"), tmp_path, 400)
+    assert code == 0, out[-3000:]
+    assert len(summary(run_dir)["pieces"]) == 3
+    same_training(run_dir, long_reference())
+
+
 def test_a_cancelled_job_is_recorded_interrupted_and_fails_the_sweep(cluster, tmp_path):
     """scancel: SIGTERM, the run saves at its step and is recorded interrupted, not left running; the sweep exits
     non-zero, and study.py status shows the job interrupted."""
