@@ -108,7 +108,9 @@ wait_idle() {
         [[ $state == idle ]] && return 0
         sleep 0.5
     done
-    refuse "node $host is '${state:-not answering}' after 30 s, not idle: see $DIR/slurmctld.log and $DIR/slurmd.log"
+    kill_daemons  # a start that failed leaves nothing running (a port taken by another SLURM, say); its logs stay
+    echo "slurm_local.sh: node $host is '${state:-not answering}' after 30 s, not idle: see $DIR/slurmctld.log and $DIR/slurmd.log" >&2
+    exit 1
 }
 
 start() {
@@ -128,6 +130,16 @@ start() {
         "export SLURM_CONF=$SLURM_CONF PATH=$DIR/bin:\$PATH"
 }
 
+kill_daemons() {  # only those whose pid files are in $DIR: the ones this script started
+    local name pid
+    for name in "${DAEMONS[@]}"; do
+        alive "$name" || continue
+        pid=$(cat "$DIR/$name.pid")
+        kill "$pid"
+        for _ in $(seq 40); do kill -0 "$pid" 2>/dev/null || break; sleep 0.25; done
+    done
+}
+
 stop() {
     check_can_run
     if alive slurmctld; then
@@ -137,13 +149,7 @@ stop() {
             sleep 0.5
         done
     fi
-    local name pid
-    for name in "${DAEMONS[@]}"; do
-        alive "$name" || continue
-        pid=$(cat "$DIR/$name.pid")
-        kill "$pid"
-        for _ in $(seq 40); do kill -0 "$pid" 2>/dev/null || break; sleep 0.25; done
-    done
+    kill_daemons
     rm -rf "$DIR"
     echo "stopped"
 }

@@ -19,7 +19,8 @@ from tensorboard.backend.event_processing import event_accumulator
 
 from conftest import ROOT, TINY, run_train
 
-pytestmark = pytest.mark.slow
+# one worker runs them all (pyproject.toml: --dist loadgroup): the module's one cluster, on fixed ports
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("slurm")]
 
 SCRIPT = ROOT / "scripts" / "slurm_local.sh"
 # the cluster's one partition, no GPU, one CPU a job (so torch trains on one thread); timeout_min is each test's
@@ -29,6 +30,7 @@ SLURM = ["hydra/launcher=slurm", "hydra.launcher.partition=debug", "hydra.launch
 LONG = [*TINY, "data.train_size=1024", "trainer.batch_size=32"]
 ONLY = "job0"  # the folder of a sweep's one job (nothing varies)
 SPEED = "throughput/"  # the scalars that measure speed: the only ones two runs of one config may differ in
+SWEEPS: list[subprocess.Popen] = []  # every sweep started, killed with the cluster
 
 
 @pytest.fixture(scope="module")
@@ -38,13 +40,15 @@ def cluster(tmp_path_factory) -> dict:
     env = {"RESATTN_SLURM_DIR": str(tmp_path_factory.mktemp("slurm-local"))}
     started = subprocess.run([str(SCRIPT), "start"], env={**os.environ, **env}, capture_output=True, text=True,
                              timeout=120)
-    if started.returncode == 2:  # the script's one-line refusal: it cannot run here
+    if started.returncode == 2:  # the script's one-line refusal: it cannot run here (not root, packages missing...)
         pytest.skip(f"no local SLURM cluster: {started.stderr.strip()}")
     assert started.returncode == 0, started.stderr
     env.update(SLURM_CONF=f"{env['RESATTN_SLURM_DIR']}/slurm.conf",
                PATH=f"{env['RESATTN_SLURM_DIR']}/bin:{os.environ['PATH']}",
                PYTHONPATH=os.pathsep.join([str(ROOT / "src"), *filter(None, [os.environ.get("PYTHONPATH")])]))
     yield env
+    for sweep in SWEEPS:  # a sweep a failed test left waiting would wait for ever once the cluster is gone
+        sweep.kill()
     stopped = subprocess.run([str(SCRIPT), "stop"], env={**os.environ, **env}, capture_output=True, text=True,
                              timeout=120)
     assert stopped.returncode == 0, stopped.stderr
@@ -93,9 +97,10 @@ def same_training(run_dir: Path, reference: Path) -> None:
 def slurm_sweep(tmp: Path, cluster: dict, *args: str) -> subprocess.Popen:
     """`python -m train -m <SLURM> ARGS` started in the background; it submits the jobs and waits for them."""
     log = (tmp / "sweep.log").open("a")
-    return subprocess.Popen([sys.executable, "-m", "train", "-m", *SLURM, *args], cwd=tmp, stdout=log,
-                            stderr=subprocess.STDOUT, text=True,
-                            env={**os.environ, "PYTHONUNBUFFERED": "1", "HYDRA_FULL_ERROR": "0", **cluster})
+    SWEEPS.append(subprocess.Popen([sys.executable, "-m", "train", "-m", *SLURM, *args], cwd=tmp, stdout=log,
+                                   stderr=subprocess.STDOUT, text=True,
+                                   env={**os.environ, "PYTHONUNBUFFERED": "1", "HYDRA_FULL_ERROR": "0", **cluster}))
+    return SWEEPS[-1]
 
 
 def ended(sweep: subprocess.Popen, tmp: Path, timeout: float) -> tuple[int, str]:
