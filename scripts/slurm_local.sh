@@ -143,14 +143,15 @@ kill_daemons() {  # only those whose pid files are in $DIR: the ones this script
 stop() {
     check_can_run
     if alive slurmctld; then
-        scancel --partition=debug --full 2>/dev/null || true  # jobs of this cluster only: it has one partition
+        scancel --partition=debug 2>/dev/null || true  # jobs of this cluster only: it has one partition
         for _ in $(seq 60); do  # let their steps save and end (SIGTERM first, as scancel does)
             [[ -z $(squeue -h -o %i 2>/dev/null) ]] && break
             sleep 0.5
         done
     fi
     kill_daemons
-    rm -rf "$DIR"
+    # the folder goes only if this script made it: RESATTN_SLURM_DIR may name any folder
+    grep -qs '^ClusterName=resattn-local$' "$SLURM_CONF" && rm -rf "$DIR"
     echo "stopped"
 }
 
