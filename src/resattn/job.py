@@ -190,9 +190,24 @@ def place(cfg: DictConfig, hc) -> None:
             t.device = f"cuda:{hc.job.num % torch.cuda.device_count()}"
 
 
+def submitit_requeue() -> tuple[int, object] | None:
+    """(signal, handler) of submitit's own handler in a submitit job (hydra/launcher=slurm): on SLURM's warning
+    before the time limit (USR2, `signal_delay_s` early) it resubmits the job through the launcher's checkpoint()
+    and requeues it, or, once the job has timed out `max_num_timeout` times, raises UncompletedJobError."""
+    if not os.environ.get("SUBMITIT_EXECUTOR"):
+        return None
+    from submitit import JobEnvironment
+
+    signum = JobEnvironment._usr_sig()
+    handler = signal.getsignal(signum)
+    return (signum, handler) if callable(handler) else None
+
+
 @contextmanager
-def stop_on_signals():
-    """First SIGINT/SIGTERM: ask the training loop to stop after its current step. Second: exit at once."""
+def stop_on_signals(requeue: tuple[int, object] | None = None):
+    """First SIGINT/SIGTERM (or submitit's `requeue` signal): ask the training loop to stop after its current
+    step. Second: exit at once. Left to itself, submitit's handler acts mid-step: a requeued job lost the epoch so
+    far, and one past max_num_timeout was recorded failed with submitit's error."""
     received: list[int] = []
 
     def handler(signum, frame):
@@ -200,7 +215,8 @@ def stop_on_signals():
             os._exit(128 + signum)
         received.append(signum)
 
-    previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    stops = (signal.SIGINT, signal.SIGTERM, *([requeue[0]] if requeue else []))
+    previous = {s: signal.signal(s, handler) for s in stops}
     try:
         yield received
     finally:
@@ -268,6 +284,21 @@ def warn_inert_keys(cfg: DictConfig, overrides) -> None:
         log.warning(inert_keys_message(cfg, keys))
 
 
+def requeue_or_end(requeue: tuple[int, object], where, jobs: int) -> list[None]:
+    """The run has saved at its step: now submitit's handler requeues the job (it exits; SLURM starts it again, and
+    it resumes), or says no requeue is left. Then the job returns, recorded interrupted, so the waiting sweep gets
+    its result (a job that exits without one leaves the sweep waiting) and reports it; the same command resumes."""
+    from submitit.core.utils import UncompletedJobError
+
+    signum, handler = requeue
+    try:
+        handler(signum, None)
+    except UncompletedJobError as err:
+        print(f"interrupted by the time limit ({err}): checkpoint saved in {where}; run the same command to resume",
+              file=sys.stderr)
+    return [None] * jobs
+
+
 def run(cfg: DictConfig) -> dict | None:
     """Run one job; its summary (the task function's return value, which a sweeper such as Optuna reads),
     or None when it did not complete."""
@@ -293,14 +324,17 @@ def run_jobs(cfgs: list[DictConfig], run_dirs: list[Path], hc, fused: bool = Fal
         if multirun:  # the HParams columns TensorBoard shows first
             with open_dict(cfg):
                 cfg.tracking.varied = varied
+    requeue = submitit_requeue()
     try:
-        with stop_on_signals() as signals:
+        with stop_on_signals(requeue) as signals:
             summaries = train_members(cfgs, run_dirs, signals, fused, on_start=lambda: job_records.keep(run_dirs))
-        if signals:  # it came during the last evaluation: the runs are complete, and the stop still ends a sweep
-            stop(128 + signals[0], hc)
+        if signals and not (requeue and signals[0] == requeue[0]):
+            stop(128 + signals[0], hc)  # it came during the last evaluation: the runs are complete, and it ends a sweep
         return [s if s["status"] == "completed" else None for s in summaries]
     except Interrupted as err:
         where = run_dirs[0] if len(run_dirs) == 1 else f"the {len(run_dirs)} members' folders"
+        if requeue and err.signum == requeue[0]:
+            return requeue_or_end(requeue, where, len(cfgs))
         print(f"interrupted by {err}: checkpoint saved in {where}; run the same command to resume", file=sys.stderr)
         stop(err.exit_code, hc)  # a stop request ends a sweep too
     except ConfigError as err:
