@@ -17,16 +17,16 @@ from pathlib import Path
 
 from rich.console import Console
 
-from resattn.study import (StudyError, export, pieces_lines, reasons, status_table, study_status, totals,
-                           write_rows)
+from resattn.study import (StudyError, code_lines, export, pieces_lines, reasons, status_table, study_status,
+                           totals, write_rows)
 
 
 def show_status(folder: Path) -> None:
     jobs = study_status(folder)
     console = Console()
     console.print(status_table(jobs, console.width))
-    console.print("\n".join([totals(jobs), *reasons(jobs), *pieces_lines(folder)]), soft_wrap=False,
-                  markup=False, highlight=False)
+    lines = [totals(jobs), *reasons(jobs), *pieces_lines(folder), *code_lines(folder)]
+    console.print("\n".join(lines), soft_wrap=False, markup=False, highlight=False)
 
 
 def show_export(source: Path, dest: Path, images: bool) -> None:

@@ -19,6 +19,15 @@ def run_train(*args: str, cwd: Path = ROOT, timeout: float = 240, **popen) -> su
                           timeout=timeout, **popen)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def image_cache_of_the_session(tmp_path_factory):
+    """data=folder caches decoded images in the user's cache folder: here one of the session's own (the
+    subprocesses of run_train inherit it), never the real ~/.cache; a test may set its own."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("XDG_CACHE_HOME", str(tmp_path_factory.mktemp("xdg_cache")))
+        yield
+
+
 @pytest.fixture(scope="session")
 def cifar_jpeg(tmp_path_factory) -> Path:
     """The offline CIFAR-10 JPEG copy, unpacked once per session; skipped where it is absent."""

@@ -121,7 +121,7 @@ def test_folder_cache_is_made_used_and_rebuilt_when_contents_change(tmp_path, ca
 def test_corrupt_cache_is_rebuilt_with_a_warning(tmp_path, caplog):
     make_folder(tmp_path, {"a": (10, 20, 30), "b": (200, 100, 0)})
     good = data.load(folder_cfg(tmp_path))
-    for cache in (tmp_path / ".resattn_cache").glob("*.pt"):
+    for cache in data.cache_dir(folder_cfg(tmp_path)).glob("*.pt"):
         cache.write_bytes(cache.read_bytes()[:100])
     caplog.clear()
     again = data.load(folder_cfg(tmp_path))
@@ -148,23 +148,111 @@ def test_training_loader_drops_the_last_partial_batch():
     assert [len(y) for _, y in small.batches()] == [10]
 
 
-def test_read_only_root_caches_in_the_users_cache_folder(tmp_path, monkeypatch, caplog):
-    root, home_cache = tmp_path / "images", tmp_path / "xdg"
+def tree(root) -> dict:
+    """Every file and folder under root with its modification time: what a load must leave as it found it."""
+    return {p: p.stat().st_mtime_ns for p in root.rglob("*")}
+
+
+def test_the_cache_defaults_to_the_users_cache_folder_one_folder_per_root(tmp_path, monkeypatch, caplog):
+    """Issue 39: the cache landed inside data.root, a folder often shared or read-only."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    roots = [tmp_path / "one", tmp_path / "two"]
+    for root in roots:  # the same images in two places: each root keeps its own cache files
+        make_folder(root, {"a": (10, 20, 30), "b": (200, 100, 0)})
+    before = [tree(root) for root in roots]
+    caplog.set_level("INFO")
+    loads = [data.load(folder_cfg(root)) for root in roots]
+    assert [tree(root) for root in roots] == before
+    folders = sorted((tmp_path / "xdg" / "resattn").iterdir())
+    assert len(folders) == 2 and [len(list(f.glob("*.pt"))) for f in folders] == [2, 2]
+    assert caplog.text.count("made image cache") == 4
+    monkeypatch.delenv("XDG_CACHE_HOME")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert data.cache_dir(folder_cfg(roots[0])).parent == tmp_path / "home" / ".cache" / "resattn"
+    assert loads[0].fingerprint == loads[1].fingerprint
+
+
+def test_data_cache_dir_moves_the_cache(tmp_path, monkeypatch, caplog):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    make_folder(tmp_path / "images", {"a": (10, 20, 30), "b": (200, 100, 0)})
+    cfg = OmegaConf.merge(folder_cfg(tmp_path / "images"), {"cache_dir": str(tmp_path / "elsewhere")})
+    caplog.set_level("INFO")
+    data.load(cfg)
+    assert len(list((tmp_path / "elsewhere").glob("*/*.pt"))) == 2 and not (tmp_path / "xdg").exists()
+    caplog.clear()
+    data.load(cfg)
+    assert caplog.text.count("using image cache") == 2 and str(tmp_path / "elsewhere") in caplog.text
+
+
+def test_a_cached_load_has_the_fingerprint_of_a_decoded_one(tmp_path, monkeypatch, caplog):
+    """The fingerprint hashes the images, so where they came from changes nothing a run computes."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    make_folder(tmp_path / "images", {"a": (10, 20, 30), "b": (200, 100, 0)})
+    cfg = OmegaConf.merge(folder_cfg(tmp_path / "images"), {"train_size": 6})
+    caplog.set_level("INFO")
+    decoded = data.load(cfg)
+    assert "made image cache" in caplog.text and "using image cache" not in caplog.text
+    caplog.clear()
+    cached = data.load(cfg)
+    assert caplog.text.count("using image cache") == 2 and "made image cache" not in caplog.text
+    assert cached.fingerprint == decoded.fingerprint == data.arrays_fingerprint(decoded)
+    assert torch.equal(cached.train.images, decoded.train.images)
+
+
+def test_a_cache_left_inside_data_root_by_an_older_version_is_not_read(tmp_path, monkeypatch, caplog):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    root = tmp_path / "images"
     make_folder(root, {"a": (10, 20, 30), "b": (200, 100, 0)})
-    monkeypatch.setenv("XDG_CACHE_HOME", str(home_cache))
-    mkdir = Path.mkdir
+    decoded = data.load(folder_cfg(root))
+    # a file of the right name and shape where older versions put it, holding other images
+    old = root / ".resattn_cache"
+    old.mkdir()
+    for cache in data.cache_dir(folder_cfg(root)).glob("*.pt"):
+        torch.save(torch.zeros_like(torch.load(cache)), old / cache.name)
+        cache.unlink()
+    caplog.set_level("INFO")
+    again = data.load(folder_cfg(root))
+    assert torch.equal(again.train.images, decoded.train.images) and again.fingerprint == decoded.fingerprint
+    assert f"{old} holds decoded images an older resattn cached there; they are no longer read" in caplog.text
 
-    def read_only_root(self, *args, **kwargs):  # as on read-only media; permission bits do not stop root
-        if self == root / ".resattn_cache":
-            raise OSError(errno.EROFS, "Read-only file system", str(self))
-        return mkdir(self, *args, **kwargs)
 
-    monkeypatch.setattr(Path, "mkdir", read_only_root)
+def test_a_read_only_data_root_is_never_written(tmp_path, monkeypatch, caplog):
+    """Read-only media, someone else's files: nothing under data.root is even tried (permission bits do not stop
+    a root user, so every write under it fails here, and is recorded)."""
+    root, xdg = tmp_path / "images", tmp_path / "xdg"
+    make_folder(root, {"a": (10, 20, 30), "b": (200, 100, 0)})
+    monkeypatch.setenv("XDG_CACHE_HOME", str(xdg))
+    tried = []
+
+    def refuse_under_root(path) -> None:
+        if Path(path).is_relative_to(root):
+            tried.append(Path(path))
+            raise OSError(errno.EROFS, "Read-only file system", str(path))
+
+    mkdir, replace, save = Path.mkdir, Path.replace, torch.save
+    monkeypatch.setattr(Path, "mkdir", lambda self, *a, **k: refuse_under_root(self) or mkdir(self, *a, **k))
+    monkeypatch.setattr(Path, "replace", lambda self, target: refuse_under_root(target) or replace(self, target))
+    monkeypatch.setattr(torch, "save", lambda obj, f, *a, **k: refuse_under_root(f) or save(obj, f, *a, **k))
+    before = tree(root)
     caplog.set_level("INFO")
     first = data.load(folder_cfg(root))
-    assert not (root / ".resattn_cache").exists()
-    [cache_dir] = [d for d in data.cache_dirs(root) if d.is_relative_to(home_cache / "resattn")]
-    assert len(list(cache_dir.glob("*.pt"))) == 2 and "Read-only" in caplog.text
+    assert tried == [] and tree(root) == before and "cannot write" not in caplog.text
+    assert len(list(data.cache_dir(folder_cfg(root)).glob("*.pt"))) == 2
     caplog.clear()
     again = data.load(folder_cfg(root))
-    assert "using image cache" in caplog.text and torch.equal(first.train.images, again.train.images)
+    assert caplog.text.count("using image cache") == 2 and torch.equal(first.train.images, again.train.images)
+
+
+def test_a_run_resumes_with_its_cache_in_another_folder(tmp_path):
+    """data.cache_dir says where the decoded images are kept, not what the run computes
+    (identity.NOT_THE_EXPERIMENT): a run stopped with one resumes with another."""
+    from resattn import engine
+    from test_records import bmp_folder, make, stopped_after_one_step
+
+    images, run = bmp_folder(tmp_path / "images", 10), tmp_path / "run"
+    folder = ["data=folder", f"data.root={images}", "data.train_size=null", "data.test_size=null",
+              "trainer.batch_size=4"]
+    stopped_after_one_step(make(*folder, f"data.cache_dir={tmp_path / 'first'}"), run)
+    done = engine.train(make(*folder, f"data.cache_dir={tmp_path / 'second'}"), run)
+    assert done["status"] == "completed" and done["pieces"][1]["start_step"] == 1
+    assert [len(list((tmp_path / d).glob("*/*.pt"))) for d in ("first", "second")] == [2, 2]

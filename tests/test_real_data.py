@@ -1,6 +1,8 @@
 """Real CIFAR-10 images (the offline JPEG copy in ../shared/datasets), where the copy is present."""
 
 import json
+import os
+from pathlib import Path
 
 import pytest
 
@@ -16,4 +18,6 @@ def test_folder_data_trains_well_above_chance(cifar_jpeg, tmp_path):
     s = json.loads((tmp_path / "summary.json").read_text())
     assert s["status"] == "completed"
     assert s["best_test_acc"] > 0.25, s  # chance is 0.10
-    assert list((cifar_jpeg / ".resattn_cache").glob("train-*.pt"))  # decoded once, cached beside the data
+    # decoded once, cached in the user's cache folder (conftest: the session's own), nothing written beside the data
+    assert list((Path(os.environ["XDG_CACHE_HOME"]) / "resattn").glob("*/train-*.pt"))
+    assert not (cifar_jpeg / ".resattn_cache").exists()

@@ -116,3 +116,6 @@ def test_a_fused_sweep_in_pieces_keeps_one_precision_and_a_bad_checkpoint_fails_
     for seed, members in ((1, 1), (2, 3), (3, 3), (4, 3)):
         s = summary(sweep / f"seed={seed}")
         assert (s["status"], s["precision"], s["members"]) == ("completed", "fp32", members), seed
+        # what ran, not the config's wish (trainer.channels_last is true): a fused stack trains NCHW
+        assert (s["fused"], s["memory_format"]) == (members > 1, "contiguous" if members > 1 else "channels_last")
+    assert [p["fused"] for p in summary(sweep / "seed=1")["pieces"]] == [True, False]

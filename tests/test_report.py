@@ -408,7 +408,7 @@ def test_verdicts_holm_and_power_from_the_numbers(verdict_report):
     p1 = final[0]
     diff, low, high = (num(p1[k]) * 100 for k in ("diff", "ci95_low", "ci95_high"))
     sentence = (f"pattern=p1 vs pattern=baseline: {diff:+.2f} points [{low:+.2f}, {high:+.2f}], "
-                f"better (Holm p = {num(p1['p_holm']):.3g}")
+                f"better (Holm p = {num(p1['p_holm']):.2g}")
     assert sentence in answer_part
     assert "pattern=p2 vs pattern=baseline" in answer_part and ", worse (Holm p" in answer_part
     p3 = final[2]
@@ -418,6 +418,28 @@ def test_verdicts_holm_and_power_from_the_numbers(verdict_report):
     assert f"0.5 points would need {p3['seeds_for_0.5pts']} seeds per group at alpha 0.0167" in answer_part
     # the intervals beside Holm's verdicts are each comparison's own: said so
     assert "95% CI (unadjusted: each comparison alone), verdict at Holm-adjusted p" in answer_part
+
+
+def test_a_p_value_reads_the_same_in_the_answer_and_the_table(verdict_report):
+    """Issue 39: one Holm p printed as 0.205 in the answer and 0.21 in the comparisons table."""
+    _, comp, md = verdict_report
+    answer_part, table = md.split("## Groups")[0], md.split("## Comparisons")[1].split("\n## ")[0]
+    header = [c.strip() for c in next(line for line in table.splitlines() if line.startswith("| group |")).split("|")]
+    for r in (r for r in comp if r["metric"] == "final_test_acc"):
+        (sentence,) = [line for line in answer_part.splitlines()
+                       if line.startswith(f"- {r['group']} vs ") and "Holm p = " in line]
+        said = sentence.split("Holm p = ")[1].split(",")[0]
+        (row,) = [line for line in table.splitlines() if line.startswith(f"| {r['group']} | {r['reference']} | "
+                                                                       "final_test_acc |")]
+        assert [c.strip() for c in row.split("|")][header.index("p Holm")] == said
+        assert float(said) == pytest.approx(num(r["p_holm"]), rel=0.05)  # two significant digits
+
+
+def test_p_values_keep_two_digits_unless_that_crosses_the_verdicts_level():
+    from resattn.report.tables import p_text
+
+    assert [p_text(p) for p in (0.2051, 6.9e-05, 0.0504, 0.0496, 0.04996)] == ["0.21", "6.9e-05", "0.05", "0.0496",
+                                                                                 "0.04996"]
 
 
 def test_one_seed_or_one_group_gives_no_verdict(verdict_report, tmp_path):
@@ -541,6 +563,74 @@ def test_labels_name_every_key_two_groups_differ_in(tmp_path):
     assert list(groups[0])[:4] == ["pattern.name", "optim.lr", "trainer.epochs", "group"]
     assert [g["group"] for g in groups] == [f"pattern={p}, optim.lr={lr}, trainer.epochs={e}" for p in
                                             ("baseline", "p3_controlled") for lr, e in ((0.1, 2), (0.4, 4))]
+
+
+def test_runs_that_differ_only_in_data_cache_dir_are_pooled(tmp_path):
+    """data.cache_dir says where the decoded images are kept (identity.NOT_THE_EXPERIMENT), not what was run."""
+    for seed in range(2):
+        for pattern in ("baseline", "p1"):
+            fake_run(tmp_path / f"{pattern}_{seed}", pattern, seed, 0.6 + 0.01 * seed,
+                     config={"data.cache_dir": f"/cache/{seed}"})
+    report.write_report([tmp_path], console=Console(file=io.StringIO()))
+    assert [(g["group"], g["n"]) for g in rows(tmp_path / "groups.csv")] == [("pattern=baseline", "2"),
+                                                                              ("pattern=p1", "2")]
+
+
+def test_sources_are_the_folders_given_by_their_full_paths(tmp_path, monkeypatch):
+    """Issue 39: "Sources: `.`" for a report written into the folder it was given."""
+    for name in ("study", "export"):
+        fake_run(tmp_path / name / "baseline_0")
+    study, export = (tmp_path / name for name in ("study", "export"))
+    monkeypatch.chdir(study)
+    md = report.write_report(["."], console=Console(file=io.StringIO())).read_text()
+    assert f"Sources: `{study.resolve()}`\n" in md
+    monkeypatch.chdir(tmp_path)
+    md = report.write_report(["study", "export"], "out", console=Console(file=io.StringIO())).read_text()
+    assert f"Sources: `{study.resolve()}`, `{export.resolve()}`\n" in md
+
+
+def test_best_equal_to_final_in_every_run_is_shown_once_and_said(tmp_path):
+    """Issue 39: best and final accuracy tables identical when accuracy rose every epoch."""
+    for seed, base in enumerate(BASE[:3]):
+        for pattern, shift in (("baseline", 0.0), ("p1", 0.02)):
+            fake_run(tmp_path / "runs" / f"{pattern}_{seed}", pattern, seed, base + shift,
+                     summary={"best_test_acc": base + shift})
+    terminal = io.StringIO()
+    md = report.write_report([tmp_path / "runs"], tmp_path / "out", console=Console(file=terminal, width=200)
+                             ).read_text()
+    said = "Best test accuracy equals final test accuracy in every run"
+    assert "best test acc" not in md and "best_test_acc" not in md and md.count(said) == 1
+    assert "best test" not in terminal.getvalue() and said in terminal.getvalue()
+    assert {r["metric"] for r in rows(tmp_path / "out" / "comparisons.csv")} == {"best_test_acc", "final_test_acc"}
+    assert "best_test_acc_mean" in rows(tmp_path / "out" / "groups.csv")[0]
+    # one run that peaked before its last epoch: best is its own figure again
+    edit_summary(tmp_path / "runs" / "p1_0", best_test_acc=BASE[0] + 0.03)
+    md = report.write_report([tmp_path / "runs"], tmp_path / "out", console=Console(file=io.StringIO())).read_text()
+    assert "best test acc % (mean ± sd)" in md and "| best_test_acc |" in md and said not in md
+
+
+def test_each_groups_time_per_run_stands_beside_its_accuracy(tmp_path):
+    """Issue 39: p3 took 57% longer than the baseline, and the report did not show it. A fused job's
+    wall_time_s is the whole job's: each member counts its share."""
+    seconds = {"baseline": [100.0, 110.0, 120.0], "p1": [150.0, 175.0, 190.0], "p3": [95.0, 90.0, 100.0]}
+    for pattern, times in seconds.items():
+        for seed, (base, t) in enumerate(zip(BASE, times)):
+            members = 2 if pattern == "p3" else 1  # fused in pairs: twice the time on the clock, shared
+            fake_run(tmp_path / f"{pattern}_{seed}", pattern, seed, base, summary={"wall_time_s": t * members,
+                                                                                   "members": members})
+    md = report.write_report([tmp_path], console=Console(file=io.StringIO())).read_text()
+    table = md.split("## Groups")[1].split("\n## ")[0]
+    header = [c.strip() for c in next(line for line in table.splitlines() if line.startswith("| pattern |")).split("|")]
+    column = header.index("time vs reference")
+    cells = {c[1].strip(): c[column].strip() for c in (line.split("|") for line in table.splitlines()
+                                                        if line.startswith(("| baseline |", "| p1 |", "| p3 |")))}
+    ref = np.mean(seconds["baseline"])
+    for pattern in ("p1", "p3"):
+        change = f"{np.mean(seconds[pattern]) / ref - 1:+.0%}"
+        assert cells[pattern] == change
+        assert (f"- pattern={pattern}: {np.mean(seconds[pattern]):.1f} s against {ref:.1f} s for pattern=baseline, "
+                f"{change}") in md.split("## Groups")[0]
+    assert cells["baseline"] == "reference" and cells["p1"] == "+56%"  # 171.7 s against 110 s
 
 
 def test_header_over_an_export_and_its_original_says_how_many_were_kept(tmp_path):

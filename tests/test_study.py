@@ -103,6 +103,48 @@ def test_a_rerun_resumes_the_interrupted_job_and_runs_the_missing_one(finished_s
     assert (piece["jobs"], piece["records"]) == ({"skipped": 1, "resumed": 1, "new": 1, "rerun": 0}, "rewritten")
 
 
+def test_a_rerun_that_adds_no_job_keeps_the_records_as_the_sweep_wrote_them(finished_sweep, tmp_path):
+    sweep_dir = copy_of(finished_sweep, tmp_path / "sweep")
+    records = {name: (sweep_dir / name).read_bytes() for name in ("multirun.yaml", "sweep.yaml")}
+    rerun = run_train("-m", *SWEEP, "trainer.log_every_n_steps=7", f"hydra.sweep.dir={sweep_dir}")
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert {name: (sweep_dir / name).read_bytes() for name in records} == records  # no job used log_every_n_steps=7
+    assert last_piece(sweep_dir)["records"] == "kept"
+
+
+def test_a_diverged_job_is_a_result_the_rerun_skips(finished_sweep, tmp_path):
+    sweep_dir = copy_of(finished_sweep, tmp_path / "sweep")
+    set_summary(sweep_dir / "seed=1", status="diverged", step=3)
+    untouched = job_files(sweep_dir, "seed=1")
+    rerun = run_train("-m", *SWEEP, f"hydra.sweep.dir={sweep_dir}")
+    assert "#1 seed=1: skipped: diverged at step 3 (a new hydra.sweep.dir trains it again)" in rerun.stdout
+    assert rerun.returncode == 1 and "seed=1 (diverged)" in rerun.stderr  # the sweep still says it did not complete
+    assert job_files(sweep_dir, "seed=1") == untouched
+
+
+@pytest.mark.parametrize("change, advice", [("attention=se", "attention=cbam"), ("model=resnet", "model=simplecnn")])
+def test_a_changed_group_is_refused_with_the_group_choice_that_finishes_the_sweep(finished_sweep, tmp_path, change,
+                                                                                  advice):
+    sweep_dir = copy_of(finished_sweep, tmp_path / "sweep")
+    refused = run_train("-m", *SWEEP, change, f"hydra.sweep.dir={sweep_dir}")
+    assert refused.returncode == 2
+    assert f"ran with {advice}, this command gives {change}; give {advice} to finish" in refused.stderr
+    followed = run_train("-m", *SWEEP, advice, f"hydra.sweep.dir={sweep_dir}")  # the advice, taken literally
+    assert followed.returncode == 0 and "skipped: completed" in followed.stdout, followed.stderr[-3000:]
+
+
+@pytest.mark.parametrize("bad, says", [
+    ("trainer.epochs=1,0", "trainer.epochs=0: trainer.epochs must be an integer >= 1, got 0; no job started"),
+    ("optim.lr=0.1,abc", "optim.lr=abc: optim.lr must be a number, got 'abc'; no job started"),
+    ("seed=0..2", "seed=range(0,3)"),
+])
+def test_a_sweep_with_one_bad_value_refuses_before_any_job_trains(bad, says, tmp_path):
+    sweep_dir = tmp_path / "new" / "sweep"
+    refused = run_train("-m", *SWEEP[:-1], bad, f"hydra.sweep.dir={sweep_dir}")
+    assert refused.returncode == 2 and says in refused.stderr.strip().splitlines()[-1]
+    assert not (tmp_path / "new").exists()  # not even the folders made to name its jobs
+
+
 def last_piece(sweep_dir: Path) -> dict:
     return OmegaConf.to_container(OmegaConf.load(sweep_dir / "pieces.yaml"))[-1]
 
@@ -190,7 +232,8 @@ def test_past_the_deadline_no_job_starts_and_the_same_command_finishes(finished_
     assert stopped.returncode == 124, stopped.stderr[-3000:]  # as timeout(1) exits
     assert "deadline passed: 1 jobs not started; run the same command to continue" in stopped.stdout
     assert not (sweep_dir / "seed=1").exists() and job_files(sweep_dir, "seed=0") == untouched
-    assert last_piece(sweep_dir)["ended_by"] == "deadline"
+    assert (last_piece(sweep_dir)["ended_by"], last_piece(sweep_dir)["not_started"]) == ("deadline", 1)
+    assert "1 new (1 of them not started)" in pieces_lines(sweep_dir)[0]
     again = run_train("-m", *SWEEP, f"hydra.sweep.dir={sweep_dir}")
     assert again.returncode == 0, again.stderr[-3000:]
     assert completion(sweep_dir / "seed=1") is None and last_piece(sweep_dir)["ended_by"] == "finished"

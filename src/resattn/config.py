@@ -2,6 +2,7 @@
 
 import math
 from collections.abc import Sequence
+from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -24,6 +25,10 @@ MOVED_KEYS = {
 }
 
 
+
+
+CONFIGS = Path(__file__).resolve().parents[2] / "configs"  # the project's Hydra configs (src/resattn/ -> configs/)
+_ABSENT = object()
 
 
 def _number(cfg: DictConfig, key: str, prefix: str = ""):
@@ -100,6 +105,25 @@ def _validate_optim(cfg: DictConfig) -> None:
             raise ConfigError(f"{key} must be a finite number >= 0, got {_number(cfg, key)!r}")
 
 
+def _validate_data(d: DictConfig) -> None:
+    if "num_classes" in d:  # one class is no classification: every run would score 100%
+        value = _number(d, "num_classes", "data.")
+        if not isinstance(value, int) or value < 2:
+            raise ConfigError(f"data.num_classes must be an integer >= 2, got {value!r}")
+
+
+def _validate_hparams(cfg: DictConfig) -> None:
+    """Each tracking.hparams key names a config key: of this config, or of another option of its group (model.depth
+    is resnet's; SimpleCNN runs show it blank)."""
+    for key in cfg.tracking.hparams:
+        group, _, rest = str(key).partition(".")
+        options = [OmegaConf.load(o) for o in sorted((CONFIGS / group).glob("*.yaml"))] if rest else []
+        # an option's keys sit under the group, or (a `# @package _global_` option such as model/resnet) at the top
+        if OmegaConf.select(cfg, str(key), default=_ABSENT) is _ABSENT and not any(
+                OmegaConf.select(o, k, default=_ABSENT) is not _ABSENT for o in options for k in (rest, str(key))):
+            raise ConfigError(f"tracking.hparams: {key} is no config key; list keys such as optim.lr or model.width")
+
+
 def validate(cfg: DictConfig) -> None:
     p = cfg.pattern
     _one_of("pattern.name", p.name, PATTERNS)
@@ -109,7 +133,8 @@ def validate(cfg: DictConfig) -> None:
                           f"the pattern: baseline none, p1 inside, p2 post_add, p3 pre, p4 skip), got {p.placement!r}")
     seed = cfg.seed
     if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**32:
-        raise ConfigError(f"seed must be an integer in [0, 2**32), got {seed!r}")
+        hint = "; seeds 0 to 2 are seed=range(0,3) (Hydra's range: the end is left out)" if ".." in str(seed) else ""
+        raise ConfigError(f"seed must be an integer in [0, 2**32), got {seed!r}{hint}")
     lam = _number(cfg, "pattern.lam_init")
     if not 0.0 <= lam <= 1.0:
         raise ConfigError(f"pattern.lam_init must be a number in [0, 1], got {lam!r}")
@@ -118,6 +143,8 @@ def validate(cfg: DictConfig) -> None:
     _one_of("pattern.lam_shape", p.lam_shape, LAM_SHAPES)
     _validate_attention(cfg.attention)
     _validate_model(cfg.model)
+    _validate_data(cfg.data)
+    _validate_hparams(cfg)
     for key in ("trainer.epochs", "trainer.batch_size", "trainer.eval_batch_size", "trainer.log_every_n_steps"):
         _at_least_one(cfg, key)
     if not 0 < _number(cfg, "optim.lam_lr_scale") < math.inf:

@@ -25,6 +25,7 @@ from resattn.errors import ConfigError
 
 log = logging.getLogger(__name__)
 PAD = 4  # random-crop padding, in pixels
+OLD_CACHE = ".resattn_cache"  # where data=folder cached decoded images inside data.root before data.cache_dir
 
 
 @dataclass
@@ -178,11 +179,21 @@ def _decode(paths: list[str]) -> torch.Tensor:
     return out
 
 
-def cache_dirs(root: Path) -> list[Path]:
-    """Where a folder's decoded images are cached: root/.resattn_cache/, or where root cannot be written
-    (read-only media, someone else's files) the user's cache folder, one subfolder per data.root."""
-    user_cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "resattn"
-    return [root / ".resattn_cache", user_cache / hashlib.sha256(str(root.resolve()).encode()).hexdigest()[:16]]
+def user_cache_dir() -> Path:
+    """The user's own cache folder, $XDG_CACHE_HOME/resattn or ~/.cache/resattn: writable where a dataset
+    folder often is not (shared, read-only, someone else's)."""
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "resattn"
+
+
+def cache_dir(cfg: DictConfig) -> Path:
+    """Where data=folder keeps the decoded images of data.root: under data.cache_dir (default: user_cache_dir),
+    in a folder of its own per data.root (a hash of its resolved path), so two roots never share a file.
+
+    Caches that older versions wrote into data.root/.resattn_cache/ are not read: a file inside a shared
+    dataset folder may be anyone's, from any version, and the one-off cost of decoding again is small beside
+    keeping a second place to look in for good; folder() names the old folder in the log, to be deleted."""
+    base = Path(cfg.cache_dir).expanduser() if cfg.get("cache_dir") else user_cache_dir()
+    return base / hashlib.sha256(str(Path(cfg.root).resolve()).encode()).hexdigest()[:16]
 
 
 def _load_cache(cache: Path, n: int) -> torch.Tensor | None:
@@ -197,18 +208,19 @@ def _load_cache(cache: Path, n: int) -> torch.Tensor | None:
         return None
 
 
-def _save_cache(images: torch.Tensor, caches: list[Path]) -> None:
-    for cache in caches:
-        try:
-            cache.parent.mkdir(parents=True, exist_ok=True)
-            tmp = cache.with_suffix(f".{os.getpid()}.tmp")  # parallel sweep jobs may build the same cache
-            torch.save(images, tmp)
-            tmp.replace(cache)
-            log.info("made image cache %s", cache)
-            return
-        except OSError as err:
-            log.info("cannot write image cache %s (%s)", cache, err)
-    log.warning("no image cache written; decoding the images again next run")
+def _save_cache(images: torch.Tensor, cache: Path) -> None:
+    """Written whole or not at all: to a file of this process's own, then renamed over the cache (parallel
+    sweep jobs may build the same cache; a reader never sees half a file)."""
+    tmp = cache.with_suffix(f".{os.getpid()}.tmp")
+    try:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        torch.save(images, tmp)
+        tmp.replace(cache)
+        log.info("made image cache %s", cache)
+    except OSError as err:
+        tmp.unlink(missing_ok=True)  # a disk that filled up mid-write keeps no partial file
+        log.warning("cannot write image cache %s (%s); decoding the images again next run (data.cache_dir "
+                    "names another folder)", cache, err)
 
 
 def files_digest(root: Path, paths: list[str]) -> str:
@@ -222,22 +234,23 @@ def files_digest(root: Path, paths: list[str]) -> str:
     return h.hexdigest()
 
 
-def _cached_decode(root: Path, split: str, paths: list[str]) -> torch.Tensor:
-    """Decode once; later runs load <cache dir>/<split>-<hash>.pt, keyed by the files' names and contents."""
-    caches = [d / f"{split}-{files_digest(root, paths)[:16]}.pt" for d in cache_dirs(root)]
-    for cache in caches:
-        images = _load_cache(cache, len(paths)) if cache.exists() else None
-        if images is not None:
-            return images
-    images = _decode(paths)
-    _save_cache(images, caches)
+def _cached_decode(root: Path, cache_folder: Path, split: str, paths: list[str]) -> torch.Tensor:
+    """Decode once; later runs load <cache_folder>/<split>-<hash>.pt, keyed by the files' names and contents."""
+    cache = cache_folder / f"{split}-{files_digest(root, paths)[:16]}.pt"
+    images = _load_cache(cache, len(paths)) if cache.exists() else None
+    if images is None:
+        images = _decode(paths)
+        _save_cache(images, cache)
     return images
 
 
 def folder(cfg: DictConfig) -> Dataset:
     from torchvision.datasets import ImageFolder
 
-    root = Path(cfg.root)
+    root, cache_folder = Path(cfg.root), cache_dir(cfg)
+    if (root / OLD_CACHE).is_dir():
+        log.info("%s holds decoded images an older resattn cached there; they are no longer read (the cache is "
+                 "in %s now): delete the folder to free its space", root / OLD_CACHE, cache_folder.parent)
     splits, classes, val = [], None, None
     for split, size in (("train", cfg.train_size), ("test", cfg.test_size)):
         if not (root / split).is_dir():
@@ -254,11 +267,11 @@ def folder(cfg: DictConfig) -> Dataset:
             keep, held = train_val_indices(labels, size, cfg.get("val_size"), cfg.subset_seed)
             if held is not None:
                 paths = [found.samples[i][0] for i in held.tolist()]
-                val = Split(_cached_decode(root, split, paths), labels[held])
+                val = Split(_cached_decode(root, cache_folder, split, paths), labels[held])
         else:
             keep = balanced_subset(labels, size, cfg.subset_seed, f"data.{split}_size")
         paths = [found.samples[i][0] for i in keep.tolist()]
-        splits.append(Split(_cached_decode(root, split, paths), labels[keep]))
+        splits.append(Split(_cached_decode(root, cache_folder, split, paths), labels[keep]))
     return Dataset(splits[0], splits[1], classes, val)
 
 

@@ -10,6 +10,7 @@ one optimizer step; nothing is read back from the device except at log steps.
 import copy
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from omegaconf import DictConfig
 
-from resattn import checkpoint, clock, data, records, robustness
+from resattn import checkpoint, clock, data, provenance, records, robustness
 from resattn.build import (build_model, build_optimizer, check_fusable, configure_device, pick_device,
                            pick_precision, seed_everything, set_threads, use_compile)
 from resattn.config import validate
@@ -90,9 +91,10 @@ def train(cfg: DictConfig, run_dir: Path, stop: list[int] | None = None) -> dict
 
 
 def train_members(cfgs: list[DictConfig], run_dirs: list[Path], stop: list[int] | None = None,
-                  fused: bool = False) -> list[dict]:
+                  fused: bool = False, on_start: Callable[[], None] | None = None) -> list[dict]:
     """Train each config into its run folder, all as members of one stacked model; their summaries. `fused`: the
     job is one of the fused launcher's, which trains every job in one precision (build.pick_precision).
+    `on_start`: called once every check has passed, before anything is written into a run folder.
 
     A member whose loss stops being finite is recorded `diverged` at its step and the others go on; when none
     is left, Diverged is raised. A stop (signal or trainer.deadline) saves every member and raises Interrupted."""
@@ -101,7 +103,7 @@ def train_members(cfgs: list[DictConfig], run_dirs: list[Path], stop: list[int] 
         validate(cfg)
     if len({fusion_key(cfg) for cfg in cfgs}) > 1:
         raise ConfigError("members of a fused job may differ only in seed and pattern.lam_init")
-    job = prepare(cfgs, [Path(d) for d in run_dirs], time.perf_counter(), fused)
+    job = prepare(cfgs, [Path(d) for d in run_dirs], time.perf_counter(), fused, on_start)
     try:
         run_epochs(job, stop)
         summaries = [records.finish(run, m, job.members, "completed", job.step, job.elapsed()) if run.active
@@ -119,7 +121,8 @@ def train_members(cfgs: list[DictConfig], run_dirs: list[Path], stop: list[int] 
     return summaries
 
 
-def prepare(cfgs: list[DictConfig], run_dirs: list[Path], started: float, fused: bool) -> Job:
+def prepare(cfgs: list[DictConfig], run_dirs: list[Path], started: float, fused: bool,
+            on_start: Callable[[], None] | None = None) -> Job:
     """Device, data, every run's checkpoint (read and checked before anything is built), the members and their
     optimizer, each run's record; then the checkpoints applied."""
     cfg, t = cfgs[0], cfgs[0].trainer
@@ -151,13 +154,17 @@ def prepare(cfgs: list[DictConfig], run_dirs: list[Path], started: float, fused:
     compiled = use_compile(t.compile, device, total_steps)
     if compiled:
         members.compile()
+    # channels_last is the config's wish; a fused job trains NCHW (above): record what ran
     setup = {"device": str(device), "device_type": device.type, "precision": "bf16" if bf16 else "fp32",
-             "compiled": compiled, "torch_version": str(torch.__version__), "num_threads": threads,
-             "members": len(cfgs)}
+             "compiled": compiled, "memory_format": "channels_last" if channels_last else "contiguous",
+             "fused": len(cfgs) > 1, "torch_version": str(torch.__version__), "num_threads": threads,
+             "members": len(cfgs), **provenance.code_identity(records.resolved(cfg.attention))}
     job = Job(cfg, [new_run(c, d, train_loader, setup, ds.fingerprint) for c, d in zip(cfgs, run_dirs)], members,
               optimizer, scheduler, loaders, ds.test.images[:8], device, bf16, started)
     if saved:
         resume(job, saved)
+    if on_start is not None:  # the last refusal is behind us
+        on_start()
     for m, run in enumerate(job.runs):  # only once every checkpoint is applied: a refusal leaves events untouched
         open_tracker(job, m, run)
     log.info("training %s on %s (%s, %d steps an epoch, %s, %d CPU threads%s)",

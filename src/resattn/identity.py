@@ -13,13 +13,16 @@ from resattn.errors import flatten
 # data.root says where the data lives, not what it is: the data's fingerprint in summary.json says that.
 NOT_THE_EXPERIMENT = ("hydra", "trainer.device", "trainer.resume", "trainer.num_threads", "trainer.compile",
                       "trainer.eval_batch_size", "trainer.log_every_n_steps", "trainer.deadline", "tracking",
-                      "data.root", "data.download")
+                      "data.root", "data.download", "data.cache_dir")
 
 # What a run resolved on its machine and summary.json records (`recorded`) changes the result too: runs that differ
 # in their precision ("bf16" or "fp32": trainer.precision=auto resolves per machine, and a resumed run keeps the one
 # it started in) or their data (data.Dataset.fingerprint: a hash of the images themselves) are never pooled.
-# summary.json keys that say where a run ran, piece by piece: pooled, but a group that mixes them says so.
-PLACEMENT_KEYS = ("device_type", "torch_version", "compiled")
+# summary.json keys that say where and with which code a run ran, piece by piece (resattn.provenance): pooled, but a
+# group that mixes them says so. A fused job's members train NCHW in one vmapped stack: the last bits differ from an
+# unfused run's, and training amplifies them.
+PLACEMENT_KEYS = ("device_type", "torch_version", "compiled", "memory_format", "fused", "code", "timm_version",
+                  "hydra_version", "custom_source_hash")
 
 # the config key a run's own data is known by when its summary.json has no data_fingerprint (older runs)
 DATA_ROOT = "data.root"

@@ -19,8 +19,8 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, open_dict
 
-from resattn import clock
-from resattn.config import inert_keys, inert_keys_message, moved_keys, validate
+from resattn import clock, job_records
+from resattn.config import CONFIGS, inert_keys, inert_keys_message, moved_keys, validate
 from resattn.engine import train_members
 from resattn.launchers import check_launching, hydra_group_options
 from resattn.errors import ConfigError, Diverged, Interrupted
@@ -37,8 +37,6 @@ LAUNCHERS = {
     "slurm": ("hydra_plugins.hydra_submitit_launcher", "slurm"),  # configs/hydra/launcher/slurm.yaml
 }
 
-
-CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 
 
 def usage_error(message: str) -> None:
@@ -199,12 +197,12 @@ def stop_on_signals():
             signal.signal(s, h)
 
 
-def record_failure(run_dir: Path, cfg: DictConfig, error: str) -> None:
+def record_failure(run_dir: Path, cfg: DictConfig, error: str) -> bool:
     """Mark the run failed, unless its folder holds an earlier run's outcome (a relaunch refused
-    for a bad value must not turn a completed or interrupted run into a failed one)."""
+    for a bad value must not turn a completed or interrupted run into a failed one); whether it wrote."""
     summary = read_summary(run_dir)
     if summary is not None and summary.get("status") != "running":
-        return
+        return False
     summary = summary or {
         "pattern": cfg.pattern.get("name"), "controlled": cfg.pattern.get("controlled"),
         "lam_init": cfg.pattern.get("lam_init"), "lam_learnable": cfg.pattern.get("lam_learnable"),
@@ -212,12 +210,22 @@ def record_failure(run_dir: Path, cfg: DictConfig, error: str) -> None:
     }
     summary.update(status="failed", error=error)
     write_json(run_dir / "summary.json", summary)
+    return True
 
 
-def discard_unstarted(run_dir: Path, log_name: str) -> bool:
-    """Remove the folder of a run refused before it started, if it holds nothing but Hydra's record
-    and the log: a checkpoint, events or summary of an earlier run in it stay."""
-    if run_dir.resolve() == Path.cwd().resolve() or not {p.name for p in run_dir.iterdir()} <= {".hydra", log_name}:
+def record_failures(cfgs: list[DictConfig], run_dirs: list[Path], error: str) -> None:
+    """Each run failed: a folder that now records the failure gets this job's Hydra record and log with it;
+    a folder holding an earlier run's outcome is left as it was."""
+    wrote = [record_failure(d, cfg, error) for cfg, d in zip(cfgs, run_dirs)]
+    job_records.keep([d for d, w in zip(run_dirs, wrote) if w])
+    job_records.drop([d for d, w in zip(run_dirs, wrote) if not w])
+
+
+def discard_unstarted(run_dir: Path) -> bool:
+    """Drop the Hydra record of a job refused before it started, and its folder if that leaves it empty (a
+    checkpoint, events or summary of an earlier run in it stay, and so does its .hydra/ record)."""
+    job_records.drop([run_dir])
+    if run_dir.resolve() == Path.cwd().resolve() or any(run_dir.iterdir()):
         return False
     shutil.rmtree(run_dir)
     remove_empty_parents(run_dir)
@@ -264,7 +272,7 @@ def run_jobs(cfgs: list[DictConfig], run_dirs: list[Path], hc, fused: bool = Fal
     multirun = hc.mode == RunMode.MULTIRUN
     if clock.passed(cfgs[0].trainer.get("deadline")):  # a job a launcher started past the piece's deadline
         for run_dir in run_dirs:
-            discard_unstarted(run_dir, f"{hc.job.name}.log")
+            discard_unstarted(run_dir)
         print("trainer.deadline passed before this job started: nothing trained; run the same command to continue",
               file=sys.stderr)
         sys.exit(Interrupted.DEADLINE_EXIT)
@@ -276,7 +284,7 @@ def run_jobs(cfgs: list[DictConfig], run_dirs: list[Path], hc, fused: bool = Fal
                 cfg.tracking.varied = varied
     try:
         with stop_on_signals() as stop:
-            summaries = train_members(cfgs, run_dirs, stop, fused)
+            summaries = train_members(cfgs, run_dirs, stop, fused, on_start=lambda: job_records.keep(run_dirs))
         if stop:  # it came during the last evaluation: the runs are complete, and the stop still ends a sweep
             sys.exit(128 + stop[0])
         return [s if s["status"] == "completed" else None for s in summaries]
@@ -285,10 +293,9 @@ def run_jobs(cfgs: list[DictConfig], run_dirs: list[Path], hc, fused: bool = Fal
         print(f"interrupted by {err}: checkpoint saved in {where}; run the same command to resume", file=sys.stderr)
         sys.exit(err.exit_code)  # a stop request ends a sweep too
     except ConfigError as err:
-        if not multirun and discard_unstarted(run_dirs[0], f"{hc.job.name}.log"):
+        if not multirun and discard_unstarted(run_dirs[0]):
             usage_error(str(err))  # no run happened: nothing is left in outputs/runs/
-        for cfg, run_dir in zip(cfgs, run_dirs):
-            record_failure(run_dir, cfg, str(err))
+        record_failures(cfgs, run_dirs, str(err))
         if not multirun:
             usage_error(str(err))
         print(f"error: {err}", file=sys.stderr)
@@ -298,8 +305,7 @@ def run_jobs(cfgs: list[DictConfig], run_dirs: list[Path], hc, fused: bool = Fal
             sys.exit(1)
     except Exception as err:
         line = f"{type(err).__name__}: {err}".splitlines()[0]
-        for cfg, run_dir in zip(cfgs, run_dirs):
-            record_failure(run_dir, cfg, line)
+        record_failures(cfgs, run_dirs, line)
         if not multirun:
             raise
         log.exception("job failed: %s", line)  # the traceback goes to the job's log file

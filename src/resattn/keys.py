@@ -6,16 +6,15 @@ then accepts and nothing reads. The real keys are those of the config the comman
 """
 
 import difflib
-from pathlib import Path
 
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import HydraException
 from omegaconf import OmegaConf
 
+from resattn.config import CONFIGS
 from resattn.errors import ConfigError, flatten
 from resattn.external import OPEN_ATTENTIONS
 
-CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 
 
 def _is_group(key: str) -> bool:

@@ -3,12 +3,17 @@
 accepts what it then ignores.
 
 - any launcher: a hydra.launcher key its config lacks, with the closest real one;
+- hydra/launcher=joblib: n_jobs a non-zero integer;
 - hydra/launcher=fused: n_jobs and max_members integers >= 1; a sweep (-m) to launch; no hydra.job.chdir
   (its members share one process and one working directory); the Optuna sweeper with it is tuning.py's;
-- hydra.sweep.dir (hydra.run.dir for a single run) where a file stands.
+- hydra.sweep.dir (hydra.run.dir for a single run): empty, the working folder or above it, a file in the way,
+  or a place no folder can be made.
 """
 
 import difflib
+import os
+import tempfile
+from pathlib import Path
 
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import Override
@@ -56,12 +61,38 @@ def check_launching(args: list[str], multirun: bool) -> None:
     """ConfigError for the first thing Hydra would refuse late or ignore (the module's list)."""
     overrides = given(args)
     folder_key = "hydra.sweep.dir" if multirun else "hydra.run.dir"
-    folder = value(overrides.get(folder_key))
-    if isinstance(folder, str) and "${" not in folder and file_in_the_way(folder) is not None:
-        raise ConfigError(f"{folder_key}={folder}: {file_in_the_way(folder)} is a file, not a folder; give a folder")
+    if folder_key in overrides:
+        check_output_folder(folder_key, value(overrides[folder_key]))
     check_launcher_keys(overrides)
+    n_jobs = overrides.get("hydra.launcher.n_jobs")
+    if value(overrides.get("hydra/launcher")) == "joblib" and n_jobs is not None and not n_jobs.is_sweep_override():
+        n = n_jobs.value()  # joblib: -1 every core, -2 all but one...; 0 fails only after the sweep has started
+        if isinstance(n, bool) or not isinstance(n, int) or n == 0:
+            raise ConfigError(f"hydra.launcher.n_jobs must be a non-zero integer (-1: every core), got {n!r}")
     if value(overrides.get("hydra/launcher")) == FUSED:
         check_fused(overrides, multirun)
+
+
+def check_output_folder(key: str, folder) -> None:
+    """The folder a run or sweep writes to: given (an unset shell variable leaves it empty), not the working
+    folder or one above it (the sweep's report would read every run under it), and one that can be made."""
+    if folder is None or str(folder).strip() == "":
+        raise ConfigError(f"{key} is empty (an unset variable?): give the folder to write to")
+    folder = str(folder)
+    if "${" in folder:
+        return  # resolved by Hydra (${now:...}): checked where it lands
+    path, cwd = Path(folder).expanduser().resolve(), Path.cwd().resolve()
+    if path == cwd or path in cwd.parents:
+        raise ConfigError(f"{key}={folder} is the working folder or holds it; give a folder of its own "
+                          "(outputs/... by default)")
+    if file_in_the_way(path) is not None:
+        raise ConfigError(f"{key}={folder}: {file_in_the_way(path)} is a file, not a folder; give a folder")
+    existing = next(p for p in (path, *path.parents) if p.exists())
+    try:  # a probe where the folder would be made: read-only, pseudo (/proc, /sys) or forbidden places fail here
+        os.rmdir(tempfile.mkdtemp(dir=existing, prefix=".resattn-probe-"))
+    except OSError as err:
+        raise ConfigError(f"{key}={folder}: cannot make a folder in {existing} ({err.strerror}); give a writable "
+                          "folder") from None
 
 
 def check_launcher_keys(overrides: dict[str, Override]) -> None:

@@ -59,10 +59,11 @@ def start(sweep_dir: Path, overrides: list[str], jobs: dict[str, int], records: 
     write_pieces(sweep_dir, pieces)
 
 
-def end(sweep_dir: Path, ended_by: str, note: str = "") -> None:
-    """The last piece (this one) ended now, by one of ENDINGS; `note`: a signal's name, an error's line."""
+def end(sweep_dir: Path, ended_by: str, note: str = "", not_started: int = 0) -> None:
+    """The last piece (this one) ended now, by one of ENDINGS; `note`: a signal's name, an error's line;
+    `not_started`: how many of the jobs it was to run never started (a deadline, a stop)."""
     pieces = read_pieces(sweep_dir)
-    pieces[-1].update(ended=timestamp(datetime.now().timestamp()), ended_by=ended_by)
+    pieces[-1].update(ended=timestamp(datetime.now().timestamp()), ended_by=ended_by, not_started=not_started)
     if note:
         pieces[-1]["note"] = note
     write_pieces(sweep_dir, pieces)
@@ -73,6 +74,7 @@ def describe(piece: dict) -> str:
     (the times as the machine that ran the piece wrote them, pieces.yaml adds its time zone)."""
     started, ended = (str(piece.get(k) or "?")[:19].replace("T", " ") for k in ("started", "ended"))
     jobs = ", ".join(f"{n} {kind}" for kind, n in (piece.get("jobs") or {}).items() if n) or "no job"
+    jobs += f" ({piece['not_started']} of them not started)" if piece.get("not_started") else ""
     how = piece.get("ended_by", "?")
     how = "still running, or killed before it could say" if how == "running" else f"ended by {how}"
     note = f" ({piece['note']})" if piece.get("note") else ""

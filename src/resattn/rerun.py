@@ -13,6 +13,9 @@ composes each job and launches; this decides, from the job's composed config and
 from dataclasses import dataclass
 from pathlib import Path
 
+from omegaconf import OmegaConf
+
+from resattn.config import validate
 from resattn.errors import ConfigError, flatten
 from resattn.identity import first_difference
 from resattn.report.runs import fmt_value, read_config
@@ -52,6 +55,8 @@ def action(summary: dict | None, folder: Path, resume) -> str:
     if summary and summary.get("status") == "completed":
         why = completion(folder)
         return "skipped: completed" if why is None else f"rerun from scratch: {why}"
+    if summary and summary.get("status") == "diverged":  # a result: resumed, it would diverge again
+        return f"skipped: diverged at step {summary.get('step', '?')} (a new hydra.sweep.dir trains it again)"
     if resume == "auto" and (folder / "checkpoint.pt").is_file():
         epoch = (summary or {}).get("epochs_completed", "?")
         return f"resuming from epoch {epoch}"
@@ -76,9 +81,24 @@ def difference(theirs: dict, ours: dict) -> tuple[str, str] | None:
     return None if key is None else (setting(key, theirs.get(key)), setting(key, ours.get(key)))
 
 
-def compare_with_run(job: PlannedJob, task: dict) -> None:
+def group_difference(folder: Path, choices) -> tuple[str, str] | None:
+    """(old, new) as group=option for the first config group (not Hydra's own) whose choice differs between the run
+    in `folder` (its .hydra/hydra.yaml) and this command's `choices` (hydra.runtime.choices): a group's keys are
+    changed by choosing its option, so that is the setting to give back (attention=cbam, not attention.name=cbam)."""
+    try:
+        ran = OmegaConf.load(folder / ".hydra" / "hydra.yaml").hydra.runtime.choices
+    except Exception:
+        return None
+    for group, option in choices.items():
+        if not group.startswith("hydra/") and ran.get(group) != option:
+            return f"{group}={ran.get(group)}", f"{group}={option}"
+    return None
+
+
+def compare_with_run(job: PlannedJob, task: dict, choices) -> None:
     """ConfigError (the one line) when the run in the job's folder is another experiment than the job's config
-    `task` (resolved, without the hydra node): the first key that differs, its old and new value, the way out."""
+    `task` (resolved, without the hydra node): the group choice or else the first key that differs, its old and
+    new value, the way out."""
     try:
         ran = read_config(job.folder)
     except Exception as err:
@@ -87,6 +107,7 @@ def compare_with_run(job: PlannedJob, task: dict) -> None:
                           f"move the folder away, {WAY_OUT}") from None
     differs = difference(ran, task)
     if differs:
+        differs = group_difference(job.folder, choices) or differs
         raise ConfigError(f"rerun refused, no job started: {job.folder} ran with {differs[0]}, this command gives "
                           f"{differs[1]}; give {differs[0]} to finish the sweep as it ran, {WAY_OUT} for the new "
                           "setting")
@@ -110,6 +131,16 @@ def not_listed(job: PlannedJob, sweep_dir: Path, listed: int) -> ConfigError:
 
 
 def records_action(listed: list[str], commanded: list[str]) -> str:
-    """What a rerun does with the sweep's records: `rewritten` when the command runs every job they list (the same
-    sweep, or a widened one), else `kept` (a narrowed rerun)."""
-    return "rewritten" if set(listed) <= set(commanded) else "kept"
+    """What a rerun does with the sweep's records: `rewritten` when the command runs every job they list and more
+    (a widened sweep), else `kept` (the same sweep run again, or a narrowed one: its launcher and logging settings
+    belong to no job the records list)."""
+    return "rewritten" if set(listed) < set(commanded) else "kept"
+
+
+def check_job(job: PlannedJob, cfg) -> None:
+    """ConfigError naming the job when its config is invalid (config.validate): a sweep with one bad value refuses
+    before any of its jobs trains."""
+    try:
+        validate(cfg)
+    except ConfigError as err:
+        raise ConfigError(f"{job.folder.name}: {err}; no job started") from None

@@ -19,7 +19,7 @@ from resattn import pieces, robustness
 from resattn.errors import ConfigError
 from resattn.report.runs import find_run_dirs, read_config, read_run
 from resattn.report.tables import write_csv
-from resattn.sweep import job_name, parse, read_record, sweeper_params, varied_keys
+from resattn.sweep import REPLICATE_KEY, job_name, parse, read_record, sweeper_params, varied_keys
 from resattn.tracking import completion, drop_images, read_summary
 
 CHECKPOINT = "checkpoint.pt"
@@ -210,6 +210,34 @@ def pieces_lines(folder: Path) -> list[str]:
     if not history:
         return ["pieces: none recorded (a sweep run before pieces.yaml was kept)"]
     return [f"pieces: {len(history)}, the last: {pieces.describe(history[-1])}"]
+
+
+def arm_of(job_name: str) -> str:
+    """The job's arm: its folder name without the seed (`pattern=p1,seed=0` -> `pattern=p1`)."""
+    return ",".join(p for p in job_name.split(",") if not p.startswith(f"{REPLICATE_KEY}=")) or "all jobs"
+
+
+def code_lines(folder: Path) -> list[str]:
+    """Which code trained the sweep's (or the run's) pieces (resattn.provenance): one line when one code trained
+    them all, else each code with its count of pieces, and one line per arm whose pieces mix codes."""
+    folder = Path(folder)
+    runs = {folder.name: folder} if is_run_folder(folder) else {
+        d.relative_to(folder).as_posix(): d for d in find_run_dirs([folder]) if (d / "summary.json").is_file()}
+    codes_by_arm: dict[str, list[str]] = {}
+    for name, run_dir in sorted(runs.items()):
+        summary = read_summary(run_dir)
+        history = (summary.get("pieces") or [summary]) if isinstance(summary, dict) else []
+        codes_by_arm.setdefault(arm_of(name), []).extend(str(p.get("code", "unrecorded")) for p in history)
+    counts: dict[str, int] = {}
+    for code in (c for codes in codes_by_arm.values() for c in codes):
+        counts[code] = counts.get(code, 0) + 1
+    if not counts:
+        return []
+    if len(counts) == 1:
+        return [f"code: {next(iter(counts))} (every piece)"]
+    return [f"code: {len(counts)} versions: " + ", ".join(f"{c} ({n} piece{'s' * (n != 1)})" for c, n in counts.items()),
+            *(f"{arm}: mixes code {', '.join(dict.fromkeys(codes))}" for arm, codes in codes_by_arm.items()
+              if len(set(codes)) > 1)]
 
 
 # --- export: the study without the checkpoints of completed runs ---

@@ -103,6 +103,18 @@ def write_records(config: DictConfig) -> None:
     write_record(sweep_dir, sweeper_params(config.hydra), list(config.hydra.overrides.task))
 
 
+def remove_new_sweep(made: list[Path]) -> None:
+    """Undo write_records for a new sweep refused before any job: `made`, the sweep folder and the folders above it
+    that did not exist before (deepest first), go with its records where nothing else is in them."""
+    for name in (MULTIRUN, RECORD):
+        (made[0] / name).unlink(missing_ok=True)
+    for folder in made:
+        try:
+            folder.rmdir()
+        except OSError:  # not empty (something else lives there), or never made
+            return
+
+
 def recorded_varied_keys(sweep_dir) -> set[str] | None:
     """The keys the sweep in `sweep_dir` varies, from the multirun.yaml the sweeper writes there before any
     job starts; None without one."""

@@ -128,6 +128,7 @@ def train_group(sweep_configs: list[DictConfig], singleton_state: dict | None = 
     """Train one group (in this process, or in a worker given Hydra's singletons); each member's summary, None
     where it did not complete (plain data: a worker's results travel back pickled)."""
     from resattn.job import run_jobs
+    from resattn.job_records import HeldFileHandler  # released, with the group's records, when the group starts
 
     if singleton_state is not None:  # a spawned worker: Hydra's singletons, and resattn's resolvers registered
         from resattn.sweep import register_resolvers
@@ -139,7 +140,7 @@ def train_group(sweep_configs: list[DictConfig], singleton_state: dict | None = 
     HydraConfig.instance().set_config(sweep_configs[0])
     configure_log(sweep_configs[0].hydra.job_logging, sweep_configs[0].hydra.verbose)
     root = logging.getLogger()
-    files = [logging.FileHandler(run_dir / f"{cfg.hydra.job.name}.log") for cfg, (_, run_dir) in
+    files = [HeldFileHandler(run_dir / f"{cfg.hydra.job.name}.log") for cfg, (_, run_dir) in
              zip(sweep_configs[1:], started[1:])]
     for handler in files:  # each member's own log file gets the group's lines too
         handler.setFormatter(root.handlers[0].formatter if root.handlers else None)

@@ -160,9 +160,14 @@ class ResattnSweeper(BasicSweeper):
         parser = OverridesParser.create(config_loader=self.hydra_context.config_loader)
         self.overrides = self.split_arguments(parser.parse_overrides(self._parse_config() + list(arguments)),
                                               self.max_batch_size)
+        made = [p for p in (self.sweep_dir, *self.sweep_dir.parents) if not p.exists()]  # deepest first
         try:
             batches, keep_numbers, records = self.plan()
-        except ConfigError as err:  # nothing has run, and no file of the sweep folder has changed
+        except ConfigError as err:  # nothing has run, and no file of an earlier sweep has changed
+            if made:  # a new sweep: the records plan() wrote to name its jobs go, and the folders made for them
+                from resattn.sweep import remove_new_sweep
+
+                remove_new_sweep(made)
             print(f"error: {err}", file=sys.stderr)
             sys.exit(2)
         return self.run_piece(batches, keep_numbers, records)
@@ -207,10 +212,12 @@ class ResattnSweeper(BasicSweeper):
         if listed is not None and folder.name not in listed:
             raise rerun.not_listed(job, self.sweep_dir, len(listed))
         if job.holds_a_run:
-            rerun.compare_with_run(job, task_part(cfg))
+            rerun.compare_with_run(job, task_part(cfg), cfg.hydra.runtime.choices)
         elif listed is not None:
             recorded = job_config(self.hydra_context.config_loader, record, listed[folder.name], num)
             rerun.compare_with_record(job, task_part(recorded), task_part(cfg))
+        if job.kind == "new" or job.kind == "rerun":  # every job it will train is checked before any trains
+            rerun.check_job(job, cfg)
         if job.kind == "rerun":
             job.overrides = rerun.from_scratch(job.overrides)
         return job, renumbered_folder(cfg, num + 1) != folder
@@ -237,13 +244,13 @@ class ResattnSweeper(BasicSweeper):
                 # a job stopped mid-run leaves logging on its own log file: back to the sweep's own logging
                 configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
                 log.info(f"deadline passed: {not_started(jobs)} jobs not started; run the same command to continue")
-            pieces.end(self.sweep_dir, ended_by, note)
+            pieces.end(self.sweep_dir, ended_by, note, not_started(jobs))
             if isinstance(err, DeadlinePassed):
                 from resattn.errors import Interrupted
 
                 sys.exit(Interrupted.DEADLINE_EXIT)  # as a job stopped by the deadline exits
             raise
-        pieces.end(self.sweep_dir, "finished")
+        pieces.end(self.sweep_dir, "finished", not_started=not_started(jobs))
         return returns
 
     def launch_batch(self, batch: list, keep_numbers: bool) -> Sequence[JobReturn]:

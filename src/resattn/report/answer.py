@@ -11,6 +11,7 @@ from resattn.report import stats
 from resattn.report.comparisons import TARGET_DIFF
 from resattn.report.plots import METRIC_TITLES
 from resattn.report.runs import Group, block_names, group_label
+from resattn.report.tables import fmt, p_text, time_change
 
 # Verdicts are stated for these; best_test_acc is the maximum over epochs measured on the test set
 # itself (an optimistic pick), so its tests stay in the table only.
@@ -32,7 +33,7 @@ def judged(row: dict) -> str:
                 f"(n = {row['n']} / {row['n_ref']}; a verdict needs {stats.MIN_SEEDS} seeds a side)")
     if row["verdict"] != "not testable":
         return (f"{head} [{points(row['ci95_low'])}, {points(row['ci95_high'])}], {row['verdict']} "
-                f"(Holm p = {row['p_holm']:.3g}, {row['test']} t-test, n = {row['n']} / {row['n_ref']})")
+                f"(Holm p = {p_text(row['p_holm'])}, {row['test']} t-test, n = {row['n']} / {row['n_ref']})")
     if min(row["n"], row["n_ref"]) < 2:
         return f"{head}, n = {row['n']} / {row['n_ref']}: one seed on a side, no verdict possible"
     return f"{head}: every seed gave the same difference, so there is no spread to test against; no verdict"
@@ -97,8 +98,14 @@ def convergence_lines(groups: list[Group], keys: list[str]) -> list[str]:
     return lines
 
 
-def answer(groups: list[Group], rows: list[dict], notes: list[str], keys: list[str]) -> list[str]:
-    """Markdown lines: the verdict per comparison, the seeds each would need, and what cannot be said."""
+def cost_line(cost: dict) -> str:
+    return (f"{cost['group']}: {fmt(cost['seconds'], digits=1)} s against {fmt(cost['ref_seconds'], digits=1)} s "
+            f"for {cost['reference']}, {time_change(cost['ratio'])}")
+
+
+def answer(groups: list[Group], rows: list[dict], costs: list[dict], notes: list[str], keys: list[str]) -> list[str]:
+    """Markdown lines: the verdict per comparison, what each group's runs cost in time against its reference's
+    (comparisons.time_costs), the seeds each comparison would need, and what cannot be said."""
     lines = ["## Answer", ""]
     completed = [g for g in groups if g.runs]
     if len(completed) < 2:
@@ -111,6 +118,9 @@ def answer(groups: list[Group], rows: list[dict], notes: list[str], keys: list[s
             lines += [f"**{METRIC_TITLES[metric]}**, group minus reference with its 95% CI (unadjusted: each "
                       f"comparison alone), verdict at Holm-adjusted p over {over}:", "",
                       *(f"- {verdict_line(r)}" for r in family), ""]
+    if costs:
+        lines += ["**Time per run** (wall time, mean over seeds, a fused job's shared among its members), against "
+                  "the reference:", "", *(f"- {cost_line(c)}" for c in costs), ""]
     power = [r for r in rows if r["metric"] == "final_test_acc"]
     if power:
         lines += ["**Power** (final test accuracy; two-sided, from the observed spread, at the level a verdict "

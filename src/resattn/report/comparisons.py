@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
+
 from resattn.report import stats
 from resattn.report.runs import ACC_METRICS, VAL_METRICS, Group, ReportError, fmt_value
 
@@ -27,6 +29,8 @@ def parse_reference(items) -> dict[str, str]:
         key, sep, value = item.partition("=")
         if not sep or not key:
             raise ReportError(f"--reference {item!r}: expected KEY=VALUE, e.g. pattern=baseline")
+        if key in out:  # one group is the reference: two values of a key name none
+            raise ReportError(f"--reference gives {key} twice ({key}={out[key]}, {item}); give one value per key")
         out[key] = value
     return out
 
@@ -117,3 +121,21 @@ def judge(family: list[dict]) -> None:
         row.update(p_holm=p_holm, verdict=stats.verdict(row["diff"], p_holm, seeds), tests=tests, alpha_power=alpha,
                    mde=stats.mde(row, alpha=alpha), mde_alone=stats.mde(row),
                    seeds_needed=stats.seeds_needed(row, TARGET_DIFF, alpha=alpha))
+
+
+def seconds_per_run(group: Group) -> float:
+    """The mean time of the group's completed runs; a fused job's wall_time_s is the whole job's, so each of its
+    members counts its share."""
+    return float(np.mean([r.summary["wall_time_s"] / (r.summary.get("members") or 1) for r in group.runs]))
+
+
+def time_costs(groups: list[Group], rows: list[dict]) -> list[dict]:
+    """Each compared group's time per run against its reference's: {group, reference, seconds, ref_seconds,
+    ratio}, one per pair of groups the comparisons met."""
+    by_label = {g.label: g for g in groups}
+    costs = []
+    for label, ref in dict.fromkeys((r["group"], r["reference"]) for r in rows):
+        seconds, ref_seconds = seconds_per_run(by_label[label]), seconds_per_run(by_label[ref])
+        costs.append({"group": label, "reference": ref, "seconds": seconds, "ref_seconds": ref_seconds,
+                      "ratio": seconds / ref_seconds if ref_seconds > 0 else math.nan})
+    return costs

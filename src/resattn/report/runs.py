@@ -23,6 +23,8 @@ from resattn.errors import flatten
 ACC_METRICS = ("best_test_acc", "final_test_acc")
 # on the validation split (data.val_size), in runs that held one out: reported where any run has them
 VAL_METRICS = ("best_val_acc", "final_val_acc")
+# each best-over-epochs metric and the final one it repeats where accuracy never fell from its peak
+FINAL_OF_BEST = {"best_test_acc": "final_test_acc", "best_val_acc": "final_val_acc"}
 # What is one experiment is identity.py's (the list checkpoint refusal uses too); the seed (REPLICATE_KEY) is
 # set aside here: the seeds of one experiment are its replicates, the groups' n.
 # summary.json keys holding {block: value}, reported as one metric per block: <prefix><block>
@@ -279,3 +281,11 @@ def metric_names(groups: list[Group]) -> list[str]:
     blocks = {key: [prefix + b for b in block_names(groups, key)] for key, prefix in BLOCK_METRICS.items()}
     return [*acc, *val, *(["robust_acc"] if robust else []), *blocks["final_lambda"],
             *blocks["lam_travel"], "wall_time_s"]
+
+
+def best_as_final(groups: list[Group], metrics: list[str]) -> list[str]:
+    """The best-over-epochs metrics equal to their final one in every completed run (no run scored higher at
+    an earlier epoch, as when accuracy rose every epoch): their columns and comparisons would repeat the final's."""
+    runs = [r for g in groups for r in g.runs]
+    return [best for best, final in FINAL_OF_BEST.items()
+            if best in metrics and runs and all(r.metric(best) == r.metric(final) for r in runs)]

@@ -12,7 +12,7 @@ from rich.table import Table
 
 from resattn.report import corruption
 from resattn.report.runs import ACC_METRICS, VAL_METRICS, Group, Run, fmt_value, short
-from resattn.report.stats import describe
+from resattn.report.stats import ALPHA, describe
 
 PERCENT = (*ACC_METRICS, *VAL_METRICS, "robust_acc")  # fractions shown in %
 HEADLINE = (*PERCENT, "wall_time_s")  # the groups table; λ per block has a table of its own
@@ -58,13 +58,15 @@ def diverged_cell(group: Group) -> str:
     return f"{len(seeds)} (seed {' '.join(map(str, seeds))})" if seeds else "0"
 
 
-def group_rows(groups: list[Group], group_stats: list[dict], keys: list[str], metrics: list[str], ci_columns: bool
-               ) -> tuple[list[str], list[list[str]]]:
-    """The groups table; the interval gets its own column in report.md, a second line in the narrower terminal."""
+def group_rows(groups: list[Group], group_stats: list[dict], keys: list[str], metrics: list[str], ci_columns: bool,
+               costs: list[dict]) -> tuple[list[str], list[list[str]]]:
+    """The groups table; the interval gets its own column in report.md, a second line in the narrower terminal.
+    Where groups were compared, the last column is each one's time per run against its reference's (costs)."""
     metrics = [m for m in metrics if m in HEADLINE]
     headers = [*(short(k) for k in keys), "n", "seeds", "diverged"]
     for m in metrics:
         headers += [f"{NAMES[m]} (mean ± sd)", "95% CI"] if ci_columns else [f"{NAMES[m]}\nmean ± sd\n95% CI"]
+    change = {c["group"]: time_change(c["ratio"]) for c in costs} | {c["reference"]: "reference" for c in costs}
     rows = []
     for g, st in zip(groups, group_stats):
         row = [*(fmt_value(v) for v in g.values), str(len(g.runs)), " ".join(map(str, g.seeds())) or "–",
@@ -72,8 +74,8 @@ def group_rows(groups: list[Group], group_stats: list[dict], keys: list[str], me
         for m in metrics:
             cells = [mean_sd(st[m], m), interval(st[m], m)]
             row += cells if ci_columns else ["\n".join(cells)]
-        rows.append(row)
-    return headers, rows
+        rows.append(row + ([change.get(g.label, "–")] if costs else []))
+    return headers + (["time vs reference"] if costs else []), rows
 
 
 def lambda_rows(groups: list[Group], group_stats: list[dict], metrics: list[str]) -> tuple[list[str], list[list[str]]]:
@@ -108,7 +110,18 @@ def corruption_rows(groups: list[Group]) -> tuple[list[str], list[list[str]]]:
 
 
 def p_text(p: float) -> str:
-    return "–" if math.isnan(p) else f"{p:.2g}"  # small p-values stay readable: 6.9e-05, not 0.000
+    """A p-value as report.md and the terminal give it, tables and sentences alike: two significant digits
+    (small ones stay readable, 6.9e-05, not 0.000), more where two would round it across the verdicts'
+    level (0.0496 is not "0.05")."""
+    if math.isnan(p):
+        return "–"
+    texts = [f"{p:.{digits}g}" for digits in range(2, 7)]
+    return next((t for t in texts if (float(t) < ALPHA) == (p < ALPHA)), texts[-1])
+
+
+def time_change(ratio: float) -> str:
+    """A group's time per run against its reference's, as a change: 1.57 -> "+57%"."""
+    return "–" if math.isnan(ratio) else f"{ratio - 1:+.0%}"
 
 
 def comparison_rows(rows: list[dict]) -> tuple[list[str], list[list[str]]]:

@@ -8,9 +8,9 @@ from rich.console import Console
 
 from resattn.report import plots, stats, tables
 from resattn.report.answer import answer
-from resattn.report.comparisons import comparisons, parse_reference, reference_groups
-from resattn.report.runs import (Group, ReportError, find_run_dirs, group_notes, group_runs, grouping_keys,
-                                 metric_names, read_run, short)
+from resattn.report.comparisons import comparisons, parse_reference, reference_groups, time_costs
+from resattn.report.runs import (FINAL_OF_BEST, Group, ReportError, best_as_final, find_run_dirs, group_notes,
+                                 group_runs, grouping_keys, metric_names, read_run, short)
 from resattn.errors import file_in_the_way
 
 PLOTS = {"acc_test.png": "test accuracy per epoch", "lambda.png": "λ per step (or final λ per block)",
@@ -73,9 +73,10 @@ def write_csvs(out_dir: Path, runs, groups, group_stats, keys, metrics, rows) ->
                      [[r[c] for c in COMPARISON_COLUMNS] for r in renamed])
 
 
-def markdown(intro: str, paths, out_dir: Path, sections: dict, answer_lines: list[str], plot_names) -> str:
+def markdown(intro: str, paths, sections: dict, answer_lines: list[str], plot_names) -> str:
     """report.md: the answer first, then the tables (see report_sections), the plots and the files."""
-    sources = ", ".join(f"`{tables.relpath(p, out_dir)}`" for p in paths)
+    # full paths: report.md is read away from where it was made, where `.` (its own folder) says nothing
+    sources = ", ".join(f"`{p.resolve()}`" for p in paths)
     md = ["# resattn report", "", intro, "", f"Sources: {sources}", "", *answer_lines]
     for title, (text, (headers, rows), empty) in sections.items():
         if rows or empty:
@@ -92,13 +93,16 @@ def markdown(intro: str, paths, out_dir: Path, sections: dict, answer_lines: lis
     return "\n".join(md)
 
 
-def report_sections(runs, groups, group_stats, keys, metrics, rows, out_dir: Path) -> dict:
+def report_sections(runs, groups, group_stats, keys, metrics, rows, costs, out_dir: Path) -> dict:
     """title -> (explanation, (headers, rows), text when empty: "" leaves the section out)."""
+    time_vs_reference = (" Time vs reference: the group's time per run against its reference's (a fused job's wall "
+                         "time shared among its members), means over seeds.") if costs else ""
     return {
         "Groups": ("Completed runs only. Accuracy in %, mean ± sample standard deviation over seeds, 95% confidence "
                    "interval of the mean from the t distribution (– where n < 2), cut to the possible range. "
-                   "Diverged runs are counted.",
-                   tables.group_rows(groups, group_stats, keys, metrics, ci_columns=True), "No completed runs."),
+                   f"Diverged runs are counted.{time_vs_reference}",
+                   tables.group_rows(groups, group_stats, keys, metrics, ci_columns=True, costs=costs),
+                   "No completed runs."),
         "Comparisons": ("Group mean minus reference mean, in percentage points, with its 95% interval: a paired "
                         "t-test on per-seed differences where both groups hold the same seeds, otherwise Welch's. "
                         "p Holm: adjusted over each metric's comparisons; verdict at p Holm < 0.05 with at least "
@@ -146,6 +150,17 @@ def counts(runs, groups: list[Group]) -> str:
             f"per group), {again}{len(runs) - averaged - diverged - twins} others not averaged.")
 
 
+def without_repeats(groups: list[Group], metrics: list[str]) -> tuple[list[str], str]:
+    """The metrics report.md and the terminal show, and a sentence on what they leave out: a best-over-epochs
+    metric equal to its final one in every run (best_as_final), whose column and comparisons would repeat the
+    final's. The CSV files keep every metric: their columns stay the same whatever the runs did."""
+    repeated, title = best_as_final(groups, metrics), plots.METRIC_TITLES
+    said = "".join(f" {title[best].capitalize()} equals {title[FINAL_OF_BEST[best]]} in every run (none scored higher "
+                   f"at an earlier epoch), so the tables show {title[FINAL_OF_BEST[best]]} alone; runs.csv, groups.csv "
+                   "and comparisons.csv hold both." for best in repeated)
+    return [m for m in metrics if m not in repeated], said
+
+
 def write_report(paths, out_dir=None, reference=None, console: Console | None = None) -> Path:
     """Report on every run under `paths` (run, sweep or parent folders) into out_dir (default: the first path).
 
@@ -175,13 +190,15 @@ def write_report(paths, out_dir=None, reference=None, console: Console | None = 
     group_stats = [tables.group_stats(g, metrics) for g in groups]
     write_csvs(out_dir, runs, groups, group_stats, keys, metrics, rows)
 
+    metrics, repeats = without_repeats(groups, metrics)
+    rows, costs = [r for r in rows if r["metric"] in metrics], time_costs(groups, rows)
     grouped = ", ".join(short(k) for k in keys) or "nothing (all runs share one config)"
-    intro = f"{counts(runs, groups)} Grouped by: {grouped}."
-    sections = report_sections(runs, groups, group_stats, keys, metrics, rows, out_dir)
+    intro = f"{counts(runs, groups)} Grouped by: {grouped}.{repeats}"
+    sections = report_sections(runs, groups, group_stats, keys, metrics, rows, costs, out_dir)
     console = console or default_console()
-    show(console, intro, tables.group_rows(groups, group_stats, keys, metrics, ci_columns=False), sections, notes,
-         tables.terminal_comparison_rows(rows))
+    show(console, intro, tables.group_rows(groups, group_stats, keys, metrics, ci_columns=False, costs=costs),
+         sections, notes, tables.terminal_comparison_rows(rows))
     report = out_dir / "report.md"
-    report.write_text(markdown(intro, paths, out_dir, sections, answer(groups, rows, notes, keys), plot_names))
+    report.write_text(markdown(intro, paths, sections, answer(groups, rows, costs, notes, keys), plot_names))
     console.print(f"report: {report}")
     return report
