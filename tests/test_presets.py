@@ -78,10 +78,9 @@ def test_every_preset_composes_and_every_job_validates(preset, tuned_dir):
         validate(job)
     sweep = OmegaConf.select(base, "hydra.sweeper.params") or {}
     if base.hydra.mode == RunMode.MULTIRUN and base.hydra.runtime.choices["hydra/sweeper"] != "optuna":
-        expected = 1
-        for values in sweep.values():
-            expected *= len(str(values).split(","))
-        assert len(jobs) == expected > 1, preset
+        grid = OverridesParser.create().parse_overrides([f"{k}={v}" for k, v in sweep.items()])
+        [expected] = BasicSweeper.split_arguments(grid, max_batch_size=None)  # the preset's grid alone
+        assert len(jobs) == len(expected) > 1, preset
         assert len({json.dumps(OmegaConf.to_container(j), sort_keys=True) for j in jobs}) == len(jobs)
     else:
         assert len(jobs) == 1
