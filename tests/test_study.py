@@ -522,3 +522,19 @@ def test_only_unfinished_jobs_reach_the_launcher(tmp_path, by_number, launches):
     assert inner.launches == launches
     assert results[1] == "ran seed=1" and results[3] == "ran seed=3"
     assert results[0].return_value == {"status": "completed", "epochs_completed": 1}  # as the job itself returns
+
+
+def test_a_sweep_rerun_on_other_images_is_refused_before_any_job_trains(tmp_path):
+    from test_records import bmp_folder
+
+    images, sweep_dir = bmp_folder(tmp_path / "images", 10), tmp_path / "sweep"
+    folder = ["data=folder", f"data.root={images}", "data.train_size=null", "data.test_size=null",
+              "trainer.batch_size=4"]
+    assert run_train("-m", *SWEEP, *folder, f"hydra.sweep.dir={sweep_dir}").returncode == 0
+    shutil.rmtree(sweep_dir / "seed=1")  # a job the first piece never reached
+    bmp_folder(images, 90)  # other pixels under the same names and sizes
+    again = run_train("-m", *SWEEP, *folder, f"hydra.sweep.dir={sweep_dir}")
+    assert again.returncode == 2
+    assert again.stderr.strip().splitlines()[-1].startswith("error: rerun refused, no job started: seed=0 trained "
+                                                             "on other images than data.root=")
+    assert not (sweep_dir / "seed=1").exists()  # seed 1 would have trained on the other images

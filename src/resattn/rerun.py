@@ -10,6 +10,7 @@ composes each job and launches; this decides, from the job's composed config and
   a command that runs only some of them keeps them, and its jobs must be jobs they list, as they list them.
 """
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,6 +34,7 @@ class PlannedJob:
     folder: Path
     summary: dict | None
     action: str  # "skipped: completed", "resuming from epoch k", "new" or "rerun from scratch: <why>"
+    data: dict | None = None  # its resolved data config: jobs with the same one train on the same images
 
     @property
     def kind(self) -> str:
@@ -135,6 +137,27 @@ def records_action(listed: list[str], commanded: list[str]) -> str:
     (a widened sweep), else `kept` (the same sweep run again, or a narrowed one: its launcher and logging settings
     belong to no job the records list)."""
     return "rewritten" if set(listed) < set(commanded) else "kept"
+
+
+def check_data(jobs: list[PlannedJob]) -> None:
+    """ConfigError when jobs this command would train share their data config with runs of the sweep that trained
+    on other images (their summaries' data_fingerprint): the sweep's data is one fact, checked before any job
+    trains, not job by job as each resumes. A moved copy of the same images has the same fingerprint."""
+    from resattn import data  # torch and the image decoders: only for a rerun that has runs to compare with
+
+    groups: dict[str, list[PlannedJob]] = {}
+    for job in jobs:
+        groups.setdefault(json.dumps(job.data, sort_keys=True, default=str), []).append(job)
+    for members in groups.values():
+        recorded = {j.summary["data_fingerprint"] for j in members
+                    if isinstance(j.summary, dict) and j.summary.get("data_fingerprint")}
+        if not recorded or all(j.skipped for j in members):
+            continue
+        if data.load(OmegaConf.create(members[0].data)).fingerprint not in recorded:
+            ran = next(j for j in members if isinstance(j.summary, dict) and j.summary.get("data_fingerprint"))
+            raise ConfigError(f"rerun refused, no job started: {ran.folder.name} trained on other images than "
+                              f"data.root={members[0].data.get('root')} holds now; give the images the sweep ran on, "
+                              f"{WAY_OUT}")
 
 
 def check_job(job: PlannedJob, cfg) -> None:

@@ -195,6 +195,7 @@ class ResattnSweeper(BasicSweeper):
             keep_numbers |= any(renumbered for _, renumbered in planned)
             batches.append([job for job, _ in planned])
             first += len(batch)
+        rerun.check_data([job for batch in batches for job in batch])
         return batches, keep_numbers, records
 
     def planned(self, overrides: list[str], num: int, record, listed: dict | None) -> tuple[Any, bool]:
@@ -208,7 +209,8 @@ class ResattnSweeper(BasicSweeper):
         folder = job_folder(cfg)
         summary = read_summary(folder)
         job = rerun.PlannedJob(list(overrides), num, folder, summary,
-                               rerun.action(summary, folder, OmegaConf.select(cfg, "trainer.resume")))
+                               rerun.action(summary, folder, OmegaConf.select(cfg, "trainer.resume")),
+                               OmegaConf.to_container(cfg.data, resolve=True))
         if listed is not None and folder.name not in listed:
             raise rerun.not_listed(job, self.sweep_dir, len(listed))
         if job.holds_a_run:
