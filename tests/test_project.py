@@ -1,4 +1,4 @@
-"""What the README promises about the project's own test runs."""
+"""What docs/development.md promises about the project's own test runs."""
 
 import subprocess
 import sys

@@ -312,9 +312,9 @@ def test_tuning_runs_do_not_open_with_alembic_lines():
 
 
 def readme_tuning() -> tuple[list[str], list[str], str]:
-    """The README's CPU tuning sequence: the tuning loop's arms and command, tuned_lr.py's arguments, and the
+    """docs/sweeps.md's CPU tuning sequence: the tuning loop's arms and command, tuned_lr.py's arguments, and the
     comparison's command, comments left out."""
-    lines = (ROOT / "README.md").read_text().splitlines()
+    lines = (ROOT / "docs" / "sweeps.md").read_text().splitlines()
     loop = next(re.fullmatch(r"for p in (.+); do (python -m train .+); done", line) for line in lines
                 if "experiment=tune_lr_cpu" in line and line.startswith("for p in"))
     table = next(shlex.split(line, comments=True) for line in lines if line.startswith("python scripts/tuned_lr.py"))
@@ -323,8 +323,8 @@ def readme_tuning() -> tuple[list[str], list[str], str]:
 
 
 def test_the_readme_tuning_sequence_works_as_written(tmp_path, monkeypatch, capsys):
-    """Each tuning command of the README, parsed by Hydra's own parser, writes where tuned_lr.py reads (a study per
-    arm, made here without training), and tuned_lr.py prints the README's comparison, which runs every arm at the
+    """Each tuning command of docs/sweeps.md, parsed by Hydra's own parser, writes where tuned_lr.py reads (a study per
+    arm, made here without training), and tuned_lr.py prints its comparison, which runs every arm at the
     recipe they were tuned at."""
     monkeypatch.chdir(tmp_path)
     arms, tune, table, compare = readme_tuning()
