@@ -26,17 +26,17 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from omegaconf import OmegaConf
 from rich.console import Console
 from rich.table import Table
-from omegaconf import OmegaConf
 from torch.utils.flop_counter import FlopCounterMode
 
 from resattn import data
 from resattn.attention import ATTENTIONS
 from resattn.build import build_optimizer, pick_device, use_bf16, use_compile
 from resattn.engine import stack_batches, train_step
-from resattn.members import stack
 from resattn.evaluate import evaluate
+from resattn.members import stack
 from resattn.model import PATTERNS, SimpleCNN
 from resattn.resnet import DEPTHS, SHORTCUTS, CifarResNet
 
@@ -117,11 +117,17 @@ def timed(run_steps, steps: int, warmup: int, batch_size: int, device) -> float:
 def plain(args, images, labels, mean, std, device) -> float:
     import torchvision.transforms as T
 
-    transform = T.Compose([T.RandomCrop(32, padding=4), T.RandomHorizontalFlip(), T.ToTensor(),
-                           T.Normalize(mean.tolist(), std.tolist())])
-    loader = torch.utils.data.DataLoader(PlainCIFAR(images.permute(0, 2, 3, 1).numpy(), labels.numpy(), transform),
-                                         batch_size=args.batch_size, shuffle=True, num_workers=args.workers,
-                                         drop_last=True, persistent_workers=args.workers > 0)
+    transform = T.Compose(
+        [T.RandomCrop(32, padding=4), T.RandomHorizontalFlip(), T.ToTensor(), T.Normalize(mean.tolist(), std.tolist())]
+    )
+    loader = torch.utils.data.DataLoader(
+        PlainCIFAR(images.permute(0, 2, 3, 1).numpy(), labels.numpy(), transform),
+        batch_size=args.batch_size,
+        shuffle=True,
+        num_workers=args.workers,
+        drop_last=True,
+        persistent_workers=args.workers > 0,
+    )
     torch.manual_seed(0)
     model = make_model(args).to(device)
     opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, nesterov=True, weight_decay=5e-4)
@@ -153,9 +159,21 @@ def project(args, images, labels, mean, std, device, bf16: bool, compiled: bool)
     if compiled:
         members.compile()
     dtype = torch.bfloat16 if bf16 else torch.float32
-    loaders = [data.Loader(data.Split(images, labels), args.batch_size, mean, std, device, dtype, not fused,
-                           augment=True, generator=torch.Generator().manual_seed(m), drop_last=True)
-               for m in range(args.members)]
+    loaders = [
+        data.Loader(
+            data.Split(images, labels),
+            args.batch_size,
+            mean,
+            std,
+            device,
+            dtype,
+            not fused,
+            augment=True,
+            generator=torch.Generator().manual_seed(m),
+            drop_last=True,
+        )
+        for m in range(args.members)
+    ]
     batches = endless(lambda: zip(*(loader.batches() for loader in loaders)))
     active = torch.ones(args.members, dtype=torch.bool, device=device)
 
@@ -167,8 +185,15 @@ def project(args, images, labels, mean, std, device, bf16: bool, compiled: bool)
     speed = timed(run_steps, args.steps, args.warmup, args.batch_size * args.members, device)
     extra = {}
     if args.eval_images:
-        test = data.Loader(data.Split(images[: args.eval_images], labels[: args.eval_images]), 1000, mean, std,
-                           device, dtype, not fused)
+        test = data.Loader(
+            data.Split(images[: args.eval_images], labels[: args.eval_images]),
+            1000,
+            mean,
+            std,
+            device,
+            dtype,
+            not fused,
+        )
         t = time.perf_counter()
         evaluate(members, test, bf16)
         sync(device)
@@ -201,8 +226,9 @@ def main() -> None:
     device = pick_device(args.device)
     bf16 = use_bf16(args.precision, device) and args.members == 1  # fused members train in fp32, as the trainer
     # auto: what the trainer picks for a default 30-epoch CIFAR-10 run
-    compiled = use_compile({"auto": "auto", "true": True, "false": False}[args.compile], device,
-                           30 * (50_000 // args.batch_size))
+    compiled = use_compile(
+        {"auto": "auto", "true": True, "false": False}[args.compile], device, 30 * (50_000 // args.batch_size)
+    )
     g = torch.Generator().manual_seed(0)
     images = torch.randint(0, 256, (args.images, 3, 32, 32), dtype=torch.uint8, generator=g)
     labels = torch.randint(0, 10, (args.images,), generator=g)
@@ -213,13 +239,24 @@ def main() -> None:
     peak_dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     peak = matmul_peak(device, peak_dtype)
 
-    result = {"device": str(torch.cuda.get_device_name() if device.type == "cuda" else platform.processor() or "cpu"),
-              "threads": torch.get_num_threads(), "torch": torch.__version__, "model": args.model,
-              "depth": args.depth if args.model == "resnet" else None, "attention": args.attention,
-              "pattern": args.pattern, "width": args.width, "batch_size": args.batch_size, "steps": args.steps,
-              "members": args.members,
-              "gflop_per_image": flops / 1e9, "peak_gflops": peak, "peak_dtype": str(peak_dtype).split(".")[-1],
-              "resattn_precision": "bf16" if bf16 else "fp32", "resattn_compiled": compiled}
+    result = {
+        "device": str(torch.cuda.get_device_name() if device.type == "cuda" else platform.processor() or "cpu"),
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "model": args.model,
+        "depth": args.depth if args.model == "resnet" else None,
+        "attention": args.attention,
+        "pattern": args.pattern,
+        "width": args.width,
+        "batch_size": args.batch_size,
+        "steps": args.steps,
+        "members": args.members,
+        "gflop_per_image": flops / 1e9,
+        "peak_gflops": peak,
+        "peak_dtype": str(peak_dtype).split(".")[-1],
+        "resattn_precision": "bf16" if bf16 else "fp32",
+        "resattn_compiled": compiled,
+    }
     if not args.skip_plain:
         result["plain_img_s"] = plain(args, images, labels, mean, std, device)
         result["plain_peak_memory_mb"] = peak_memory_mb(device)
@@ -237,26 +274,42 @@ def main() -> None:
         result["plain_share_of_peak"] = result["plain_img_s"] * flops / 1e9 / peak
 
     model = f"ResNet-{args.depth}" if args.model == "resnet" else "SimpleCNN"
-    table = Table(title=f"resattn bench: {model}, {args.attention} {args.pattern}, width {args.width:g} on "
-                        f"{result['device']}, {result['threads']} threads, batch {args.batch_size}")
+    table = Table(
+        title=f"resattn bench: {model}, {args.attention} {args.pattern}, width {args.width:g} on "
+        f"{result['device']}, {result['threads']} threads, batch {args.batch_size}"
+    )
     table.add_column("")
     table.add_column("images/s", justify="right")
     table.add_column("GFLOP/s", justify="right")
     table.add_column(f"of {peak:.0f} GFLOP/s {result['peak_dtype']} peak", justify="right")
     if "plain_img_s" in result:
-        table.add_row("(a) plain loop", f"{result['plain_img_s']:.1f}", f"{result['plain_img_s'] * flops / 1e9:.1f}",
-                      f"{result['plain_share_of_peak']:.0%}")
+        table.add_row(
+            "(a) plain loop",
+            f"{result['plain_img_s']:.1f}",
+            f"{result['plain_img_s'] * flops / 1e9:.1f}",
+            f"{result['plain_share_of_peak']:.0%}",
+        )
     many = f", {args.members} members" if args.members > 1 else ""
-    table.add_row(f"(b) resattn ({result['resattn_precision']}{', compiled' if compiled else ''}{many})",
-                  f"{speed:.1f}", f"{result['resattn_gflops']:.1f}", f"{result['resattn_share_of_peak']:.0%}")
+    table.add_row(
+        f"(b) resattn ({result['resattn_precision']}{', compiled' if compiled else ''}{many})",
+        f"{speed:.1f}",
+        f"{result['resattn_gflops']:.1f}",
+        f"{result['resattn_share_of_peak']:.0%}",
+    )
     console = Console()
     console.print(table)
-    console.print(f"{flops / 1e9:.3f} GFLOP per image per training step"
-                  + (f"; speed-up b/a {result['speedup']:.2f}x" if "speedup" in result else "")
-                  + f"; peak memory {result['resattn_peak_memory_mb']:.0f} MB"
-                  + (f"; evaluation {extra['eval_img_s']:.0f} img/s" if extra else "")
-                  + (f"; {result['resattn_share_of_bf16_peak']:.0%} of the {result['peak_gflops_bf16']:.0f} GFLOP/s "
-                     "bf16 matmul peak" if "peak_gflops_bf16" in result else ""))
+    console.print(
+        f"{flops / 1e9:.3f} GFLOP per image per training step"
+        + (f"; speed-up b/a {result['speedup']:.2f}x" if "speedup" in result else "")
+        + f"; peak memory {result['resattn_peak_memory_mb']:.0f} MB"
+        + (f"; evaluation {extra['eval_img_s']:.0f} img/s" if extra else "")
+        + (
+            f"; {result['resattn_share_of_bf16_peak']:.0%} of the {result['peak_gflops_bf16']:.0f} GFLOP/s "
+            "bf16 matmul peak"
+            if "peak_gflops_bf16" in result
+            else ""
+        )
+    )
     if args.json:
         with open(args.json, "w") as f:
             json.dump(result, f, indent=2)

@@ -21,8 +21,8 @@ from rich.console import Console
 from rich.table import Table
 
 from resattn import data
-from resattn.corruptions import CORRUPTIONS, SEVERITIES, corrupt
 from resattn.build import pick_device, use_bf16
+from resattn.corruptions import CORRUPTIONS, SEVERITIES, corrupt
 from resattn.model import SimpleCNN
 from resattn.robustness import evaluate_corruptions
 
@@ -61,21 +61,30 @@ def main() -> None:
     images = (images * 255).round().to(torch.uint8)
     labels = torch.randint(0, 10, (args.images,), generator=g)
     mean, std = data.channel_stats(images)
-    loader = data.Loader(data.Split(images, labels), args.batch_size, mean, std, device,
-                         torch.bfloat16 if bf16 else torch.float32)
+    loader = data.Loader(
+        data.Split(images, labels), args.batch_size, mean, std, device, torch.bfloat16 if bf16 else torch.float32
+    )
     model = SimpleCNN(pattern="p3_controlled", num_classes=10).to(device).to(memory_format=torch.channels_last)
     per_1000 = 1000 / args.images
 
     rows = {}
     for name in CORRUPTIONS:
-        corrupt_s = sum(timed(lambda: corrupt(loader.images, name, s, torch.Generator().manual_seed(0)), device,
-                              args.repeats) for s in SEVERITIES) / len(SEVERITIES)
-        eval_s = timed(lambda: evaluate_corruptions(model, loader, [name], [3], bf16=bf16), device, args.repeats)
+        corrupt_s = sum(
+            timed(
+                lambda s=s, name=name: corrupt(loader.images, name, s, torch.Generator().manual_seed(0)),
+                device,
+                args.repeats,
+            )
+            for s in SEVERITIES
+        ) / len(SEVERITIES)
+        eval_s = timed(lambda: evaluate_corruptions(model, loader, [name], [3], bf16=bf16), device, args.repeats)  # noqa: B023  (called here, in this iteration)
         rows[name] = {"corrupt_ms_per_1000": 1000 * corrupt_s * per_1000, "eval_ms_per_1000": 1000 * eval_s * per_1000}
     total_s = sum(r["eval_ms_per_1000"] for r in rows.values()) / 1000 * len(SEVERITIES) * 10  # 10,000 images
 
-    table = Table(title=f"CIFAR-10-C on {device} ({'bf16' if bf16 else 'fp32'}, {torch.get_num_threads()} threads, "
-                        f"{args.images} images)")
+    table = Table(
+        title=f"CIFAR-10-C on {device} ({'bf16' if bf16 else 'fp32'}, {torch.get_num_threads()} threads, "
+        f"{args.images} images)"
+    )
     for column in ("corruption", "corrupt ms / 1,000 img", "corrupt + SimpleCNN eval ms / 1,000 img"):
         table.add_column(column, justify="left" if column == "corruption" else "right")
     for name, r in rows.items():
@@ -85,9 +94,19 @@ def main() -> None:
     console.print(f"eval.corruptions=all, 5 severities, 10,000 test images: about {total_s:.0f} s")
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"device": str(device), "cpu": platform.processor() or platform.machine(), "bf16": bf16,
-                       "threads": torch.get_num_threads(), "images": args.images, "per_corruption": rows,
-                       "all_5_severities_10000_images_s": total_s}, f, indent=2)
+            json.dump(
+                {
+                    "device": str(device),
+                    "cpu": platform.processor() or platform.machine(),
+                    "bf16": bf16,
+                    "threads": torch.get_num_threads(),
+                    "images": args.images,
+                    "per_corruption": rows,
+                    "all_5_severities_10000_images_s": total_s,
+                },
+                f,
+                indent=2,
+            )
 
 
 if __name__ == "__main__":

@@ -12,13 +12,20 @@ from resattn.report import ReportError, write_report
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0].partition(": ")[2],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0].partition(": ")[2], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("paths", nargs="*", metavar="PATH", help="run, sweep or parent folders")
-    parser.add_argument("--reference", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
-                        help="the group to compare against, e.g. pattern=p3 or pattern.lam_init=0.1 "
-                             "(default: pattern=baseline); each group meets the reference group that shares "
-                             "its other keys (p1 with se against the baseline with se)")
+    parser.add_argument(
+        "--reference",
+        nargs="+",
+        action="extend",
+        default=[],
+        metavar="KEY=VALUE",
+        help="the group to compare against, e.g. pattern=p3 or pattern.lam_init=0.1 "
+        "(default: pattern=baseline); each group meets the reference group that shares "
+        "its other keys (p1 with se against the baseline with se)",
+    )
     parser.add_argument("--out", metavar="DIR", help="where to write the report (default: the first PATH)")
     args = parser.parse_args(argv)
     # `--reference pattern=p1 SWEEP` hands SWEEP to --reference; a reference always holds '=', a path need not.

@@ -17,8 +17,17 @@ from pathlib import Path
 
 from rich.console import Console
 
-from resattn.study import (StudyError, code_lines, export, pieces_lines, reasons, status_table, study_status,
-                           totals, write_rows)
+from resattn.study import (
+    StudyError,
+    code_lines,
+    export,
+    pieces_lines,
+    reasons,
+    status_table,
+    study_status,
+    totals,
+    write_rows,
+)
 
 
 def show_status(folder: Path) -> None:
@@ -31,13 +40,18 @@ def show_status(folder: Path) -> None:
 
 def show_export(source: Path, dest: Path, images: bool) -> None:
     copied, left_out = export(source, dest, images)
-    print(f"exported {copied} files to {dest}, without the checkpoints of {left_out} completed runs"
-          + ("" if images else " and without image summaries"))
+    print(
+        f"exported {copied} files to {dest}, without the checkpoints of {left_out} completed runs"
+        + ("" if images else " and without image summaries")
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0].partition(": ")[2],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    parser = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0].partition(": ")[2],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=__doc__,
+    )
     commands = parser.add_subparsers(dest="command", required=True)
     status = commands.add_parser("status", help="each job's (or the run's) state and the time still needed")
     status.add_argument("folder", type=Path, metavar="DIR")

@@ -54,8 +54,9 @@ def load(path: Path, what: str) -> DictConfig:
     try:
         cfg = OmegaConf.load(path)
     except (OSError, ValueError, yaml.YAMLError) as err:
-        usage_error(f"{shown(path)}: unreadable {what} ({str(err).splitlines()[0]}); rerun the study or leave its "
-                    "folder out")
+        usage_error(
+            f"{shown(path)}: unreadable {what} ({str(err).splitlines()[0]}); rerun the study or leave its folder out"
+        )
     if not isinstance(cfg, DictConfig):
         usage_error(f"{shown(path)}: unreadable {what} (not a mapping); rerun the study or leave its folder out")
     return cfg
@@ -66,8 +67,10 @@ def best_of(results: Path) -> tuple[dict, float]:
     best = load(results, "Optuna result")
     params, value = best.get("best_params"), best.get("best_value")
     if not isinstance(params, DictConfig) or not params or not isinstance(value, (int, float)):
-        usage_error(f"{shown(results)}: unreadable Optuna result (needs best_params and a numeric best_value); "
-                    "rerun the study or leave its folder out")
+        usage_error(
+            f"{shown(results)}: unreadable Optuna result (needs best_params and a numeric best_value); "
+            "rerun the study or leave its folder out"
+        )
     return OmegaConf.to_container(params), float(value)
 
 
@@ -122,26 +125,36 @@ def check_one_recipe(studies: list[dict]) -> None:
     first = studies[0]
     for other in studies[1:]:
         if other["tuned"] != first["tuned"]:
-            usage_error(f"{first['folder']} tuned {', '.join(first['tuned'])} and {other['folder']} tuned "
-                        f"{', '.join(other['tuned'])}: their rates are not comparable")
+            usage_error(
+                f"{first['folder']} tuned {', '.join(first['tuned'])} and {other['folder']} tuned "
+                f"{', '.join(other['tuned'])}: their rates are not comparable"
+            )
         ours, theirs = recipe(first), recipe(other)
         key = first_difference(ours, theirs)
         if key is not None:
-            usage_error(f"{first['folder']} and {other['folder']} tuned different recipes: {key}="
-                        f"{override_value(ours.get(key))} and {key}={override_value(theirs.get(key))}: their rates "
-                        "are not comparable; tune every arm at one recipe")
+            usage_error(
+                f"{first['folder']} and {other['folder']} tuned different recipes: {key}="
+                f"{override_value(ours.get(key))} and {key}={override_value(theirs.get(key))}: their rates "
+                "are not comparable; tune every arm at one recipe"
+            )
 
 
 def collect(paths: list[Path]) -> tuple[list[dict], list[str]]:
-    found = sorted({p.resolve() for path in paths for p in
-                    ([path] if path.name == "optimization_results.yaml" else path.rglob("optimization_results.yaml"))})
+    found = sorted(
+        {
+            p.resolve()
+            for path in paths
+            for p in ([path] if path.name == "optimization_results.yaml" else path.rglob("optimization_results.yaml"))
+        }
+    )
     if not found:
         usage_error(f"no optimization_results.yaml under {', '.join(map(str, paths))}")
     studies, notes = {}, []
     for study in sorted((read_study(p) for p in found), key=lambda s: s["folder"].name):
         if study["pattern"] in studies:
-            notes.append(f"{study['pattern']}: {studies[study['pattern']]['folder']} left out, "
-                         f"{study['folder']} is newer")
+            notes.append(
+                f"{study['pattern']}: {studies[study['pattern']]['folder']} left out, {study['folder']} is newer"
+            )
         studies[study["pattern"]] = study
     studies = sorted(studies.values(), key=lambda s: s["pattern"])
     check_one_recipe(studies)
@@ -155,18 +168,35 @@ def fmt(x: float) -> str:
 def write_table(studies: list[dict], notes: list[str], command: str, out: Path) -> None:
     keys = list(dict.fromkeys(k for s in studies for k in s["params"]))
     header = ["pattern", *[f"best {k}" for k in keys], "best val acc", "trials", "diverged", "study"]
-    rows = [[s["pattern"], *[fmt(s["params"][k]) if k in s["params"] else "" for k in keys], f"{s['value']:.4f}",
-             s["trials"], s["diverged"], str(s["folder"])] for s in studies]
+    rows = [
+        [
+            s["pattern"],
+            *[fmt(s["params"][k]) if k in s["params"] else "" for k in keys],
+            f"{s['value']:.4f}",
+            s["trials"],
+            s["diverged"],
+            str(s["folder"]),
+        ]
+        for s in studies
+    ]
     out.mkdir(parents=True, exist_ok=True)
     with open(out / "tuned_lr.csv", "w", newline="") as f:
         csv.writer(f).writerows([header, *rows])
     config = studies[0]["config"]
-    md = ["# Tuned learning rate per pattern", "",
-          f"Every study tuned {', '.join(studies[0]['tuned'])} on {config.get('objective')} "
-          f"(data.val_size={config.get('data.val_size')} training images held out), at the recipe that this "
-          "comparison of the arms at their tuned rates runs:", "", f"    {command}", "",
-          "| " + " | ".join(header) + " |", "|" + "---|" * len(header),
-          *("| " + " | ".join(map(str, r)) + " |" for r in rows), ""]
+    md = [
+        "# Tuned learning rate per pattern",
+        "",
+        f"Every study tuned {', '.join(studies[0]['tuned'])} on {config.get('objective')} "
+        f"(data.val_size={config.get('data.val_size')} training images held out), at the recipe that this "
+        "comparison of the arms at their tuned rates runs:",
+        "",
+        f"    {command}",
+        "",
+        "| " + " | ".join(header) + " |",
+        "|" + "---|" * len(header),
+        *("| " + " | ".join(map(str, r)) + " |" for r in rows),
+        "",
+    ]
     md += [f"- note: {n}" for n in notes] + ([""] if notes else [])
     (out / "tuned_lr.md").write_text("\n".join(md))
 
@@ -178,9 +208,11 @@ def write_configs(studies: list[dict], out: Path) -> list[Path]:
         values = OmegaConf.create({})
         for key, value in s["params"].items():
             OmegaConf.update(values, key, float(fmt(value)) if isinstance(value, float) else value)
-        text = (f"# @package _global_\n# Written by scripts/tuned_lr.py from {s['folder']}:\n"
-                f"# the best of {s['trials']} trials, {s['config'].get('objective') or 'objective'} {s['value']:.4f}\n"
-                f"defaults:\n  - override /pattern: {s['pattern']}\n\n" + OmegaConf.to_yaml(values))
+        text = (
+            f"# @package _global_\n# Written by scripts/tuned_lr.py from {s['folder']}:\n"
+            f"# the best of {s['trials']} trials, {s['config'].get('objective') or 'objective'} {s['value']:.4f}\n"
+            f"defaults:\n  - override /pattern: {s['pattern']}\n\n" + OmegaConf.to_yaml(values)
+        )
         path = out / f"{s['pattern']}.yaml"
         path.write_text(text)
         written.append(path)
@@ -208,21 +240,37 @@ def search_path(root: Path) -> str:
 
 def compare_config(search_root: Path, overrides: list[str]) -> DictConfig:
     with initialize_config_dir(str(CONFIGS), version_base="1.3"):
-        return compose("config", return_hydra_config=True,
-                       overrides=["experiment=compare_tuned", search_path(search_root.resolve()), *overrides])
+        return compose(
+            "config",
+            return_hydra_config=True,
+            overrides=["experiment=compare_tuned", search_path(search_root.resolve()), *overrides],
+        )
 
 
 def recipe_overrides(study: dict, base: DictConfig, compose_with) -> list[str]:
     """The overrides that give experiment=compare_tuned (`base`, composed by `compose_with(overrides)`) the recipe
     the study tuned at: its group choices, then every key that defines the experiment where the two still differ,
     and data.root (not the experiment, but the comparison must find the same images)."""
-    groups = [f"{g}={c}" for g, c in study["choices"].items() if not g.startswith("hydra") and c is not None
-              and g not in ("pattern", "experiment", TUNED_GROUP) and base.hydra.runtime.choices.get(g) != c]
+    groups = [
+        f"{g}={c}"
+        for g, c in study["choices"].items()
+        if not g.startswith("hydra")
+        and c is not None
+        and g not in ("pattern", "experiment", TUNED_GROUP)
+        and base.hydra.runtime.choices.get(g) != c
+    ]
     tree = OmegaConf.to_container(compose_with(groups))
     del tree["hydra"]
     ours, theirs = flatten(tree), study["config"]
-    keys = [k for k in theirs if k in ours and ours[k] != theirs[k] and not under(k, COMPARISON_CHANGES)
-            and not under(k, (*ARM_KEYS, *study["tuned"])) and (defines_the_experiment(k) or k == DATA_ROOT)]
+    keys = [
+        k
+        for k in theirs
+        if k in ours
+        and ours[k] != theirs[k]
+        and not under(k, COMPARISON_CHANGES)
+        and not under(k, (*ARM_KEYS, *study["tuned"]))
+        and (defines_the_experiment(k) or k == DATA_ROOT)
+    ]
     # the value as the study's config holds it (a list is a list, not the JSON text flatten makes of it)
     return groups + [f"{k}={override_value(functools.reduce(dict.get, k.split('.'), study['tree']))}" for k in keys]
 
@@ -247,11 +295,15 @@ def configs_folder(args, table_dir: Path) -> Path:
     (a checkout's configs are what the tests compose: a study's rates there would change them)."""
     configs = args.configs or table_dir / TUNED_GROUP
     if configs.name != TUNED_GROUP:
-        usage_error(f"--configs {configs}: the folder must be named {TUNED_GROUP} (the config group compare_tuned "
-                    f"sweeps; Hydra finds DIR/{TUNED_GROUP}/<pattern>.yaml through hydra.searchpath=[file://DIR])")
+        usage_error(
+            f"--configs {configs}: the folder must be named {TUNED_GROUP} (the config group compare_tuned "
+            f"sweeps; Hydra finds DIR/{TUNED_GROUP}/<pattern>.yaml through hydra.searchpath=[file://DIR])"
+        )
     if configs.resolve().is_relative_to(CONFIGS):
-        usage_error(f"--configs {configs}: inside the project's configs/, whose options the tests compose; leave "
-                    f"--configs out (the rates go beside the table, {table_dir / TUNED_GROUP})")
+        usage_error(
+            f"--configs {configs}: inside the project's configs/, whose options the tests compose; leave "
+            f"--configs out (the rates go beside the table, {table_dir / TUNED_GROUP})"
+        )
     for folder in (table_dir, configs):
         if folder.exists() and not folder.is_dir():
             usage_error(f"{folder} is a file; the table and the rates need a folder")
@@ -262,8 +314,11 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("paths", nargs="+", type=Path, help="study folders, or folders above them")
     parser.add_argument("--table-dir", type=Path, help="where tuned_lr.csv/.md go (default: the first path)")
-    parser.add_argument("--configs", type=Path, help=f"where <pattern>.yaml go, a folder named {TUNED_GROUP} "
-                                                      f"(default: TABLE_DIR/{TUNED_GROUP})")
+    parser.add_argument(
+        "--configs",
+        type=Path,
+        help=f"where <pattern>.yaml go, a folder named {TUNED_GROUP} (default: TABLE_DIR/{TUNED_GROUP})",
+    )
     args = parser.parse_args(argv)
     first = args.paths[0]
     table_dir = args.table_dir or (first.parent if first.is_file() else first)
@@ -273,8 +328,10 @@ def main(argv=None) -> int:
     command = next_command(studies, configs)
     write_table(studies, notes, command, table_dir)
     print((table_dir / "tuned_lr.md").read_text())
-    print(f"wrote {table_dir / 'tuned_lr.csv'} and {len(written)} configs in {configs}; compare the arms at their "
-          f"tuned rates with:\n{command}")
+    print(
+        f"wrote {table_dir / 'tuned_lr.csv'} and {len(written)} configs in {configs}; compare the arms at their "
+        f"tuned rates with:\n{command}"
+    )
     return 0
 
 

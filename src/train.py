@@ -4,7 +4,7 @@ import time
 
 STARTED = time.time()  # before the imports below: trainer.deadline counts the command's start-up too
 
-import sys  # the rest after the clock (E402 on purpose)
+import sys
 
 import hydra
 from hydra.core.hydra_config import HydraConfig

@@ -8,16 +8,32 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 CIFAR_JPEG = ROOT.parent / "shared" / "datasets" / "cifar10-jpeg.tar.gz"
 # A run that takes seconds: tiny model, tiny synthetic data.
-TINY = ["data=synthetic", "model.width=0.25", "data.train_size=256", "data.test_size=128", "trainer.batch_size=64",
-        "trainer.epochs=2", "trainer.log_every_n_steps=2", "tracking.progress=false"]
+TINY = [
+    "data=synthetic",
+    "model.width=0.25",
+    "data.train_size=256",
+    "data.test_size=128",
+    "trainer.batch_size=64",
+    "trainer.epochs=2",
+    "trainer.log_every_n_steps=2",
+    "tracking.progress=false",
+]
 
 
-def run_train(*args: str, cwd: Path = ROOT, timeout: float = 240, env: dict | None = None,
-              **popen) -> subprocess.CompletedProcess:
+def run_train(
+    *args: str, cwd: Path = ROOT, timeout: float = 240, env: dict | None = None, **popen
+) -> subprocess.CompletedProcess:
     """`python -m train ARGS` in a real subprocess; `env`: variables added to this process's."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "HYDRA_FULL_ERROR": "0", **(env or {})}
-    return subprocess.run([sys.executable, "-m", "train", *args], cwd=cwd, env=env, capture_output=True, text=True,
-                          timeout=timeout, **popen)
+    return subprocess.run(
+        [sys.executable, "-m", "train", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        **popen,
+    )
 
 
 @pytest.fixture(scope="session", autouse=True)

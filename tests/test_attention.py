@@ -42,16 +42,19 @@ def test_se_hidden_width_and_biases():
     assert SE(64, bias=False).fc1.bias is None and SE(64).fc2.bias is not None
 
 
-@pytest.mark.parametrize("channels,gamma,beta,k", [
-    (4, 2, 1, 3),      # t = int(1.5) = 1 -> at least 3
-    (64, 2, 1, 3),     # t = int(3.5) = 3
-    (128, 2, 1, 5),    # t = int(4) = 4 -> 5
-    (256, 2, 1, 5),    # t = int(4.5) = 4 -> 5
-    (512, 2, 1, 5),    # t = int(5) = 5
-    (2048, 2, 1, 7),   # t = int(6) = 6 -> 7
-    (512, 1, 1, 11),   # t = 10 -> 11
-    (64, 0.5, -2, 9),  # t = int(8) = 8 -> 9
-])
+@pytest.mark.parametrize(
+    "channels,gamma,beta,k",
+    [
+        (4, 2, 1, 3),  # t = int(1.5) = 1 -> at least 3
+        (64, 2, 1, 3),  # t = int(3.5) = 3
+        (128, 2, 1, 5),  # t = int(4) = 4 -> 5
+        (256, 2, 1, 5),  # t = int(4.5) = 4 -> 5
+        (512, 2, 1, 5),  # t = int(5) = 5
+        (2048, 2, 1, 7),  # t = int(6) = 6 -> 7
+        (512, 1, 1, 11),  # t = 10 -> 11
+        (64, 0.5, -2, 9),  # t = int(8) = 8 -> 9
+    ],
+)
 def test_eca_kernel_size_is_adaptive_and_odd(channels, gamma, beta, k):
     assert ECA(channels, gamma=gamma, beta=beta).conv.kernel_size == (k,)
 
@@ -62,7 +65,7 @@ def test_eca_matches_formula():
     w = m.conv.weight.flatten()  # (k,)
     k = len(w)
     y = F.pad(v.mean((2, 3)), (k // 2, k // 2))  # (B, C + k - 1): zeros beyond the first and last channel
-    s = torch.sigmoid(sum(w[j] * y[:, j:j + 128] for j in range(k)))  # cross-correlation across channels
+    s = torch.sigmoid(sum(w[j] * y[:, j : j + 128] for j in range(k)))  # cross-correlation across channels
     torch.testing.assert_close(m(v), s[:, :, None, None] * v)
     assert set(m.masks(v)) == {"channel"} and m.conv.bias is None
 
@@ -114,6 +117,7 @@ def test_attention_layer_refuses_unknown_names_and_keys():
 
 
 # ---------------------------------------------------------------- against timm's modules of the same name
+
 
 def test_se_equals_timms_se_at_the_same_hidden_width():
     from timm.layers import create_attn

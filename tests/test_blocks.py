@@ -52,6 +52,7 @@ def test_cbam_hidden_width_has_a_floor_of_four():
 
 def expected(block: ResidualBlock, x: torch.Tensor, placement: str, lam: torch.Tensor | None) -> torch.Tensor:
     """The block's output by its formula; lam None is the plain gate, a (C,) lam mixes channel by channel."""
+
     def gate(v):
         if lam is None:
             return cbam_by_formula(block.attn, v)
@@ -75,8 +76,15 @@ def expected(block: ResidualBlock, x: torch.Tensor, placement: str, lam: torch.T
 @pytest.mark.parametrize("stride,in_ch,out_ch", [(1, 16, 16), (2, 16, 32)])
 @pytest.mark.parametrize("mode", ["train", "eval"])
 def test_block_matches_its_formula(placement, gate, stride, in_ch, out_ch, mode):
-    block = ResidualBlock(in_ch, out_ch, stride, placement=placement, controlled=gate != "plain", lam_init=0.3,
-                          lam_shape="channel" if gate == "channel" else "scalar")
+    block = ResidualBlock(
+        in_ch,
+        out_ch,
+        stride,
+        placement=placement,
+        controlled=gate != "plain",
+        lam_init=0.3,
+        lam_shape="channel" if gate == "channel" else "scalar",
+    )
     randomise(block)
     if gate == "channel" and block.controlled:  # a different λ in every channel, so a wrong broadcast shows
         block.lam_logit.data.normal_(0, 1)
@@ -162,8 +170,9 @@ def test_fixed_lambda_is_a_buffer_and_does_not_move():
 @pytest.mark.parametrize("placement,channels", [("pre", 8), ("inside", 16), ("post_add", 16), ("skip", 16)])
 @pytest.mark.parametrize("learnable", [True, False])
 def test_channel_lambda_has_one_entry_per_gated_channel_all_at_lam_init(placement, channels, learnable):
-    block = ResidualBlock(8, 16, 2, placement=placement, controlled=True, lam_init=0.2, lam_learnable=learnable,
-                          lam_shape="channel")
+    block = ResidualBlock(
+        8, 16, 2, placement=placement, controlled=True, lam_init=0.2, lam_learnable=learnable, lam_shape="channel"
+    )
     assert block.lam.shape == (channels,)
     torch.testing.assert_close(block.lam, torch.full((channels,), 0.2))
     assert any(p is block.lam_logit for p in block.parameters()) == learnable

@@ -7,8 +7,8 @@ from omegaconf import OmegaConf
 
 from resattn import data
 from resattn.attention import ATTENTIONS
-from resattn.config import ConfigError, validate
 from resattn.build import build_model
+from resattn.config import ConfigError, validate
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 PATTERNS = sorted(p.stem for p in (CONFIGS / "pattern").glob("*.yaml"))
@@ -50,6 +50,7 @@ def test_data_config_composes_and_builds(name, tmp_path):
             for c in ("a", "b"):
                 (tmp_path / split / c).mkdir(parents=True)
                 from PIL import Image
+
                 for i in range(3):
                     Image.new("RGB", (40, 24), (i * 50, 0, 200)).save(tmp_path / split / c / f"{i}.png")
         overrides += [f"data.root={tmp_path}"]
@@ -67,8 +68,10 @@ def test_data_config_composes_and_builds(name, tmp_path):
 
 
 # attention=timm and custom name their module: timm's se, and resattn's SE as if it were a researcher's own
-OPEN = {"timm": ("attention.type=se", "timm.se", "SEModule"),
-        "custom": ("attention._target_=resattn.attention.SE", "resattn.attention.SE", "SE")}
+OPEN = {
+    "timm": ("attention.type=se", "timm.se", "SEModule"),
+    "custom": ("attention._target_=resattn.attention.SE", "resattn.attention.SE", "SE"),
+}
 
 
 @pytest.mark.parametrize("model", ["simplecnn", "resnet"])
@@ -91,12 +94,18 @@ def test_resnet_brings_its_training_recipe_and_the_command_line_wins():
     simple, resnet = make(), make("model=resnet")
     assert (simple.trainer.batch_size, simple.optim.lr, simple.optim.schedule) == (256, 0.2, "onecycle")
     assert (resnet.trainer.epochs, resnet.trainer.batch_size) == (164, 128)
-    assert (resnet.optim.lr, resnet.optim.weight_decay, resnet.optim.schedule, resnet.optim.label_smoothing) == \
-        (0.1, 1e-4, "cosine", 0.0)
+    assert (resnet.optim.lr, resnet.optim.weight_decay, resnet.optim.schedule, resnet.optim.label_smoothing) == (
+        0.1,
+        1e-4,
+        "cosine",
+        0.0,
+    )
     assert resnet.trainer.eval_batch_size == simple.trainer.eval_batch_size  # keys it does not set stay
-    for overrides in (["trainer.batch_size=64", "model=resnet", "optim.lr=0.05"],
-                      ["model=resnet", "trainer.batch_size=64", "optim.lr=0.05"],
-                      ["experiment=resnet_placements", "trainer.batch_size=64", "optim.lr=0.05"]):
+    for overrides in (
+        ["trainer.batch_size=64", "model=resnet", "optim.lr=0.05"],
+        ["model=resnet", "trainer.batch_size=64", "optim.lr=0.05"],
+        ["experiment=resnet_placements", "trainer.batch_size=64", "optim.lr=0.05"],
+    ):
         cfg = make(*overrides)
         assert (cfg.model.name, cfg.trainer.batch_size, cfg.optim.lr, cfg.trainer.epochs) == ("resnet", 64, 0.05, 164)
 
@@ -132,8 +141,11 @@ def test_moved_keys_name_their_new_place(capsys):
 def test_unknown_choices_read_as_english(capsys):
     from resattn.job import check_choices
 
-    for arg, phrase in (("attention=foo", "is not an attention config"), ("experiment=foo", "is not an experiment "),
-                        ("pattern=foo", "is not a pattern config")):
+    for arg, phrase in (
+        ("attention=foo", "is not an attention config"),
+        ("experiment=foo", "is not an experiment "),
+        ("pattern=foo", "is not a pattern config"),
+    ):
         with pytest.raises(SystemExit) as exit_:
             check_choices([arg])
         assert exit_.value.code == 2 and phrase in capsys.readouterr().err
@@ -167,22 +179,34 @@ def test_a_list_of_values_without_multirun_is_one_line(args, capsys):
     assert exit_.value.code == 2 and err.count("\n") == 1 and "a list of values needs -m (multirun)" in err
 
 
-@pytest.mark.parametrize("args", [["-m", "attention=se,eca"], ["eval.corruptions=[noise,blur]"],
-                                  ["experiment=compare_patterns", "seed=0,1"], ["hydra.mode=MULTIRUN", "seed=0,1"]])
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["-m", "attention=se,eca"],
+        ["eval.corruptions=[noise,blur]"],
+        ["experiment=compare_patterns", "seed=0,1"],
+        ["hydra.mode=MULTIRUN", "seed=0,1"],
+    ],
+)
 def test_lists_that_need_no_multirun_flag_pass(args):
     from resattn.job import check_choices
 
     check_choices(args)
 
 
-@pytest.mark.parametrize("overrides,inert", [
-    (["pattern=baseline", "pattern.lam_init=0.3"], ["pattern.lam_init"]),
-    (["pattern=p1", "pattern.lam_learnable=false", "optim.lam_lr_scale=10"], ["pattern.lam_learnable",
-                                                                             "optim.lam_lr_scale"]),
-    (["pattern=p1", "pattern.controlled=true", "pattern.lam_init=0.3"], []),
-    (["pattern=p3_controlled", "pattern.lam_init=0.3"], []),
-    (["pattern=baseline", "pattern.controlled=true", "pattern.lam_shape=channel"], ["pattern.lam_shape"]),
-])
+@pytest.mark.parametrize(
+    "overrides,inert",
+    [
+        (["pattern=baseline", "pattern.lam_init=0.3"], ["pattern.lam_init"]),
+        (
+            ["pattern=p1", "pattern.lam_learnable=false", "optim.lam_lr_scale=10"],
+            ["pattern.lam_learnable", "optim.lam_lr_scale"],
+        ),
+        (["pattern=p1", "pattern.controlled=true", "pattern.lam_init=0.3"], []),
+        (["pattern=p3_controlled", "pattern.lam_init=0.3"], []),
+        (["pattern=baseline", "pattern.controlled=true", "pattern.lam_shape=channel"], ["pattern.lam_shape"]),
+    ],
+)
 def test_lambda_keys_without_a_controlled_gate_are_named(overrides, inert):
     from resattn.config import inert_keys, inert_keys_message
 
@@ -192,73 +216,90 @@ def test_lambda_keys_without_a_controlled_gate_are_named(overrides, inert):
         assert "\n" not in inert_keys_message(cfg, inert) and "controlled gate" in inert_keys_message(cfg, inert)
 
 
-@pytest.mark.parametrize("override,key", [
-    ("pattern.lam_init=1.5", "pattern.lam_init"),
-    ("pattern.lam_init=-0.1", "pattern.lam_init"),
-    ("pattern.lam_init=abc", "pattern.lam_init"),
-    ("attention.spatial_kernel=5", "attention.spatial_kernel"),
-    ("attention.reduction=0", "attention.reduction"),
-    ("attention=se attention.reduction=2.5", "attention.reduction"),
-    ("attention=se attention.bias=maybe", "attention.bias"),
-    ("attention=eca attention.gamma=0", "attention.gamma"),
-    ("attention=eca attention.gamma=-1", "attention.gamma"),
-    ("attention=eca attention.beta=nan", "attention.beta"),
-    ("attention.name=se", "attention.name"),
-    ("pattern.lam_shape=vector", "pattern.lam_shape"),
-    ("model=resnet model.depth=21", "model.depth"),
-    ("model=resnet model.depth=20.0", "model.depth"),
-    ("model=resnet model.shortcut=C", "model.shortcut"),
-    ("model=resnet model.width=0", "model.width"),
-    ("model.name=vgg", "model.name"),
-    ("trainer.epochs=0", "trainer.epochs"),
-    ("trainer.batch_size=0", "trainer.batch_size"),
-    ("optim.schedule=linear", "optim.schedule"),
-    ("trainer.precision=fp16", "trainer.precision"),
-    ("model.width=0", "model.width"),
-    ("trainer.resume=true", "trainer.resume"),
-    ("trainer.batch_size=64.0", "trainer.batch_size"),
-    ("pattern.placement=inside", "pattern.placement"),
-    ("seed=-1", "seed"),
-    ("seed=abc", "seed"),
-    ("optim.warmup_frac=1", "optim.warmup_frac"),
-    ("optim.warmup_frac=0", "optim.warmup_frac"),
-    ("optim.label_smoothing=1.5", "optim.label_smoothing"),
-    ("model.width=inf", "model.width"),
-    ("data=folder", "data.root"),
-    ("data=synthetic data.train_size=null", "data.train_size"),
-    ("trainer.num_threads=0", "trainer.num_threads"),
-    ("tracking.attention_maps_every=-1", "tracking.attention_maps_every"),
-    ("optim.lam_lr_scale=0", "optim.lam_lr_scale"),
-    ("optim.momentum=1.5", "optim.momentum"),
-    ("optim.momentum=1", "optim.momentum"),
-    ("optim.momentum=-0.1", "optim.momentum"),
-    ("optim.lr=0", "optim.lr"),
-    ("optim.lr=inf", "optim.lr"),
-    ("optim.weight_decay=-1e-4", "optim.weight_decay"),
-    ("optim.weight_decay=inf", "optim.weight_decay"),
-    ("eval.corruptions=fog", "eval.corruptions"),
-    ("eval.corruptions=[noise,snow]", "eval.corruptions"),
-    ("eval.severities=[0,1]", "eval.severities"),
-    ("eval.severities=[6]", "eval.severities"),
-    ("eval.corruption_test_size=-5", "eval.corruption_test_size"),
-    ("eval.corruption_every=0", "eval.corruption_every"),
-])
+@pytest.mark.parametrize(
+    "override,key",
+    [
+        ("pattern.lam_init=1.5", "pattern.lam_init"),
+        ("pattern.lam_init=-0.1", "pattern.lam_init"),
+        ("pattern.lam_init=abc", "pattern.lam_init"),
+        ("attention.spatial_kernel=5", "attention.spatial_kernel"),
+        ("attention.reduction=0", "attention.reduction"),
+        ("attention=se attention.reduction=2.5", "attention.reduction"),
+        ("attention=se attention.bias=maybe", "attention.bias"),
+        ("attention=eca attention.gamma=0", "attention.gamma"),
+        ("attention=eca attention.gamma=-1", "attention.gamma"),
+        ("attention=eca attention.beta=nan", "attention.beta"),
+        ("attention.name=se", "attention.name"),
+        ("pattern.lam_shape=vector", "pattern.lam_shape"),
+        ("model=resnet model.depth=21", "model.depth"),
+        ("model=resnet model.depth=20.0", "model.depth"),
+        ("model=resnet model.shortcut=C", "model.shortcut"),
+        ("model=resnet model.width=0", "model.width"),
+        ("model.name=vgg", "model.name"),
+        ("trainer.epochs=0", "trainer.epochs"),
+        ("trainer.batch_size=0", "trainer.batch_size"),
+        ("optim.schedule=linear", "optim.schedule"),
+        ("trainer.precision=fp16", "trainer.precision"),
+        ("model.width=0", "model.width"),
+        ("trainer.resume=true", "trainer.resume"),
+        ("trainer.batch_size=64.0", "trainer.batch_size"),
+        ("pattern.placement=inside", "pattern.placement"),
+        ("seed=-1", "seed"),
+        ("seed=abc", "seed"),
+        ("optim.warmup_frac=1", "optim.warmup_frac"),
+        ("optim.warmup_frac=0", "optim.warmup_frac"),
+        ("optim.label_smoothing=1.5", "optim.label_smoothing"),
+        ("model.width=inf", "model.width"),
+        ("data=folder", "data.root"),
+        ("data=synthetic data.train_size=null", "data.train_size"),
+        ("trainer.num_threads=0", "trainer.num_threads"),
+        ("tracking.attention_maps_every=-1", "tracking.attention_maps_every"),
+        ("optim.lam_lr_scale=0", "optim.lam_lr_scale"),
+        ("optim.momentum=1.5", "optim.momentum"),
+        ("optim.momentum=1", "optim.momentum"),
+        ("optim.momentum=-0.1", "optim.momentum"),
+        ("optim.lr=0", "optim.lr"),
+        ("optim.lr=inf", "optim.lr"),
+        ("optim.weight_decay=-1e-4", "optim.weight_decay"),
+        ("optim.weight_decay=inf", "optim.weight_decay"),
+        ("eval.corruptions=fog", "eval.corruptions"),
+        ("eval.corruptions=[noise,snow]", "eval.corruptions"),
+        ("eval.severities=[0,1]", "eval.severities"),
+        ("eval.severities=[6]", "eval.severities"),
+        ("eval.corruption_test_size=-5", "eval.corruption_test_size"),
+        ("eval.corruption_every=0", "eval.corruption_every"),
+    ],
+)
 def test_bad_values_name_their_key(override, key):
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")) as err:
         validate(make(*override.split()))
     assert "\n" not in str(err.value)
 
 
-@pytest.mark.parametrize("preset,params,fixed", [
-    ("width_sweep", {"model.width": "0.25,0.5,1.0", "pattern": "baseline,p3,p3_controlled", "seed": "0,1,2"}, {}),
-    ("lr_stress", {"optim.lr": "0.1,0.4,1.6", "pattern": "baseline,p1,p3,p3_controlled", "seed": "0,1,2"}, {}),
-    ("robustness", {"pattern": "baseline,p1,p2,p3,p3_controlled,p4", "seed": "0,1,2"}, {"eval.corruptions": "all"}),
-    ("lam_convergence", {"pattern.lam_init": "0.01,0.1,0.5,0.9", "optim.lam_lr_scale": "1,10,100", "seed": "0,1"},
-     {"pattern.name": "p3_controlled"}),
-    ("cpu_study", {"seed": "0,1,2", "pattern": "baseline,p1,p2,p3,p3_controlled,p4"},
-     {"data.name": "folder", "model.width": 0.5, "data.train_size": 10000, "trainer.epochs": 15,
-      "eval.corruption_test_size": 1000}),
-])
+@pytest.mark.parametrize(
+    "preset,params,fixed",
+    [
+        ("width_sweep", {"model.width": "0.25,0.5,1.0", "pattern": "baseline,p3,p3_controlled", "seed": "0,1,2"}, {}),
+        ("lr_stress", {"optim.lr": "0.1,0.4,1.6", "pattern": "baseline,p1,p3,p3_controlled", "seed": "0,1,2"}, {}),
+        ("robustness", {"pattern": "baseline,p1,p2,p3,p3_controlled,p4", "seed": "0,1,2"}, {"eval.corruptions": "all"}),
+        (
+            "lam_convergence",
+            {"pattern.lam_init": "0.01,0.1,0.5,0.9", "optim.lam_lr_scale": "1,10,100", "seed": "0,1"},
+            {"pattern.name": "p3_controlled"},
+        ),
+        (
+            "cpu_study",
+            {"seed": "0,1,2", "pattern": "baseline,p1,p2,p3,p3_controlled,p4"},
+            {
+                "data.name": "folder",
+                "model.width": 0.5,
+                "data.train_size": 10000,
+                "trainer.epochs": 15,
+                "eval.corruption_test_size": 1000,
+            },
+        ),
+    ],
+)
 def test_claim_presets_sweep_what_they_say(preset, params, fixed):
     with initialize_config_dir(str(CONFIGS), version_base="1.3"):
         cfg = compose("config", overrides=[f"experiment={preset}", "data.root=/images"], return_hydra_config=True)

@@ -51,11 +51,17 @@ def assert_within_one_level(out: torch.Tensor, expected: torch.Tensor, max_share
 def test_every_corruption_is_in_one_family_with_the_issues_severities():
     assert sorted(name for family in FAMILIES.values() for name in family) == sorted(CORRUPTIONS)
     assert PARAMS == {  # issue 10, as in make_cifar_c.py
-        "gaussian_noise": (0.04, 0.06, 0.08, 0.09, 0.10), "shot_noise": (500, 250, 100, 75, 50),
-        "impulse_noise": (0.01, 0.02, 0.03, 0.05, 0.07), "speckle_noise": (0.06, 0.10, 0.12, 0.16, 0.20),
-        "gaussian_blur": (0.4, 0.6, 0.7, 0.8, 1.0), "contrast": (0.75, 0.5, 0.4, 0.3, 0.15),
-        "brightness": (0.05, 0.1, 0.15, 0.2, 0.3), "saturate": ((0.3, 0), (0.1, 0), (1.5, 0), (2, 0.1), (2.5, 0.2)),
-        "pixelate": (0.95, 0.9, 0.85, 0.75, 0.65), "jpeg_compression": (80, 65, 58, 50, 40)}
+        "gaussian_noise": (0.04, 0.06, 0.08, 0.09, 0.10),
+        "shot_noise": (500, 250, 100, 75, 50),
+        "impulse_noise": (0.01, 0.02, 0.03, 0.05, 0.07),
+        "speckle_noise": (0.06, 0.10, 0.12, 0.16, 0.20),
+        "gaussian_blur": (0.4, 0.6, 0.7, 0.8, 1.0),
+        "contrast": (0.75, 0.5, 0.4, 0.3, 0.15),
+        "brightness": (0.05, 0.1, 0.15, 0.2, 0.3),
+        "saturate": ((0.3, 0), (0.1, 0), (1.5, 0), (2, 0.1), (2.5, 0.2)),
+        "pixelate": (0.95, 0.9, 0.85, 0.75, 0.65),
+        "jpeg_compression": (80, 65, 58, 50, 40),
+    }
 
 
 def test_every_corruption_gives_changed_uint8_images_of_the_same_shape(images):
@@ -149,8 +155,13 @@ def test_hsv_conversion_matches_matplotlib_and_round_trips(images):
     expected = colors.rgb_to_hsv(unit_nhwc(images))
     assert np.abs(hsv.permute(0, 2, 3, 1).double().numpy() - expected).max() < 1e-5
     assert (hsv_to_rgb(hsv) - rgb).abs().max() < 1e-5
-    assert np.abs(hsv_to_rgb(torch.from_numpy(expected).permute(0, 3, 1, 2)).permute(0, 2, 3, 1).numpy()
-                  - colors.hsv_to_rgb(expected)).max() < 1e-9
+    assert (
+        np.abs(
+            hsv_to_rgb(torch.from_numpy(expected).permute(0, 3, 1, 2)).permute(0, 2, 3, 1).numpy()
+            - colors.hsv_to_rgb(expected)
+        ).max()
+        < 1e-9
+    )
 
 
 @pytest.mark.parametrize("name", ["brightness", "saturate"])
@@ -171,8 +182,12 @@ def test_brightness_and_saturate_change_hsv_value_and_saturation(images, name):
 def test_pixelate_is_pils_box_resize_down_and_up(images):
     for severity in SEVERITIES:
         side = int(32 * PARAMS["pixelate"][severity - 1])
-        expected = [np.array(Image.fromarray(im.permute(1, 2, 0).numpy()).resize((side, side), Image.BOX)
-                             .resize((32, 32), Image.BOX)) for im in images]
+        expected = [
+            np.array(
+                Image.fromarray(im.permute(1, 2, 0).numpy()).resize((side, side), Image.BOX).resize((32, 32), Image.BOX)
+            )
+            for im in images
+        ]
         expected = torch.from_numpy(np.stack(expected)).permute(0, 3, 1, 2)
         assert torch.equal(corrupt(images, "pixelate", severity), expected)
 
@@ -200,8 +215,9 @@ def test_severities_go_from_mild_to_harsh(images):
     """The distance from the clean image grows with severity; saturate desaturates at 1-2 and oversaturates
     at 3-5 (as in the generator), so it grows within each of the two."""
     for name in CORRUPTIONS:
-        distance = [(corrupt(images, name, s, seeded(1)).float() - images.float()).abs().mean().item()
-                    for s in SEVERITIES]
+        distance = [
+            (corrupt(images, name, s, seeded(1)).float() - images.float()).abs().mean().item() for s in SEVERITIES
+        ]
         runs = [distance[:2], distance[2:]] if name == "saturate" else [distance]
         for run in runs:
             assert all(a < b for a, b in zip(run, run[1:])), (name, distance)
@@ -224,8 +240,16 @@ def test_a_gpu_gives_the_images_the_cpu_gives(images):
 # with .to(device) or .cpu(): what runs on it is what a GPU would compute; what is moved to the generator's
 # device runs as on the CPU.
 
-DIVISIONS = {torch.div, torch.true_divide, torch.Tensor.div, torch.Tensor.div_, torch.Tensor.true_divide,
-             torch.Tensor.true_divide_, torch.Tensor.__truediv__, torch.Tensor.__itruediv__}
+DIVISIONS = {
+    torch.div,
+    torch.true_divide,
+    torch.Tensor.div,
+    torch.Tensor.div_,
+    torch.Tensor.true_divide,
+    torch.Tensor.true_divide_,
+    torch.Tensor.__truediv__,
+    torch.Tensor.__itruediv__,
+}
 
 
 def _moves_to_a_device(func, args, kwargs) -> bool:

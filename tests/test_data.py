@@ -68,8 +68,9 @@ def test_loader_without_augmentation_yields_the_normalised_source_exactly():
 def test_shuffled_epochs_replay_from_a_saved_generator_state():
     images = torch.randint(0, 256, (40, 3, 32, 32), dtype=torch.uint8)
     mean, std = data.channel_stats(images)
-    loader = Loader(Split(images, torch.arange(40)), 8, mean, std, "cpu", augment=True,
-                    generator=torch.Generator().manual_seed(1))
+    loader = Loader(
+        Split(images, torch.arange(40)), 8, mean, std, "cpu", augment=True, generator=torch.Generator().manual_seed(1)
+    )
     state = loader.generator.get_state()
     first = [x for x, _ in loader.batches()]
     loader.generator.set_state(state)
@@ -96,8 +97,9 @@ def make_folder(root, colours):
 
 
 def folder_cfg(root):
-    return OmegaConf.create({"name": "folder", "root": str(root), "train_size": None, "test_size": None,
-                             "subset_seed": 0, "augment": False})
+    return OmegaConf.create(
+        {"name": "folder", "root": str(root), "train_size": None, "test_size": None, "subset_seed": 0, "augment": False}
+    )
 
 
 def test_folder_cache_is_made_used_and_rebuilt_when_contents_change(tmp_path, caplog):
@@ -112,6 +114,7 @@ def test_folder_cache_is_made_used_and_rebuilt_when_contents_change(tmp_path, ca
     assert "using image cache" in caplog.text and torch.equal(first.train.images, second.train.images)
     # A new image changes the file list: a new cache, holding the new image.
     from PIL import Image
+
     Image.new("RGB", (32, 32), (0, 255, 0)).save(tmp_path / "train" / "red" / "9.png")
     caplog.clear()
     third = data.load(folder_cfg(tmp_path))
@@ -143,8 +146,9 @@ def test_training_loader_drops_the_last_partial_batch():
     mean, std = torch.zeros(3), torch.ones(3)
     train = Loader(Split(images, torch.arange(50)), 16, mean, std, "cpu", generator=torch.Generator(), drop_last=True)
     assert len(train) == 3 and [len(y) for _, y in train.batches()] == [16, 16, 16]
-    small = Loader(Split(images[:10], torch.arange(10)), 16, mean, std, "cpu", generator=torch.Generator(),
-                   drop_last=True)
+    small = Loader(
+        Split(images[:10], torch.arange(10)), 16, mean, std, "cpu", generator=torch.Generator(), drop_last=True
+    )
     assert [len(y) for _, y in small.batches()] == [10]
 
 
@@ -246,12 +250,18 @@ def test_a_read_only_data_root_is_never_written(tmp_path, monkeypatch, caplog):
 def test_a_run_resumes_with_its_cache_in_another_folder(tmp_path):
     """data.cache_dir says where the decoded images are kept, not what the run computes
     (identity.NOT_THE_EXPERIMENT): a run stopped with one resumes with another."""
-    from resattn import engine
     from test_records import bmp_folder, make, stopped_after_one_step
 
+    from resattn import engine
+
     images, run = bmp_folder(tmp_path / "images", 10), tmp_path / "run"
-    folder = ["data=folder", f"data.root={images}", "data.train_size=null", "data.test_size=null",
-              "trainer.batch_size=4"]
+    folder = [
+        "data=folder",
+        f"data.root={images}",
+        "data.train_size=null",
+        "data.test_size=null",
+        "trainer.batch_size=4",
+    ]
     stopped_after_one_step(make(*folder, f"data.cache_dir={tmp_path / 'first'}"), run)
     done = engine.train(make(*folder, f"data.cache_dir={tmp_path / 'second'}"), run)
     assert done["status"] == "completed" and done["pieces"][1]["start_step"] == 1

@@ -62,8 +62,14 @@ def reference(tmp_path_factory):
 
 def start_run(run_dir, *extra) -> subprocess.Popen:
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    return subprocess.Popen([sys.executable, "-m", "train", *LONGER, *extra, f"hydra.run.dir={run_dir}"], cwd=ROOT,
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    return subprocess.Popen(
+        [sys.executable, "-m", "train", *LONGER, *extra, f"hydra.run.dir={run_dir}"],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
 
 
 def wait_for(proc: subprocess.Popen, text: str) -> None:
@@ -177,8 +183,12 @@ def test_truncated_or_foreign_checkpoints_are_refused(reference, tmp_path):
     torch.save({"model": {}}, tmp_path / "other.pt")
     with pytest.raises(checkpoint.ConfigError, match="is not a resattn checkpoint"):
         checkpoint.load(tmp_path / "other.pt", config)
-    for key, value in (("pattern", {**config["pattern"], "name": "p1"}), ("model", {"width": 0.5}),
-                       ("trainer", {**config["trainer"], "epochs": 5}), ("optim", {**config["optim"], "lr": 0.5})):
+    for key, value in (
+        ("pattern", {**config["pattern"], "name": "p1"}),
+        ("model", {"width": 0.5}),
+        ("trainer", {**config["trainer"], "epochs": 5}),
+        ("optim", {**config["optim"], "lr": 0.5}),
+    ):
         with pytest.raises(checkpoint.ConfigError, match=f"made with {key}.*this run has {key}"):
             checkpoint.load(good, {**config, key: value})
     # where and how fast it runs may change
@@ -190,8 +200,11 @@ def test_a_file_that_is_no_checkpoint_is_named_for_what_it_is(tmp_path):
     """Not the exception torch raises ("list index out of range" for a text file such as /etc/passwd)."""
     (tmp_path / "passwd").write_text("root:x:0:0:root:/root:/bin/bash\n")
     (tmp_path / "empty.pt").write_bytes(b"")
-    for name, what in (("passwd", "not a PyTorch checkpoint file (not a zip archive"),
-                       ("empty.pt", "the file is empty"), (".", "it is a folder")):
+    for name, what in (
+        ("passwd", "not a PyTorch checkpoint file (not a zip archive"),
+        ("empty.pt", "the file is empty"),
+        (".", "it is a folder"),
+    ):
         with pytest.raises(checkpoint.ConfigError) as err:
             checkpoint.load(tmp_path / name, {})
         assert what in str(err.value) and "index" not in str(err.value)
@@ -250,8 +263,10 @@ def test_every_compiled_run_of_a_multirun_is_compiled(tmp_path):
     logging.getLogger("torch._dynamo").addHandler(handler)
     try:
         with initialize_config_dir(str(ROOT / "configs"), version_base="1.3"):
-            cfgs = [compose("config", overrides=[*TINY, "trainer.epochs=1", "trainer.compile=true", f"pattern={p}"])
-                    for p in ("baseline", "p1")]
+            cfgs = [
+                compose("config", overrides=[*TINY, "trainer.epochs=1", "trainer.compile=true", f"pattern={p}"])
+                for p in ("baseline", "p1")
+            ]
         with torch._dynamo.config.patch(recompile_limit=2):  # one run compiles twice: training and evaluation
             for i, cfg in enumerate(cfgs):
                 train(cfg, tmp_path / str(i))
@@ -260,8 +275,9 @@ def test_every_compiled_run_of_a_multirun_is_compiled(tmp_path):
     assert not [h for h in hits if "recompile_limit" in h]
 
 
-def test_a_run_past_its_deadline_stops_cleanly_and_the_same_command_finishes_it_exactly(reference, tmp_path,
-                                                                                       monkeypatch):
+def test_a_run_past_its_deadline_stops_cleanly_and_the_same_command_finishes_it_exactly(
+    reference, tmp_path, monkeypatch
+):
     from hydra import compose, initialize_config_dir
 
     from resattn import clock, engine
@@ -315,8 +331,9 @@ def test_each_job_of_one_process_gets_the_threads_it_asks_for(tmp_path):
     from resattn.build import DEFAULT_THREADS
 
     with initialize_config_dir(str(ROOT / "configs"), version_base="1.3"):
-        one, auto = (compose("config", overrides=[*TINY, "trainer.epochs=1", f"trainer.num_threads={n}"])
-                     for n in (1, "auto"))
+        one, auto = (
+            compose("config", overrides=[*TINY, "trainer.epochs=1", f"trainer.num_threads={n}"]) for n in (1, "auto")
+        )
     assert engine.train(one, tmp_path / "one")["num_threads"] == 1
     assert engine.train(auto, tmp_path / "auto")["num_threads"] == DEFAULT_THREADS  # not left at 1
     assert torch.get_num_threads() == DEFAULT_THREADS

@@ -24,8 +24,14 @@ def make(*overrides: str):
 @pytest.fixture(scope="module")
 def robust_run(tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("robust")
-    proc = run_train(*TINY, "eval.corruptions=[noise,contrast]", "eval.severities=[1,5]",
-                     "eval.corruption_test_size=40", "eval.corruption_every=1", f"hydra.run.dir={run_dir}")
+    proc = run_train(
+        *TINY,
+        "eval.corruptions=[noise,contrast]",
+        "eval.severities=[1,5]",
+        "eval.corruption_test_size=40",
+        "eval.corruption_every=1",
+        f"hydra.run.dir={run_dir}",
+    )
     assert proc.returncode == 0, proc.stderr
     return run_dir
 
@@ -58,8 +64,12 @@ def test_a_rerun_of_a_finished_run_keeps_its_corruption_results(robust_run, tmp_
     copy = tmp_path / "copy"
     shutil.copytree(robust_run, copy)
     before = json.loads((copy / "summary.json").read_text())
-    cfg = make("eval.corruptions=[noise,contrast]", "eval.severities=[1,5]", "eval.corruption_test_size=40",
-               "eval.corruption_every=1")
+    cfg = make(
+        "eval.corruptions=[noise,contrast]",
+        "eval.severities=[1,5]",
+        "eval.corruption_test_size=40",
+        "eval.corruption_every=1",
+    )
     after = train(cfg, copy)
     assert json.loads(json.dumps(after["corruption_acc"])) == before["corruption_acc"]  # JSON keys are strings
     assert after["robust_acc"] == before["robust_acc"]
@@ -77,7 +87,6 @@ def test_lam_lr_scale_multiplies_only_the_lambda_learning_rate():
         assert group["weight_decay"] == (0.0 if any(p.ndim <= 1 for p in group["params"]) else cfg.optim.weight_decay)
 
 
-
 def test_the_step_schedule_divides_every_rate_by_10_at_half_and_three_quarters_of_the_steps():
     """He et al.'s schedule: 0.1 until 32k of 64k steps, 0.01 until 48k, then 0.001 (here over 64 steps)."""
     cfg = make("optim.schedule=step", "optim.lam_lr_scale=10")
@@ -92,6 +101,7 @@ def test_the_step_schedule_divides_every_rate_by_10_at_half_and_three_quarters_o
     for step, got in enumerate(rates):
         factor = 1.0 if step < 32 else 0.1 if step < 48 else 0.01
         assert got == pytest.approx([b * factor for b in base]), step
+
 
 def test_lambda_travels_further_at_a_higher_lambda_learning_rate(tmp_path):
     travel = {}

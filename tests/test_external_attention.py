@@ -10,16 +10,22 @@ import pytest
 import torch
 import torch.nn.functional as F
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from test_fused import assert_same_run, make
+from test_train import hparams
 from timm.layers import create_attn, get_attn
 
 from conftest import TINY, run_train
-from test_fused import assert_same_run, make
-from test_train import hparams
 from resattn import engine
 from resattn.build import build_model, check_fusable
 from resattn.errors import ConfigError
-from resattn.external import (attention_factory, check_contract, check_stackable, qualifying_timm_types, timm_names,
-                              timm_types)
+from resattn.external import (
+    attention_factory,
+    check_contract,
+    check_stackable,
+    qualifying_timm_types,
+    timm_names,
+    timm_types,
+)
 from resattn.keys import check_keys
 from resattn.model import SimpleCNN
 from resattn.resnet import CifarResNet
@@ -27,11 +33,13 @@ from resattn.sweep import job_name, varied_keys
 from resattn.tracking import Tracker, gate_effect
 
 TIMM_TYPES = qualifying_timm_types()  # asked of the installed timm when the tests are collected
-BACKBONES = {"simplecnn": lambda **keys: SimpleCNN(width=0.25, **keys),
-             "resnet20": lambda **keys: CifarResNet(depth=20, width=0.25, **keys)}
+BACKBONES = {
+    "simplecnn": lambda **keys: SimpleCNN(width=0.25, **keys),
+    "resnet20": lambda **keys: CifarResNet(depth=20, width=0.25, **keys),
+}
 # A researcher's module file, outside the project: a gate with masks, one that halves the channels, one that
 # cannot take channels-last tensors, one vmap cannot stack (it reads a value back)
-GATES = textwrap.dedent('''
+GATES = textwrap.dedent("""
     import torch
     from torch import nn
 
@@ -76,7 +84,7 @@ GATES = textwrap.dedent('''
 
         def forward(self, v):
             return v * self.scale.item()
-''')
+""")
 
 
 @pytest.fixture
@@ -152,8 +160,9 @@ def test_maps_of_a_module_without_masks_show_its_effect(tmp_path, one_thread):
 
 
 def test_constructor_keys_of_timm_and_custom_modules_pass_the_command_line_check():
-    assert check_keys(["attention=timm", "attention.type=se", "attention.rd_ratio=0.25"])[-1] == \
-        "+attention.rd_ratio=0.25"  # added to the config, with or without +
+    assert (
+        check_keys(["attention=timm", "attention.type=se", "attention.rd_ratio=0.25"])[-1] == "+attention.rd_ratio=0.25"
+    )  # added to the config, with or without +
     assert check_keys(["attention=custom", "attention._target_=a.B", "+attention.k=3"])[-1] == "+attention.k=3"
     with pytest.raises(ConfigError, match="unknown key attention.rd_ratio"):
         check_keys(["attention=se", "attention.rd_ratio=0.25"])
@@ -161,8 +170,11 @@ def test_constructor_keys_of_timm_and_custom_modules_pass_the_command_line_check
 
 def test_a_module_that_changes_the_shape_is_refused_when_built(gates):
     cfg = make("attention=custom", "attention._target_=labgates.Shrink", "pattern=p1")
-    with pytest.raises(ConfigError, match=r"labgates.Shrink \(Shrink\) must return its input's shape: in block1 it "
-                                          r"returned \(2, 8, 32, 32\) for an input of \(2, 16, 32, 32\)"):
+    with pytest.raises(
+        ConfigError,
+        match=r"labgates.Shrink \(Shrink\) must return its input's shape: in block1 it "
+        r"returned \(2, 8, 32, 32\) for an input of \(2, 16, 32, 32\)",
+    ):
         build_model(cfg, 10)
 
 
@@ -194,14 +206,24 @@ def test_a_timm_module_trains_fused_exactly_as_alone(name, tmp_path):
 
 
 def test_a_researchers_module_from_outside_trains_at_p3_controlled_with_lambda(gates, tmp_path):
-    proc = run_train(*TINY, "pattern=p3_controlled", "attention=custom", "attention._target_=labgates.SoftGate",
-                     "+attention.k=5", "optim.lam_lr_scale=100", cwd=tmp_path)
+    proc = run_train(
+        *TINY,
+        "pattern=p3_controlled",
+        "attention=custom",
+        "attention._target_=labgates.SoftGate",
+        "+attention.k=5",
+        "optim.lam_lr_scale=100",
+        cwd=tmp_path,
+    )
     assert proc.returncode == 0, proc.stderr
     [run] = (tmp_path / "outputs" / "runs").glob("*/*")
     assert run.name.endswith("_p3_controlled_labgates.SoftGate")
     s = json.loads((run / "summary.json").read_text())
-    assert (s["status"], s["attention"], s["attention_keys"]) == ("completed", "labgates.SoftGate",
-                                                                  {"_target_": "labgates.SoftGate", "k": 5})
+    assert (s["status"], s["attention"], s["attention_keys"]) == (
+        "completed",
+        "labgates.SoftGate",
+        {"_target_": "labgates.SoftGate", "k": 5},
+    )
     assert set(s["final_lambda"]) == {"block1", "block2"} and all(abs(t) > 0 for t in s["lam_travel"].values())
     acc = EventAccumulator(str(run), size_guidance={"histograms": 0})
     acc.Reload()
@@ -209,10 +231,13 @@ def test_a_researchers_module_from_outside_trains_at_p3_controlled_with_lambda(g
     assert re.search(r"attention\s+\W\s+labgates\.SoftGate", proc.stderr)  # the end-of-run panel's row
 
 
-@pytest.mark.parametrize("args,message", [
-    (["attention=custom", "attention._target_=labgates.Shrink"], "must return its input's shape"),
-    (["attention=timm", "attention.type=no_such_gate"], "attention.type must be one of timm"),
-])
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["attention=custom", "attention._target_=labgates.Shrink"], "must return its input's shape"),
+        (["attention=timm", "attention.type=no_such_gate"], "attention.type must be one of timm"),
+    ],
+)
 def test_a_bad_module_is_refused_in_one_line(gates, tmp_path, args, message):
     proc = run_train(*TINY, *args, cwd=tmp_path)
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and message in proc.stderr, proc.stderr
@@ -221,15 +246,26 @@ def test_a_bad_module_is_refused_in_one_line(gates, tmp_path, args, message):
 
 def test_sweep_job_folders_name_the_timm_type_when_it_varies():
     task = ["attention=timm", "attention.type=se,coord", "pattern=p1"]
-    assert job_name(["attention=timm", "attention.type=coord", "pattern=p1"], varied_keys(None, task), 0) == \
-        "attention.type=coord"
+    assert (
+        job_name(["attention=timm", "attention.type=coord", "pattern=p1"], varied_keys(None, task), 0)
+        == "attention.type=coord"
+    )
 
 
 @pytest.mark.slow  # four jobs and a report: in CI's second command (-m slow)
 def test_a_preset_sweeps_timm_types_and_everything_downstream_names_them(tmp_path):
-    proc = run_train("-m", "experiment=placement_grid", *TINY, "trainer.epochs=1", "data.train_size=128",
-                     "attention=timm", "attention.type=se,coord", "pattern=baseline,p1", "seed=0",
-                     f"hydra.sweep.dir={tmp_path}")
+    proc = run_train(
+        "-m",
+        "experiment=placement_grid",
+        *TINY,
+        "trainer.epochs=1",
+        "data.train_size=128",
+        "attention=timm",
+        "attention.type=se,coord",
+        "pattern=baseline,p1",
+        "seed=0",
+        f"hydra.sweep.dir={tmp_path}",
+    )
     assert proc.returncode == 0, proc.stderr
     for name in ("se", "coord"):
         job = tmp_path / f"attention.type={name},pattern=p1"  # the job folders name the varied keys
@@ -238,5 +274,7 @@ def test_a_preset_sweeps_timm_types_and_everything_downstream_names_them(tmp_pat
         assert start.hparams["attention.name"].string_value == f"timm.{name}"
     with open(tmp_path / "comparisons.csv") as f:  # the report's groups, and the grid heatmap drawn from them
         rows = {(r["group"], r["reference"]) for r in csv.DictReader(f) if r["metric"] == "final_test_acc"}
-    assert rows == {(f"pattern=p1, attention=timm.{n}", f"pattern=baseline, attention=timm.{n}") for n in ("se", "coord")}
+    assert rows == {
+        (f"pattern=p1, attention=timm.{n}", f"pattern=baseline, attention=timm.{n}") for n in ("se", "coord")
+    }
     assert (tmp_path / "grid_heatmap.png").exists()

@@ -19,8 +19,15 @@ from resattn.model import SimpleCNN
 
 CONFIGS = ROOT / "configs"
 # fp32 and eager: fused and unfused runs then differ only by the order of floating-point sums
-EXACT = [*TINY, "trainer.precision=fp32", "trainer.compile=false", "trainer.log_every_n_steps=1",
-         "pattern=p3_controlled", "optim.lr=0.02", "optim.lam_lr_scale=500"]  # a gentle rate: float differences stay small
+EXACT = [
+    *TINY,
+    "trainer.precision=fp32",
+    "trainer.compile=false",
+    "trainer.log_every_n_steps=1",
+    "pattern=p3_controlled",
+    "optim.lr=0.02",
+    "optim.lam_lr_scale=500",
+]  # a gentle rate: float differences stay small
 
 
 def make(*overrides: str):
@@ -31,8 +38,11 @@ def make(*overrides: str):
 def scalars(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
     acc = EventAccumulator(str(run_dir))
     acc.Reload()
-    return {tag: [(e.step, e.value) for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]
-            if not tag.startswith("throughput")}
+    return {
+        tag: [(e.step, e.value) for e in acc.Scalars(tag)]
+        for tag in acc.Tags()["scalars"]
+        if not tag.startswith("throughput")
+    }
 
 
 def assert_same_run(fused: Path, alone: Path, tol: float = 2e-4) -> None:
@@ -59,8 +69,11 @@ def test_the_stack_computes_what_each_member_computes_alone():
     out = members(x)
     for m, model in enumerate(models):
         assert torch.allclose(out[m], model(x[m]), atol=1e-5)
-        assert all(torch.allclose(v, members.state_dict(m)[k], atol=1e-6) for k, v in model.state_dict().items()
-                   if k.endswith("running_mean"))  # each member's BN statistics moved with its own batch
+        assert all(
+            torch.allclose(v, members.state_dict(m)[k], atol=1e-6)
+            for k, v in model.state_dict().items()
+            if k.endswith("running_mean")
+        )  # each member's BN statistics moved with its own batch
 
 
 def test_fused_training_steps_equal_unfused_ones_in_float64():
@@ -85,7 +98,7 @@ def test_fused_training_steps_equal_unfused_ones_in_float64():
 
     (fused, fused_momentum) = three_steps(stack(models), x, y)
     for m, model in enumerate(alone):
-        ([state], [momentum]) = three_steps(stack([model]), x[m:m + 1], y[m:m + 1])
+        ([state], [momentum]) = three_steps(stack([model]), x[m : m + 1], y[m : m + 1])
         for k, v in state.items():
             assert torch.allclose(fused[m][k].double(), v.double(), rtol=0, atol=1e-12), k
         assert momentum.keys() == fused_momentum[m].keys()
@@ -137,8 +150,13 @@ def test_a_fused_sweep_stopped_by_sigterm_resumes_every_member(tmp_path):
     reference = run_train("-m", *SWEEP, f"hydra.sweep.dir={tmp_path / 'reference'}")
     assert reference.returncode == 0, reference.stderr
     sweep = tmp_path / "stopped"
-    proc = subprocess.Popen([sys.executable, "-m", "train", "-m", *SWEEP, f"hydra.sweep.dir={sweep}"], cwd=ROOT,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "train", "-m", *SWEEP, f"hydra.sweep.dir={sweep}"],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     deadline = time.monotonic() + 240
     while not (sweep / "seed=1" / "checkpoint.pt").exists() and time.monotonic() < deadline:
         time.sleep(0.2)  # the first epoch's checkpoints are written
@@ -165,8 +183,16 @@ def test_a_fused_sweep_stopped_by_sigterm_resumes_every_member(tmp_path):
 @pytest.mark.slow  # a long end-to-end run: in CI's second command (-m slow)
 def test_groups_run_side_by_side_in_worker_processes(tmp_path):
     sweep = tmp_path / "sweep"
-    proc = run_train("-m", *TINY, "trainer.epochs=1", "seed=0,1", "pattern=p1,baseline", "hydra/launcher=fused",
-                     "hydra.launcher.n_jobs=2", f"hydra.sweep.dir={sweep}")
+    proc = run_train(
+        "-m",
+        *TINY,
+        "trainer.epochs=1",
+        "seed=0,1",
+        "pattern=p1,baseline",
+        "hydra/launcher=fused",
+        "hydra.launcher.n_jobs=2",
+        f"hydra.sweep.dir={sweep}",
+    )
     assert proc.returncode == 0, proc.stderr
     assert "kept apart by pattern.name" in proc.stdout + proc.stderr
     for name in ("pattern=p1,seed=0", "pattern=p1,seed=1", "pattern=baseline,seed=0", "pattern=baseline,seed=1"):

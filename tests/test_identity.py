@@ -12,11 +12,24 @@ from resattn import checkpoint, data, report
 from resattn.errors import ConfigError
 from resattn.identity import NOT_THE_EXPERIMENT, defines_the_experiment, first_difference
 
-CONFIG = {"seed": 0, "pattern": {"name": "p1"}, "optim": {"lr": 0.1},
-          "data": {"name": "folder", "root": "/a", "download": False, "train_size": 100},
-          "trainer": {"device": "cpu", "precision": "auto", "compile": False, "num_threads": 1, "epochs": 3,
-                      "eval_batch_size": 1000, "log_every_n_steps": 50, "resume": "auto", "deadline": None},
-          "tracking": {"progress": True}}
+CONFIG = {
+    "seed": 0,
+    "pattern": {"name": "p1"},
+    "optim": {"lr": 0.1},
+    "data": {"name": "folder", "root": "/a", "download": False, "train_size": 100},
+    "trainer": {
+        "device": "cpu",
+        "precision": "auto",
+        "compile": False,
+        "num_threads": 1,
+        "epochs": 3,
+        "eval_batch_size": 1000,
+        "log_every_n_steps": 50,
+        "resume": "auto",
+        "deadline": None,
+    },
+    "tracking": {"progress": True},
+}
 
 
 def write_report(root):
@@ -26,6 +39,7 @@ def write_report(root):
 
 # ---------------------------------------------------------------- the list
 
+
 def test_placement_keys_and_their_children_do_not_define_the_experiment():
     for key in NOT_THE_EXPERIMENT:
         assert not defines_the_experiment(key) and not defines_the_experiment(key + ".child")
@@ -34,13 +48,18 @@ def test_placement_keys_and_their_children_do_not_define_the_experiment():
 
 
 def test_first_difference_names_the_first_key_that_defines_the_experiment():
-    moved = {**CONFIG, "data": {**CONFIG["data"], "root": "/b"}, "tracking": {"progress": False},
-             "trainer": {**CONFIG["trainer"], "device": "cuda", "num_threads": 8, "deadline": 60}}
+    moved = {
+        **CONFIG,
+        "data": {**CONFIG["data"], "root": "/b"},
+        "tracking": {"progress": False},
+        "trainer": {**CONFIG["trainer"], "device": "cuda", "num_threads": 8, "deadline": 60},
+    }
     assert first_difference(CONFIG, moved) is None
     assert first_difference(CONFIG, {**moved, "optim": {"lr": 0.2}}) == "optim.lr"
 
 
 # ---------------------------------------------------------------- checkpoint refusal
+
 
 def test_resuming_refuses_another_experiment_by_name_and_allows_a_move(tmp_path):
     path = tmp_path / "checkpoint.pt"
@@ -50,17 +69,32 @@ def test_resuming_refuses_another_experiment_by_name_and_allows_a_move(tmp_path)
     with pytest.raises(ConfigError, match=r"made with seed=0, this run has seed=1"):
         checkpoint.load(path, {**CONFIG, "seed": 1})
     # every may-change key changed at once: another machine, its data elsewhere, a time limit, quieter logs
-    moved = {**CONFIG, "data": {**CONFIG["data"], "root": "/elsewhere", "download": True},
-             "trainer": {**CONFIG["trainer"], "device": "cuda", "compile": True, "num_threads": 16,
-                         "eval_batch_size": 500, "log_every_n_steps": 10, "resume": "x.pt", "deadline": 600},
-             "tracking": {"progress": False}}
+    moved = {
+        **CONFIG,
+        "data": {**CONFIG["data"], "root": "/elsewhere", "download": True},
+        "trainer": {
+            **CONFIG["trainer"],
+            "device": "cuda",
+            "compile": True,
+            "num_threads": 16,
+            "eval_batch_size": 500,
+            "log_every_n_steps": 10,
+            "resume": "x.pt",
+            "deadline": 600,
+        },
+        "tracking": {"progress": False},
+    }
     assert checkpoint.load(path, moved, "f" * 64)["progress"]["step"] == 7
-    with pytest.raises(ConfigError, match=r"trained on other images \(data fingerprint ffffffffffffffff, data.root "
-                                          r"now holds eeeeeeeeeeeeeeee\)"):
+    with pytest.raises(
+        ConfigError,
+        match=r"trained on other images \(data fingerprint ffffffffffffffff, data.root "
+        r"now holds eeeeeeeeeeeeeeee\)",
+    ):
         checkpoint.load(path, moved, "e" * 64)
 
 
 # ---------------------------------------------------------------- the report's groups
+
 
 def test_two_data_roots_are_never_pooled(tmp_path):
     # runs from before summary.json held a fingerprint: data.root is what says which data they had
@@ -69,24 +103,40 @@ def test_two_data_roots_are_never_pooled(tmp_path):
             fake_run(tmp_path / f"{root[-1]}_{seed}", "p1", seed, acc, config={"data.root": root})
     groups, md = write_report(tmp_path)
     assert {g: (r["n"], float(r["final_test_acc_mean"])) for g, r in groups.items()} == {
-        "data.root=/data/a": ("2", pytest.approx(0.80)), "data.root=/data/b": ("2", pytest.approx(0.40))}
+        "data.root=/data/a": ("2", pytest.approx(0.80)),
+        "data.root=/data/b": ("2", pytest.approx(0.40)),
+    }
     assert "Grouped by: data.root." in md
 
 
 def test_the_data_fingerprint_decides_not_the_root(tmp_path):
     # the same data in two folders pools; other data under one folder name does not
     for name, root, fingerprint in (("a0", "/x", "f" * 64), ("a1", "/y", "f" * 64), ("b0", "/x", "e" * 64)):
-        fake_run(tmp_path / name, "p1", int(name[1]), 0.5, config={"data.root": root},
-                 summary={"data_fingerprint": fingerprint})
+        fake_run(
+            tmp_path / name,
+            "p1",
+            int(name[1]),
+            0.5,
+            config={"data.root": root},
+            summary={"data_fingerprint": fingerprint},
+        )
     groups, _ = write_report(tmp_path)
-    assert {g: r["n"] for g, r in groups.items()} == {f"data.fingerprint={'e' * 16}": "1",
-                                                      f"data.fingerprint={'f' * 16}": "2"}
+    assert {g: r["n"] for g, r in groups.items()} == {
+        f"data.fingerprint={'e' * 16}": "1",
+        f"data.fingerprint={'f' * 16}": "2",
+    }
 
 
 def test_two_precisions_are_never_pooled_and_auto_is_what_it_resolved_to(tmp_path):
     for seed, precision in ((0, "bf16"), (1, "bf16"), (0, "fp32")):
-        fake_run(tmp_path / f"{precision}_{seed}", "p1", seed, 0.5 + seed / 100,
-                 config={"trainer.precision": "auto" if seed == 0 else precision}, summary={"precision": precision})
+        fake_run(
+            tmp_path / f"{precision}_{seed}",
+            "p1",
+            seed,
+            0.5 + seed / 100,
+            config={"trainer.precision": "auto" if seed == 0 else precision},
+            summary={"precision": precision},
+        )
     groups, md = write_report(tmp_path)
     assert {g: r["n"] for g, r in groups.items()} == {"trainer.precision=bf16": "2", "trainer.precision=fp32": "1"}
     assert "Grouped by: trainer.precision." in md
@@ -105,8 +155,11 @@ def test_a_seed_found_twice_is_counted_once_with_a_note(tmp_path):
 
 
 def test_a_group_mixing_devices_or_torch_versions_says_so_in_one_line(tmp_path):
-    placements = [{"device_type": "cpu", "torch_version": "2.5.1"}, {"device_type": "cuda", "torch_version": "2.5.1"},
-                  {"device_type": "cuda", "torch_version": "2.6.0"}]
+    placements = [
+        {"device_type": "cpu", "torch_version": "2.5.1"},
+        {"device_type": "cuda", "torch_version": "2.5.1"},
+        {"device_type": "cuda", "torch_version": "2.6.0"},
+    ]
     for seed, placement in enumerate(placements):
         fake_run(tmp_path / f"p1_{seed}", "p1", seed, 0.5, summary={"compiled": False, **placement})
     groups, md = write_report(tmp_path)
@@ -133,9 +186,19 @@ def test_one_device_and_version_gives_no_mixing_note(tmp_path):
 
 # ---------------------------------------------------------------- the data's fingerprint
 
+
 def synthetic_cfg(**changes):
-    return OmegaConf.create({"name": "synthetic", "num_classes": 4, "train_size": 64, "test_size": 32,
-                             "subset_seed": 0, "augment": False, **changes})
+    return OmegaConf.create(
+        {
+            "name": "synthetic",
+            "num_classes": 4,
+            "train_size": 64,
+            "test_size": 32,
+            "subset_seed": 0,
+            "augment": False,
+            **changes,
+        }
+    )
 
 
 def test_synthetic_data_is_fingerprinted_by_its_images():
@@ -165,8 +228,19 @@ def image_folder(root, sizes: dict, value: int = 100):
 def test_folder_data_is_fingerprinted_by_its_images_not_their_place_names_or_sizes(tmp_path, monkeypatch):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     files = {f"{split}/{c}/{i}.bmp": 32 for split in ("train", "test") for c in ("cat", "dog") for i in range(2)}
-    cfg = lambda root: OmegaConf.create({"name": "folder", "root": str(root), "train_size": None,  # noqa: E731
-                                         "test_size": None, "subset_seed": 0, "augment": False})
+
+    def cfg(root):
+        return OmegaConf.create(
+            {
+                "name": "folder",
+                "root": str(root),
+                "train_size": None,  # noqa: E731
+                "test_size": None,
+                "subset_seed": 0,
+                "augment": False,
+            }
+        )
+
     first = data.load(cfg(image_folder(tmp_path / "a", files))).fingerprint
     assert first and first == data.load(cfg(image_folder(tmp_path / "b", files))).fingerprint  # a moved copy
     image_folder(tmp_path / "c", files)

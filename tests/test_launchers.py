@@ -25,14 +25,27 @@ from resattn.sweep import NAME_MAX, job_name, safe_name, varied_keys
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "configs"
-TINY = ["data=synthetic", "model.width=0.25", "trainer.epochs=1", "data.train_size=128", "data.test_size=64",
-        "tracking.progress=false", "trainer.device=cpu"]
+TINY = [
+    "data=synthetic",
+    "model.width=0.25",
+    "trainer.epochs=1",
+    "data.train_size=128",
+    "data.test_size=64",
+    "tracking.progress=false",
+    "trainer.device=cpu",
+]
 PATTERNS = ["baseline", "p1", "p2", "p3", "p3_controlled", "p4"]
 
 
 def train(cwd: Path, *args: str, env: dict | None = None, timeout: float = 240) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "train", *args], cwd=cwd, capture_output=True, text=True,
-                          env={**os.environ, **(env or {})}, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "train", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        env={**os.environ, **(env or {})},
+        timeout=timeout,
+    )
 
 
 def job_dirs(sweep_dir: Path) -> list[str]:
@@ -40,6 +53,7 @@ def job_dirs(sweep_dir: Path) -> list[str]:
 
 
 # --- presets: composed and expanded as the basic sweeper does, without training ---
+
 
 def expand(preset: str, *cli: str):
     """(preset's composed config, [(job's folder name, job's composed config)]) for
@@ -62,7 +76,8 @@ def test_compare_patterns_is_every_pattern_by_three_seeds():
     assert len(jobs) == 3 * len(PATTERNS)
     assert sorted((j.pattern.name, j.seed) for _, j in jobs) == sorted(itertools.product(PATTERNS, [0, 1, 2]))
     assert sorted(name for name, _ in jobs) == sorted(
-        f"pattern={p},seed={s}" for p, s in itertools.product(PATTERNS, [0, 1, 2]))
+        f"pattern={p},seed={s}" for p, s in itertools.product(PATTERNS, [0, 1, 2])
+    )
 
 
 def test_lam_sweep_is_p3_controlled_over_lam_init_learnable_and_seeds():
@@ -98,7 +113,11 @@ def test_preset_expands_through_the_real_command_line(tmp_path):
 
 LAUNCHERS = {
     "joblib": ["hydra/launcher=joblib", "hydra.launcher.n_jobs=2"],
-    "submitit_local": ["hydra/launcher=submitit_local", "hydra.launcher.cpus_per_task=1", "hydra.launcher.timeout_min=5"],
+    "submitit_local": [
+        "hydra/launcher=submitit_local",
+        "hydra.launcher.cpus_per_task=1",
+        "hydra.launcher.timeout_min=5",
+    ],
 }
 EXPECTED_THREADS = {"joblib": threads_per_job(available_cores(), 2), "submitit_local": 1}
 
@@ -141,28 +160,48 @@ def test_sweep_jobs_use_their_share_of_cpu_threads(sweep):
 FUSED_SWEEP = ["-m", "seed=0,1", "hydra/launcher=fused"]
 
 
-@pytest.mark.parametrize("args, line", [
-    ([*FUSED_SWEEP, "hydra.launcher.n_jobs=0"], "hydra.launcher.n_jobs must be an integer >= 1, got 0"),
-    ([*FUSED_SWEEP, "hydra.launcher.n_jobs=-1"], "hydra.launcher.n_jobs must be an integer >= 1, got -1"),
-    ([*FUSED_SWEEP, "hydra.launcher.n_jobs=abc"], "hydra.launcher.n_jobs must be an integer >= 1, got 'abc'"),
-    ([*FUSED_SWEEP, "hydra.launcher.max_members=0"], "hydra.launcher.max_members must be an integer >= 1, got 0"),
-    ([*FUSED_SWEEP, "hydra.launcher.max_members=abc"],
-     "hydra.launcher.max_members must be an integer >= 1, got 'abc'"),
-    ([*FUSED_SWEEP, "hydra.launcher.max_member=3"],
-     "unknown key hydra.launcher.max_member for hydra/launcher=fused; did you mean hydra.launcher.max_members?"),
-    ([*FUSED_SWEEP, "hydra.launcher.foo=1"],
-     "unknown key hydra.launcher.foo for hydra/launcher=fused; its keys: n_jobs, max_members"),
-    (["-m", "seed=0,1", "hydra/launcher=fuse"], "hydra/launcher=fuse is not a hydra/launcher config; did you mean "
-     "hydra/launcher=fused? choose one of basic, fused, joblib, slurm, submitit_local, submitit_slurm"),
-    (["pattern=p33"], "pattern=p33 is not a pattern config; did you mean pattern=p3? choose one of baseline, p1, "
-     "p2, p3, p3_controlled, p4"),
-    ([*FUSED_SWEEP, "hydra.job.chdir=true"], "hydra.job.chdir=true does not work with hydra/launcher=fused"),
-    (["hydra/launcher=fused"], "hydra/launcher=fused launches the jobs of a sweep, and a single run has none: add -m"),
-    (["-m", "seed=0,1", "hydra.sweep.dir={file}"], "hydra.sweep.dir={file}: {file} is a file, not a folder"),
-    (["-m", "seed=0,1", "hydra.sweep.dir={file}/sweep"],
-     "hydra.sweep.dir={file}/sweep: {file} is a file, not a folder"),
-    (["hydra.run.dir={file}"], "hydra.run.dir={file}: {file} is a file, not a folder"),
-])
+@pytest.mark.parametrize(
+    "args, line",
+    [
+        ([*FUSED_SWEEP, "hydra.launcher.n_jobs=0"], "hydra.launcher.n_jobs must be an integer >= 1, got 0"),
+        ([*FUSED_SWEEP, "hydra.launcher.n_jobs=-1"], "hydra.launcher.n_jobs must be an integer >= 1, got -1"),
+        ([*FUSED_SWEEP, "hydra.launcher.n_jobs=abc"], "hydra.launcher.n_jobs must be an integer >= 1, got 'abc'"),
+        ([*FUSED_SWEEP, "hydra.launcher.max_members=0"], "hydra.launcher.max_members must be an integer >= 1, got 0"),
+        (
+            [*FUSED_SWEEP, "hydra.launcher.max_members=abc"],
+            "hydra.launcher.max_members must be an integer >= 1, got 'abc'",
+        ),
+        (
+            [*FUSED_SWEEP, "hydra.launcher.max_member=3"],
+            "unknown key hydra.launcher.max_member for hydra/launcher=fused; did you mean hydra.launcher.max_members?",
+        ),
+        (
+            [*FUSED_SWEEP, "hydra.launcher.foo=1"],
+            "unknown key hydra.launcher.foo for hydra/launcher=fused; its keys: n_jobs, max_members",
+        ),
+        (
+            ["-m", "seed=0,1", "hydra/launcher=fuse"],
+            "hydra/launcher=fuse is not a hydra/launcher config; did you mean "
+            "hydra/launcher=fused? choose one of basic, fused, joblib, slurm, submitit_local, submitit_slurm",
+        ),
+        (
+            ["pattern=p33"],
+            "pattern=p33 is not a pattern config; did you mean pattern=p3? choose one of baseline, p1, "
+            "p2, p3, p3_controlled, p4",
+        ),
+        ([*FUSED_SWEEP, "hydra.job.chdir=true"], "hydra.job.chdir=true does not work with hydra/launcher=fused"),
+        (
+            ["hydra/launcher=fused"],
+            "hydra/launcher=fused launches the jobs of a sweep, and a single run has none: add -m",
+        ),
+        (["-m", "seed=0,1", "hydra.sweep.dir={file}"], "hydra.sweep.dir={file}: {file} is a file, not a folder"),
+        (
+            ["-m", "seed=0,1", "hydra.sweep.dir={file}/sweep"],
+            "hydra.sweep.dir={file}/sweep: {file} is a file, not a folder",
+        ),
+        (["hydra.run.dir={file}"], "hydra.run.dir={file}: {file} is a file, not a folder"),
+    ],
+)
 def test_launch_settings_hydra_would_refuse_late_are_one_line(args, line, tmp_path, capsys):
     """Issue 27: each was a traceback, a screen of Hydra's text after making the sweep folder, or accepted and
     then ignored (hydra.job.chdir, the fused launcher on a single run)."""
@@ -174,13 +213,16 @@ def test_launch_settings_hydra_would_refuse_late_are_one_line(args, line, tmp_pa
     assert exit_.value.code == 2 and err.startswith(f"error: {line.format(file=taken)}"), err
 
 
-@pytest.mark.parametrize("args", [
-    [*FUSED_SWEEP, "hydra.launcher.n_jobs=2", "hydra.launcher.max_members=5", "hydra.job.chdir=false"],
-    ["-m", "seed=0,1", "hydra/launcher=joblib", "hydra.launcher.n_jobs=-1"],  # joblib's -1: every core
-    ["-m", "seed=0,1", "hydra/launcher=slurm", "+hydra.launcher.additional_parameters.mail-type=END"],
-    ["-m", "seed=0,1", "hydra.sweep.dir={dir}/new/sweep"],
-    ["-m", "experiment=tune_lr", "pattern=p1"],
-])
+@pytest.mark.parametrize(
+    "args",
+    [
+        [*FUSED_SWEEP, "hydra.launcher.n_jobs=2", "hydra.launcher.max_members=5", "hydra.job.chdir=false"],
+        ["-m", "seed=0,1", "hydra/launcher=joblib", "hydra.launcher.n_jobs=-1"],  # joblib's -1: every core
+        ["-m", "seed=0,1", "hydra/launcher=slurm", "+hydra.launcher.additional_parameters.mail-type=END"],
+        ["-m", "seed=0,1", "hydra.sweep.dir={dir}/new/sweep"],
+        ["-m", "experiment=tune_lr", "pattern=p1"],
+    ],
+)
 def test_launch_settings_hydra_takes_pass(args, tmp_path):
     check_choices([a.format(dir=tmp_path) for a in args])
 
@@ -196,6 +238,7 @@ def test_a_refused_launch_setting_leaves_no_sweep_folder(tmp_path):
 
 # --- thread sharing ---
 
+
 def launcher(*overrides: str):
     with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
         return compose("config", overrides=list(overrides), return_hydra_config=True).hydra.launcher
@@ -206,8 +249,9 @@ def test_threads_per_job_is_cores_over_jobs_at_least_one(cores, jobs, threads):
     assert threads_per_job(cores, jobs) == threads
 
 
-@pytest.mark.parametrize("n_jobs, cores, threads", [(2, 8, 4), (4, 2, 1), (1, 8, 8), (-1, 8, 1), (-2, 8, 1),
-                                                    (-8, 16, 1), (-12, 16, 3)])
+@pytest.mark.parametrize(
+    "n_jobs, cores, threads", [(2, 8, 4), (4, 2, 1), (1, 8, 8), (-1, 8, 1), (-2, 8, 1), (-8, 16, 1), (-12, 16, 3)]
+)
 def test_joblib_threads(n_jobs, cores, threads):
     # joblib: n_jobs=-1 is one job per core, -2 all cores but one, ...
     assert cpu_threads(launcher("hydra/launcher=joblib", f"hydra.launcher.n_jobs={n_jobs}"), cores) == threads
@@ -240,8 +284,9 @@ def test_slurm_preset_names_its_extra_when_the_plugin_is_missing(monkeypatch, ca
 def test_place_sets_threads_only_for_auto_in_a_multirun():
     def placed(num_threads, mode):
         cfg = OmegaConf.create({"trainer": {"num_threads": num_threads, "device": "cpu"}})
-        hc = SimpleNamespace(mode=mode, launcher=launcher("hydra/launcher=joblib", "hydra.launcher.n_jobs=2"),
-                             job=SimpleNamespace(num=0))
+        hc = SimpleNamespace(
+            mode=mode, launcher=launcher("hydra/launcher=joblib", "hydra.launcher.n_jobs=2"), job=SimpleNamespace(num=0)
+        )
         place(cfg, hc)
         return cfg.trainer.num_threads
 
@@ -251,6 +296,7 @@ def test_place_sets_threads_only_for_auto_in_a_multirun():
 
 
 # --- job names and sweep folders ---
+
 
 def test_job_names_hold_no_separator_and_fit_a_file_name():
     root = "/data/" + "x" * 400
@@ -279,8 +325,10 @@ def test_every_sweep_lands_in_outputs_sweeps_name_date_time():
     presets = {p.stem: raw(p) for p in (CONFIGS / "experiment").glob("*.yaml")}
     sweeps = {name: cfg["hydra"]["sweep"]["dir"] for name, cfg in presets.items() if "sweep" in cfg.get("hydra", {})}
     # a tuning preset runs one study per pattern: a folder per pattern under its own name
-    expected = {name: f"outputs/sweeps/{name}/{'${pattern.name}/' if name.startswith('tune_lr') else ''}{stamp}"
-                for name in sweeps}
+    expected = {
+        name: f"outputs/sweeps/{name}/{'${pattern.name}/' if name.startswith('tune_lr') else ''}{stamp}"
+        for name in sweeps
+    }
     assert sweeps and sweeps == expected
 
 

@@ -1,10 +1,9 @@
 import pytest
 import torch
+from test_resnet import train_one_step
 from torch import nn
 
 from resattn import PATTERNS, SimpleCNN
-
-from test_resnet import train_one_step
 
 
 @pytest.mark.parametrize("pattern", list(PATTERNS))
@@ -17,8 +16,12 @@ def test_every_pattern_builds_and_classifies(pattern):
 
 def test_default_width_has_the_notebook_channels():
     m = SimpleCNN()
-    assert [m.stem[0].out_channels, m.conv1[0].out_channels, m.block2.F.conv2.out_channels, m.head[2].in_features] \
-        == [32, 64, 128, 128]
+    assert [m.stem[0].out_channels, m.conv1[0].out_channels, m.block2.F.conv2.out_channels, m.head[2].in_features] == [
+        32,
+        64,
+        128,
+        128,
+    ]
     assert m.block2.F.conv1.stride == (2, 2)
 
 
@@ -78,8 +81,11 @@ class NotebookChannelAttention(nn.Module):
         super().__init__()
         hidden = max(channels // reduction, 4)
         self.avg, self.max = nn.AdaptiveAvgPool2d(1), nn.AdaptiveMaxPool2d(1)
-        self.mlp = nn.Sequential(nn.Conv2d(channels, hidden, 1, bias=False), nn.ReLU(inplace=True),
-                                 nn.Conv2d(hidden, channels, 1, bias=False))
+        self.mlp = nn.Sequential(
+            nn.Conv2d(channels, hidden, 1, bias=False),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(hidden, channels, 1, bias=False),
+        )
 
     def forward(self, x):
         return torch.sigmoid(self.mlp(self.avg(x)) + self.mlp(self.max(x)))
@@ -124,8 +130,11 @@ class NotebookP3(nn.Module):
     def __init__(self, in_ch, out_ch, stride=1, lam_init=None):
         super().__init__()
         self.attn, self.F = NotebookCBAM(in_ch), NotebookFx(in_ch, out_ch, stride)
-        self.skip = (nn.Sequential(nn.Conv2d(in_ch, out_ch, 1, stride=stride, bias=False), nn.BatchNorm2d(out_ch))
-                     if stride != 1 or in_ch != out_ch else nn.Identity())
+        self.skip = (
+            nn.Sequential(nn.Conv2d(in_ch, out_ch, 1, stride=stride, bias=False), nn.BatchNorm2d(out_ch))
+            if stride != 1 or in_ch != out_ch
+            else nn.Identity()
+        )
         self.out_act = nn.ReLU(inplace=True)
         self.controlled = lam_init is not None
         if self.controlled:
@@ -144,8 +153,10 @@ class NotebookP3(nn.Module):
 class NotebookSimpleCNN(nn.Module):
     def __init__(self, lam_init=0.1):
         super().__init__()
-        cbr = [nn.Sequential(nn.Conv2d(i, o, 3, padding=1, bias=False), nn.BatchNorm2d(o), nn.ReLU(inplace=True))
-               for i, o in ((3, 32), (32, 64), (128, 128))]
+        cbr = [
+            nn.Sequential(nn.Conv2d(i, o, 3, padding=1, bias=False), nn.BatchNorm2d(o), nn.ReLU(inplace=True))
+            for i, o in ((3, 32), (32, 64), (128, 128))
+        ]
         self.stem, self.conv1 = cbr[0], cbr[1]
         self.p3_1 = NotebookP3(64, 64, 1, lam_init)
         self.p3_2 = NotebookP3(64, 128, 2, lam_init)
@@ -165,8 +176,9 @@ def test_simplecnn_computes_exactly_what_the_notebook_computes(pattern, lam_init
         if isinstance(m, nn.BatchNorm2d):
             m.running_mean.normal_(0, 0.3), m.running_var.uniform_(0.5, 2), m.weight.data.uniform_(0.5, 1.5)
     ours = SimpleCNN(pattern, lam_init=lam_init or 0.1)
-    assert [k for k in ours.state_dict()] == [k.replace("p3_1.", "block1.").replace("p3_2.", "block2.")
-                                              for k in notebook.state_dict()]  # same entries, same order
+    assert [k for k in ours.state_dict()] == [
+        k.replace("p3_1.", "block1.").replace("p3_2.", "block2.") for k in notebook.state_dict()
+    ]  # same entries, same order
     ours.load_state_dict(notebook.state_dict())
     x = torch.randn(4, 3, 32, 32)
     for mode in ("eval", "train"):

@@ -3,7 +3,6 @@ composes as `python -m train` would run it (its sweep expanded as the basic swee
 is the tests' tiny run, and the README's smoke command trains."""
 
 import json
-import re
 import shlex
 from pathlib import Path
 
@@ -34,7 +33,8 @@ def tuned_dir(tmp_path_factory) -> Path:
     (root / "tuned_lr").mkdir()
     for i, p in enumerate(PATTERNS):
         (root / "tuned_lr" / f"{p}.yaml").write_text(
-            f"# @package _global_\ndefaults:\n  - override /pattern: {p}\n\noptim:\n  lr: {0.1 * (i + 1):.1f}\n")
+            f"# @package _global_\ndefaults:\n  - override /pattern: {p}\n\noptim:\n  lr: {0.1 * (i + 1):.1f}\n"
+        )
     return root
 
 
@@ -57,8 +57,9 @@ def compose_command(args: list[str]) -> list:
         if cfg.hydra.runtime.choices["hydra/sweeper"] == "optuna":  # trials are chosen as the study runs
             return [cfg]
         params = [f"{k}={v}" for k, v in (cfg.hydra.sweeper.params or {}).items()]
-        [batch] = BasicSweeper.split_arguments(OverridesParser.create().parse_overrides(params + overrides),
-                                               max_batch_size=None)
+        [batch] = BasicSweeper.split_arguments(
+            OverridesParser.create().parse_overrides(params + overrides), max_batch_size=None
+        )
         return [compose("config", overrides=job) for job in batch]
 
 
@@ -68,8 +69,9 @@ def test_every_preset_composes_and_every_job_validates(preset, tuned_dir):
     if preset == "compare_tuned":  # its arms come from a folder of tuned rates (docs/sweeps.md)
         args.append(f"hydra.searchpath=[file://{tuned_dir}]")
     with initialize_config_dir(str(CONFIGS), version_base="1.3"):
-        base = GlobalHydra.instance().hydra.compose_config("config", with_optuna_sweeper(args),
-                                                           run_mode=RunMode.MULTIRUN)
+        base = GlobalHydra.instance().hydra.compose_config(
+            "config", with_optuna_sweeper(args), run_mode=RunMode.MULTIRUN
+        )
     if OmegaConf.is_missing(base.data, "root"):  # data=folder presets: the images' folder is the user's
         args.append("data.root=/images")
     jobs = compose_command(args)
@@ -95,6 +97,7 @@ def test_the_smoke_preset_is_the_tests_tiny_run():
 
 def test_hydra_range_expands_seeds_and_two_dots_do_not():
     """The README's seed syntax: range(0,5) is seeds 0 to 4; 0..2 is one (invalid) value, not a range."""
+
     def seeds(arg):
         [batch] = BasicSweeper.split_arguments(OverridesParser.create().parse_overrides([arg]), max_batch_size=None)
         return [job[0] for job in batch]
@@ -124,8 +127,11 @@ def train_commands(path: Path) -> list[str]:
     commands = []
     for lang, text in code_blocks(path):
         if lang in ("", "bash", "sh"):
-            commands += [line.strip() for line in text.replace("\\\n", " ").splitlines()
-                         if line.strip().startswith("python -m train")]
+            commands += [
+                line.strip()
+                for line in text.replace("\\\n", " ").splitlines()
+                if line.strip().startswith("python -m train")
+            ]
     return commands
 
 
@@ -156,17 +162,21 @@ def test_each_readme_command_composes_as_written(command):
 
 
 def test_the_readme_smoke_command_trains(tmp_path):
-    [args] = [train_args(c) for c in readme_commands() if "experiment=smoke" in train_args(c)
-              and "-m" not in train_args(c)]
+    [args] = [
+        train_args(c) for c in readme_commands() if "experiment=smoke" in train_args(c) and "-m" not in train_args(c)
+    ]
     proc = run_train(*args, f"hydra.run.dir={tmp_path / 'run'}", "trainer.device=cpu")
     assert proc.returncode == 0, proc.stderr[-3000:]
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert summary["status"] == "completed" and summary["data"] == "synthetic"
 
 
-DOC_COMMANDS = [(doc, c) for doc in ("docs/config.md", "docs/sweeps.md", "docs/attention.md")
-                for c in train_commands(ROOT / doc)
-                if "hydra.searchpath" not in c]  # a comparison at tuned rates needs them first: test_tuning.py
+DOC_COMMANDS = [
+    (doc, c)
+    for doc in ("docs/config.md", "docs/sweeps.md", "docs/attention.md")
+    for c in train_commands(ROOT / doc)
+    if "hydra.searchpath" not in c
+]  # a comparison at tuned rates needs them first: test_tuning.py
 
 
 def test_the_docs_have_their_commands():
@@ -176,8 +186,11 @@ def test_the_docs_have_their_commands():
 @pytest.mark.parametrize("doc,command", DOC_COMMANDS)
 def test_each_docs_command_composes_as_written(doc, command, tmp_path, monkeypatch):
     """docs/attention.md's own module is the file it shows, importable as mygates from where the command runs."""
-    [module] = [text for lang, text in code_blocks(ROOT / "docs" / "attention.md")
-                if lang == "python" and "class SoftGate" in text]
+    [module] = [
+        text
+        for lang, text in code_blocks(ROOT / "docs" / "attention.md")
+        if lang == "python" and "class SoftGate" in text
+    ]
     (tmp_path / "mygates.py").write_text(module)
     monkeypatch.syspath_prepend(str(tmp_path))
     for job in compose_command(train_args(command)):

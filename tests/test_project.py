@@ -7,8 +7,13 @@ from conftest import ROOT
 
 
 def collected(*args: str) -> str:
-    proc = subprocess.run([sys.executable, "-m", "pytest", "--collect-only", "-q", *args, "tests/test_real_data.py"],
-                          cwd=ROOT, capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-m", "pytest", "--collect-only", "-q", *args, "tests/test_real_data.py"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     return proc.stdout.strip().splitlines()[-1]
 
 

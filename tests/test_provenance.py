@@ -17,7 +17,7 @@ from conftest import ROOT, TINY
 from resattn import engine, provenance, report, study
 from resattn.errors import Interrupted
 
-GATE = '''
+GATE = """
 import torch
 import torch.nn as nn
 
@@ -29,7 +29,7 @@ class Gate(nn.Module):
 
     def forward(self, v):
         return v * self.scale{edit}
-'''
+"""
 
 
 def make(*overrides: str):
@@ -67,8 +67,10 @@ def test_the_commit_is_the_checkout_s_own_and_dirty_when_src_or_configs_differ()
         pytest.skip("not a git checkout")
     provenance.commit.cache_clear()
     git = lambda *a: subprocess.run(["git", "-C", str(ROOT), *a], capture_output=True, text=True).stdout.strip()  # noqa: E731
-    assert provenance.commit() == (git("rev-parse", "HEAD"),
-                                   bool(git("status", "--porcelain", "--untracked-files=all", "--", "src", "configs")))
+    assert provenance.commit() == (
+        git("rev-parse", "HEAD"),
+        bool(git("status", "--porcelain", "--untracked-files=all", "--", "src", "configs")),
+    )
 
 
 def test_without_git_the_source_hash_names_the_code(tmp_path, monkeypatch):
@@ -116,8 +118,10 @@ def test_the_report_and_study_status_say_when_an_arm_mixes_code(tmp_path):
     md = report.write_report([tmp_path], console=Console(file=io.StringIO(), width=300)).read_text()
     (line,) = [line for line in md.splitlines() if "pools runs with different" in line]
     assert "code (git aaaaaaaaaaaa, git bbbbbbbbbbbb)" in line
-    assert study.code_lines(tmp_path) == ["code: 2 versions: git aaaaaaaaaaaa (2 pieces), git bbbbbbbbbbbb (1 piece)",
-                                          "pattern=p1: mixes code git aaaaaaaaaaaa, git bbbbbbbbbbbb"]
+    assert study.code_lines(tmp_path) == [
+        "code: 2 versions: git aaaaaaaaaaaa (2 pieces), git bbbbbbbbbbbb (1 piece)",
+        "pattern=p1: mixes code git aaaaaaaaaaaa, git bbbbbbbbbbbb",
+    ]
 
 
 def test_study_status_names_the_one_code_of_a_study(tmp_path):

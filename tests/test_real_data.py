@@ -11,9 +11,19 @@ from conftest import run_train
 
 @pytest.mark.slow
 def test_folder_data_trains_well_above_chance(cifar_jpeg, tmp_path):
-    proc = run_train("data=folder", f"data.root={cifar_jpeg}", "data.train_size=2000", "data.test_size=500",
-                     "model.width=0.25", "trainer.epochs=4", "trainer.batch_size=64", "optim.lr=0.1",
-                     "tracking.progress=false", f"hydra.run.dir={tmp_path}", timeout=600)
+    proc = run_train(
+        "data=folder",
+        f"data.root={cifar_jpeg}",
+        "data.train_size=2000",
+        "data.test_size=500",
+        "model.width=0.25",
+        "trainer.epochs=4",
+        "trainer.batch_size=64",
+        "optim.lr=0.1",
+        "tracking.progress=false",
+        f"hydra.run.dir={tmp_path}",
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr
     s = json.loads((tmp_path / "summary.json").read_text())
     assert s["status"] == "completed"

@@ -14,9 +14,9 @@ from hydra import compose, initialize_config_dir
 from PIL import Image
 
 from conftest import ROOT, TINY, run_train
+from hydra_plugins.resattn_fused_launcher.fused_launcher import group_jobs
 from resattn import build, engine
 from resattn.errors import ConfigError, Interrupted
-from hydra_plugins.resattn_fused_launcher.fused_launcher import group_jobs
 
 
 def make(*overrides: str):
@@ -69,8 +69,15 @@ def test_a_resumed_run_keeps_its_precision_and_records_each_piece(tmp_path, monk
     first, second = done["pieces"]
     assert (first["precision"], second["precision"]) == ("bf16", "bf16")
     assert (first["start_step"], first["end_step"], second["start_step"], second["end_step"]) == (0, 1, 1, done["step"])
-    assert second["num_threads"] == 1 and {"device", "compiled", "torch_version", "members", "host", "started",
-                                           "wall_time_s"} <= set(second)
+    assert second["num_threads"] == 1 and {
+        "device",
+        "compiled",
+        "torch_version",
+        "members",
+        "host",
+        "started",
+        "wall_time_s",
+    } <= set(second)
     assert done["wall_time_s"] == pytest.approx(first["wall_time_s"] + second["wall_time_s"])
 
 
@@ -97,10 +104,18 @@ def test_fused_groups_are_of_near_equal_size(jobs, most, sizes, monkeypatch):
 @pytest.mark.slow  # two fused sweeps end to end
 def test_a_fused_sweep_in_pieces_keeps_one_precision_and_a_bad_checkpoint_fails_alone(tmp_path):
     sweep = tmp_path / "sweep"
-    args = ["-m", *TINY, "trainer.epochs=2", "seed=0,1,2,3,4", "hydra/launcher=fused", "hydra.launcher.max_members=4",
-            f"hydra.sweep.dir={sweep}"]
-    first = subprocess.Popen([sys.executable, "-m", "train", *args], cwd=ROOT, stdout=subprocess.DEVNULL,
-                             stderr=subprocess.DEVNULL)
+    args = [
+        "-m",
+        *TINY,
+        "trainer.epochs=2",
+        "seed=0,1,2,3,4",
+        "hydra/launcher=fused",
+        "hydra.launcher.max_members=4",
+        f"hydra.sweep.dir={sweep}",
+    ]
+    first = subprocess.Popen(
+        [sys.executable, "-m", "train", *args], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     deadline = time.monotonic() + 240
     while not (sweep / "seed=1" / "checkpoint.pt").exists() and time.monotonic() < deadline:
         time.sleep(0.2)  # the first group's first epoch is saved

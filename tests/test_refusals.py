@@ -18,8 +18,11 @@ from resattn.report import ReportError
 
 def files(folder: Path) -> dict[str, str]:
     """Every file under `folder`: its path and a hash of its bytes."""
-    return {p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(folder.rglob("*")) if p.is_file()}
+    return {
+        p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
 
 
 def test_a_refused_rerun_leaves_the_finished_run_as_it_was(tmp_path):
@@ -53,14 +56,17 @@ def test_a_refused_sweep_rerun_leaves_the_sweep_as_it_was(tmp_path):
     assert files(sweep) == before
 
 
-@pytest.mark.parametrize(("arg", "multirun", "says"), [
-    ("hydra.run.dir=", False, "hydra.run.dir is empty"),
-    ("hydra.sweep.dir=", True, "hydra.sweep.dir is empty"),
-    ("hydra.run.dir=.", False, "is the working folder or holds it"),
-    ("hydra.sweep.dir=..", True, "is the working folder or holds it"),
-    ("hydra.run.dir=/proc/resattn/run", False, "cannot make a folder in /proc"),
-    ("hydra.sweep.dir=/sys/resattn", True, "cannot make a folder in /sys"),
-])
+@pytest.mark.parametrize(
+    ("arg", "multirun", "says"),
+    [
+        ("hydra.run.dir=", False, "hydra.run.dir is empty"),
+        ("hydra.sweep.dir=", True, "hydra.sweep.dir is empty"),
+        ("hydra.run.dir=.", False, "is the working folder or holds it"),
+        ("hydra.sweep.dir=..", True, "is the working folder or holds it"),
+        ("hydra.run.dir=/proc/resattn/run", False, "cannot make a folder in /proc"),
+        ("hydra.sweep.dir=/sys/resattn", True, "cannot make a folder in /sys"),
+    ],
+)
 def test_an_output_folder_that_would_write_in_the_wrong_place_is_refused(arg, multirun, says, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     with pytest.raises(ConfigError, match=says):
@@ -71,16 +77,21 @@ def test_an_output_folder_that_would_write_in_the_wrong_place_is_refused(arg, mu
 def test_an_empty_sweep_folder_from_an_unset_variable_writes_nothing(tmp_path):
     (tmp_path / "configs").mkdir()  # stands for a project's files: the sweep would have pooled its runs
     done = run_train("-m", *TINY, "seed=0,1", "hydra.sweep.dir=", cwd=tmp_path)
-    assert done.returncode == 2 and done.stderr.strip() == "error: hydra.sweep.dir is empty (an unset variable?): " \
-                                                          "give the folder to write to"
+    assert (
+        done.returncode == 2
+        and done.stderr.strip() == "error: hydra.sweep.dir is empty (an unset variable?): give the folder to write to"
+    )
     assert [p.name for p in tmp_path.iterdir()] == ["configs"]
 
 
-@pytest.mark.parametrize(("override", "says"), [
-    ("data.num_classes=1", "data.num_classes must be an integer >= 2, got 1"),
-    ("data.num_classes=0", "data.num_classes must be an integer >= 2, got 0"),
-    ("tracking.hparams=[no.such.key]", "tracking.hparams: no.such.key is no config key"),
-])
+@pytest.mark.parametrize(
+    ("override", "says"),
+    [
+        ("data.num_classes=1", "data.num_classes must be an integer >= 2, got 1"),
+        ("data.num_classes=0", "data.num_classes must be an integer >= 2, got 0"),
+        ("tracking.hparams=[no.such.key]", "tracking.hparams: no.such.key is no config key"),
+    ],
+)
 def test_a_value_that_would_train_a_degenerate_or_silent_run_is_refused(override, says):
     with initialize_config_dir(str(ROOT / "configs"), version_base="1.3"):
         cfg = compose("config", overrides=[*TINY, override])

@@ -27,9 +27,16 @@ SEEDS = (0, 1)
 def sweep(tmp_path_factory):
     sweep_dir = tmp_path_factory.mktemp("sweep")
     # one thread per job: on a small, busy CPU that is several times faster than torch's default
-    proc = run_train("-m", f"pattern={','.join(PATTERNS)}", f"seed={','.join(map(str, SEEDS))}", *TINY,
-                     "trainer.device=cpu", "trainer.num_threads=1", f"hydra.sweep.dir={sweep_dir}",
-                     cwd=tmp_path_factory.mktemp("cwd"))
+    proc = run_train(
+        "-m",
+        f"pattern={','.join(PATTERNS)}",
+        f"seed={','.join(map(str, SEEDS))}",
+        *TINY,
+        "trainer.device=cpu",
+        "trainer.num_threads=1",
+        f"hydra.sweep.dir={sweep_dir}",
+        cwd=tmp_path_factory.mktemp("cwd"),
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert set(jobs(sweep_dir)) == {(p, s) for p in PATTERNS for s in SEEDS}
     # the SweepEnd callback wrote the report into the sweep folder
@@ -103,8 +110,9 @@ def test_groups_are_the_patterns_with_stats_computed_by_hand(made, sweep):
     assert list(rows(out / "groups.csv")[0])[:4] == ["pattern.name", "group", "n", "seeds"]
     for pattern, row in groups.items():
         assert (row["n"], row["seeds"], row["group"]) == ("2", "0 1", f"pattern={pattern}")
-        metrics = {m: [s[pattern, seed][m] for seed in SEEDS] for m in ("best_test_acc", "final_test_acc",
-                                                                        "wall_time_s")}
+        metrics = {
+            m: [s[pattern, seed][m] for seed in SEEDS] for m in ("best_test_acc", "final_test_acc", "wall_time_s")
+        }
         if pattern == "p3_controlled":
             for block in ("block1", "block2"):
                 metrics[f"final_lambda_{block}"] = [s[pattern, seed]["final_lambda"][block] for seed in SEEDS]
@@ -137,7 +145,8 @@ def test_comparison_with_baseline_is_paired_by_seed(made, sweep):
     comp = rows(out / "comparisons.csv")
     assert [(r["group"], r["reference"], r["metric"]) for r in comp] == [
         ("pattern=p3_controlled", "pattern=baseline", "best_test_acc"),
-        ("pattern=p3_controlled", "pattern=baseline", "final_test_acc")]
+        ("pattern=p3_controlled", "pattern=baseline", "final_test_acc"),
+    ]
     for r in comp:
         a = [s["p3_controlled", seed][r["metric"]] for seed in SEEDS]
         b = [s["baseline", seed][r["metric"]] for seed in SEEDS]
@@ -170,17 +179,29 @@ def test_report_md_links_real_plots(made):
 
 def test_cli_with_another_reference(sweep, tmp_path):
     # the real command, once (a fresh interpreter costs seconds: resattn imports torch)
-    proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "report.py"), str(sweep), "--reference",
-                           "pattern=p3_controlled", "--out", str(tmp_path / "a")], capture_output=True, text=True,
-                          timeout=120)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "scripts" / "report.py"),
+            str(sweep),
+            "--reference",
+            "pattern=p3_controlled",
+            "--out",
+            str(tmp_path / "a"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 0, proc.stderr
     assert "Groups" in proc.stdout
     s = summaries(sweep)
     comp = rows(tmp_path / "a" / "comparisons.csv")
     assert {(r["group"], r["reference"]) for r in comp} == {("pattern=baseline", "pattern=p3_controlled")}
     best = next(r for r in comp if r["metric"] == "best_test_acc")
-    assert num(best["diff"]) == pytest.approx(np.mean([s["baseline", k]["best_test_acc"] - s["p3_controlled", k]
-                                                       ["best_test_acc"] for k in SEEDS]), abs=1e-12)
+    assert num(best["diff"]) == pytest.approx(
+        np.mean([s["baseline", k]["best_test_acc"] - s["p3_controlled", k]["best_test_acc"] for k in SEEDS]), abs=1e-12
+    )
 
 
 def test_cli_errors_are_messages_not_tracebacks(sweep, tmp_path, capsys):
@@ -266,7 +287,8 @@ def test_broken_failed_and_unfinished_runs_are_listed_not_averaged(sweep, tmp_pa
     for pattern in PATTERNS:
         assert groups[pattern]["n"] == "2" and groups[pattern]["seeds"] == "0 1"
         assert num(groups[pattern]["best_test_acc_mean"]) == pytest.approx(
-            np.mean([before[pattern, k]["best_test_acc"] for k in SEEDS]), abs=1e-12)
+            np.mean([before[pattern, k]["best_test_acc"] for k in SEEDS]), abs=1e-12
+        )
     status = {r["path"].rsplit("/", 1)[-1]: (r["status"], r["error"]) for r in rows(tmp_path / "out" / "runs.csv")}
     assert status["failed_job"] == ("failed", "RuntimeError: boom")
     assert status["diverged_job"] == ("diverged", "non-finite training loss at step 3")
@@ -318,13 +340,16 @@ def test_lam_init_sweep_groups_by_lam_init_and_plots_it(sweep, tmp_path):
     start = {b: np.mean([s["p3_controlled", k]["final_lambda"][b] for k in SEEDS]) for b in ("block1", "block2")}
     gaps = {"block1": 0.405 - start["block1"], "block2": 0.3 - start["block2"]}
     widest = max(gaps, key=gaps.get)
-    assert (f"pattern=p3_controlled: started 0.4 apart (lam_init 0.1 to 0.5), λ ends at most {gaps[widest]:.3g} "
-            f"apart ({widest}, means over seeds)") in md.split("## Groups")[0]
+    assert (
+        f"pattern=p3_controlled: started 0.4 apart (lam_init 0.1 to 0.5), λ ends at most {gaps[widest]:.3g} "
+        f"apart ({widest}, means over seeds)"
+    ) in md.split("## Groups")[0]
 
 
 # ---------------------------------------------------------------- made-up runs, read by the real reading code
 # summary.json, .hydra/config.yaml and TensorBoard events written here with chosen numbers, so the
 # statistics, verdicts and tables can be checked against values computed independently in the test.
+
 
 def fake_run(path, pattern="baseline", seed=0, final=0.6, status="completed", summary=None, lam=None, config=None):
     """A run folder as train writes it; config: {dotted key: value} set on a minimal config."""
@@ -332,20 +357,45 @@ def fake_run(path, pattern="baseline", seed=0, final=0.6, status="completed", su
     from torch.utils.tensorboard import SummaryWriter
 
     controlled = pattern.endswith("controlled")
-    cfg = OmegaConf.create({"pattern": {"name": pattern, "placement": "none" if pattern == "baseline" else "pre",
-                                        "controlled": controlled, "lam_init": 0.1, "lam_learnable": True},
-                            "attention": {"name": "cbam"}, "model": {"name": "simplecnn", "width": 0.25},
-                            "optim": {"lr": 0.1}, "seed": seed})
+    cfg = OmegaConf.create(
+        {
+            "pattern": {
+                "name": pattern,
+                "placement": "none" if pattern == "baseline" else "pre",
+                "controlled": controlled,
+                "lam_init": 0.1,
+                "lam_learnable": True,
+            },
+            "attention": {"name": "cbam"},
+            "model": {"name": "simplecnn", "width": 0.25},
+            "optim": {"lr": 0.1},
+            "seed": seed,
+        }
+    )
     for key, value in (config or {}).items():
         OmegaConf.update(cfg, key, value)
     (path / ".hydra").mkdir(parents=True)
     OmegaConf.save(cfg, path / ".hydra" / "config.yaml")
     lam = lam if lam is not None else ({"block1": 0.1 + 0.01 * seed, "block2": 0.2} if controlled else {})
-    (path / "summary.json").write_text(json.dumps({
-        "status": status, "seed": seed, "pattern": pattern, "controlled": controlled,
-        "lam_init": cfg.pattern.lam_init, "lam_learnable": cfg.pattern.lam_learnable,
-        "best_test_acc": final + 0.01, "final_test_acc": final, "wall_time_s": 1.0, "final_lambda": lam,
-        "epochs": 2, "epochs_completed": 2, **(summary or {})}))
+    (path / "summary.json").write_text(
+        json.dumps(
+            {
+                "status": status,
+                "seed": seed,
+                "pattern": pattern,
+                "controlled": controlled,
+                "lam_init": cfg.pattern.lam_init,
+                "lam_learnable": cfg.pattern.lam_learnable,
+                "best_test_acc": final + 0.01,
+                "final_test_acc": final,
+                "wall_time_s": 1.0,
+                "final_lambda": lam,
+                "epochs": 2,
+                "epochs_completed": 2,
+                **(summary or {}),
+            }
+        )
+    )
     if status == "completed":
         with SummaryWriter(str(path)) as writer:
             for epoch, acc in enumerate((final - 0.1, final)):
@@ -357,14 +407,17 @@ def fake_run(path, pattern="baseline", seed=0, final=0.6, status="completed", su
 
 
 BASE = [0.60, 0.62, 0.61, 0.63]
-SHIFTS = {"p1": [0.020, 0.022, 0.019, 0.021], "p2": [-0.030, -0.028, -0.031, -0.029],
-          "p3": [0.010, -0.012, 0.003, -0.002]}
+SHIFTS = {
+    "p1": [0.020, 0.022, 0.019, 0.021],
+    "p2": [-0.030, -0.028, -0.031, -0.029],
+    "p3": [0.010, -0.012, 0.003, -0.002],
+}
 
 
 def holm_by_hand(p: list[float]) -> list[float]:
     order = sorted(range(len(p)), key=p.__getitem__)
     steps = [min(1.0, (len(p) - rank) * p[i]) for rank, i in enumerate(order)]
-    return [max(steps[:order.index(i) + 1]) for i in range(len(p))]
+    return [max(steps[: order.index(i) + 1]) for i in range(len(p))]
 
 
 def power_by_hand(delta: float, se: float, df: float, alpha: float = 0.05) -> float:
@@ -399,22 +452,29 @@ def test_verdicts_holm_and_power_from_the_numbers(verdict_report):
         assert power_by_hand(mde, d.std(ddof=1) / 2, 3, 0.05 / 3) == pytest.approx(0.8, abs=1e-6)
         assert power_by_hand(mde_alone, d.std(ddof=1) / 2, 3) == pytest.approx(0.8, abs=1e-6)
         need = int(r["seeds_for_0.5pts"])
-        se = lambda n: d.std(ddof=1) / math.sqrt(n)  # noqa: E731
-        assert power_by_hand(0.005, se(need), need - 1, 0.05 / 3) >= 0.8 > \
-            power_by_hand(0.005, se(need - 1), need - 2, 0.05 / 3)
+        se = lambda n: d.std(ddof=1) / math.sqrt(n)  # noqa: E731, B023  (called in this iteration)
+        assert (
+            power_by_hand(0.005, se(need), need - 1, 0.05 / 3)
+            >= 0.8
+            > power_by_hand(0.005, se(need - 1), need - 2, 0.05 / 3)
+        )
     assert [r["verdict"] for r in final] == ["better", "worse", "no difference detected"]
     # report.md opens with the answer, in sentences made from these numbers, before the tables
     answer_part = md.split("## Groups")[0]
     p1 = final[0]
     diff, low, high = (num(p1[k]) * 100 for k in ("diff", "ci95_low", "ci95_high"))
-    sentence = (f"pattern=p1 vs pattern=baseline: {diff:+.2f} points [{low:+.2f}, {high:+.2f}], "
-                f"better (Holm p = {num(p1['p_holm']):.2g}")
+    sentence = (
+        f"pattern=p1 vs pattern=baseline: {diff:+.2f} points [{low:+.2f}, {high:+.2f}], "
+        f"better (Holm p = {num(p1['p_holm']):.2g}"
+    )
     assert sentence in answer_part
     assert "pattern=p2 vs pattern=baseline" in answer_part and ", worse (Holm p" in answer_part
     p3 = final[2]
-    assert (f"4 seed pairs detect {num(p3['mde_pts']):.2f} points with 80% power at alpha 0.0167 (0.05 / 3: "
-            f"Holm's first step over 3 comparisons; at alpha 0.05 alone, as if this were the only comparison: "
-            f"{num(p3['mde_pts_alpha_0.05']):.2f} points)") in answer_part
+    assert (
+        f"4 seed pairs detect {num(p3['mde_pts']):.2f} points with 80% power at alpha 0.0167 (0.05 / 3: "
+        f"Holm's first step over 3 comparisons; at alpha 0.05 alone, as if this were the only comparison: "
+        f"{num(p3['mde_pts_alpha_0.05']):.2f} points)"
+    ) in answer_part
     assert f"0.5 points would need {p3['seeds_for_0.5pts']} seeds per group at alpha 0.0167" in answer_part
     # the intervals beside Holm's verdicts are each comparison's own: said so
     assert "95% CI (unadjusted: each comparison alone), verdict at Holm-adjusted p" in answer_part
@@ -426,11 +486,15 @@ def test_a_p_value_reads_the_same_in_the_answer_and_the_table(verdict_report):
     answer_part, table = md.split("## Groups")[0], md.split("## Comparisons")[1].split("\n## ")[0]
     header = [c.strip() for c in next(line for line in table.splitlines() if line.startswith("| group |")).split("|")]
     for r in (r for r in comp if r["metric"] == "final_test_acc"):
-        (sentence,) = [line for line in answer_part.splitlines()
-                       if line.startswith(f"- {r['group']} vs ") and "Holm p = " in line]
+        (sentence,) = [
+            line for line in answer_part.splitlines() if line.startswith(f"- {r['group']} vs ") and "Holm p = " in line
+        ]
         said = sentence.split("Holm p = ")[1].split(",")[0]
-        (row,) = [line for line in table.splitlines() if line.startswith(f"| {r['group']} | {r['reference']} | "
-                                                                       "final_test_acc |")]
+        (row,) = [
+            line
+            for line in table.splitlines()
+            if line.startswith(f"| {r['group']} | {r['reference']} | final_test_acc |")
+        ]
         assert [c.strip() for c in row.split("|")][header.index("p Holm")] == said
         assert float(said) == pytest.approx(num(r["p_holm"]), rel=0.05)  # two significant digits
 
@@ -438,8 +502,13 @@ def test_a_p_value_reads_the_same_in_the_answer_and_the_table(verdict_report):
 def test_p_values_keep_two_digits_unless_that_crosses_the_verdicts_level():
     from resattn.report.tables import p_text
 
-    assert [p_text(p) for p in (0.2051, 6.9e-05, 0.0504, 0.0496, 0.04996)] == ["0.21", "6.9e-05", "0.05", "0.0496",
-                                                                                 "0.04996"]
+    assert [p_text(p) for p in (0.2051, 6.9e-05, 0.0504, 0.0496, 0.04996)] == [
+        "0.21",
+        "6.9e-05",
+        "0.05",
+        "0.0496",
+        "0.04996",
+    ]
 
 
 def test_one_seed_or_one_group_gives_no_verdict(verdict_report, tmp_path):
@@ -451,8 +520,9 @@ def test_one_seed_or_one_group_gives_no_verdict(verdict_report, tmp_path):
     (r, *_) = [r for r in rows(tmp_path / "a" / "comparisons.csv") if r["metric"] == "final_test_acc"]
     assert r["verdict"] == "not testable" and r["p_value"] == r["p_holm"] == r["mde_pts"] == ""
     assert "n = 1 / 1: one seed on a side, no verdict possible" in md.split("## Groups")[0]
-    md = report.write_report([root / "p1_0", root / "p1_1"], tmp_path / "b", console=Console(file=io.StringIO())
-                             ).read_text()
+    md = report.write_report(
+        [root / "p1_0", root / "p1_1"], tmp_path / "b", console=Console(file=io.StringIO())
+    ).read_text()
     assert "Only one group of completed runs (all runs): nothing to compare, so no verdict." in md
     no_baseline = tmp_path / "no_baseline"
     for name in ("p1_0", "p1_1", "p3_0", "p3_1"):
@@ -477,11 +547,14 @@ def test_two_seeds_give_an_interval_not_a_verdict_and_intervals_stay_possible(tm
     assert {p1["verdict"], p3["verdict"]} == {"too few seeds for a verdict"}
     answer_part = md.split("## Groups")[0]
     assert "better (" not in answer_part and "worse (" not in answer_part
-    assert ("too few seeds for a verdict (n = 2 / 2; a verdict needs 3 seeds a side)" in answer_part)
+    assert "too few seeds for a verdict (n = 2 / 2; a verdict needs 3 seeds a side)" in answer_part
     assert -1 <= num(p3["ci95_low"]) and num(p3["ci95_high"]) <= 1  # the t-interval reaches about ±440 points
     assert "points [-100.00, +100.00], too few seeds" in answer_part
-    header, *body = [line for line in md.splitlines() if "wall time s (mean ± sd)" in line
-                     or line.startswith(("| baseline |", "| p1 |", "| p3 |"))]
+    header, *body = [
+        line
+        for line in md.splitlines()
+        if "wall time s (mean ± sd)" in line or line.startswith(("| baseline |", "| p1 |", "| p3 |"))
+    ]
     assert len(body) == 3
     column = [c.strip() for c in header.split("|")].index("wall time s (mean ± sd)") + 1
     for line in body:
@@ -494,8 +567,13 @@ def test_terminal_tables_fit_80_columns_without_breaking_names(tmp_path):
     for attention in ("cbam", "se"):
         for pattern in ("baseline", "p3_controlled"):
             for seed, base in enumerate(BASE[:3]):
-                fake_run(root / f"{attention}_{pattern}_{seed}", pattern, seed, base + (pattern != "baseline") * 0.01,
-                         config={"attention.name": attention})
+                fake_run(
+                    root / f"{attention}_{pattern}_{seed}",
+                    pattern,
+                    seed,
+                    base + (pattern != "baseline") * 0.01,
+                    config={"attention.name": attention},
+                )
     terminal = io.StringIO()
     report.write_report([root], tmp_path / "out", console=Console(file=terminal, width=80))
     text = terminal.getvalue()
@@ -513,15 +591,25 @@ def test_diverged_runs_are_counted_per_group_never_averaged(tmp_path):
         for pattern in ("baseline", "p1"):
             for seed in (0, 1, 2):
                 diverges = lr == 1.6 and (pattern == "baseline" or seed == 2)
-                fake_run(root / f"{pattern}_{lr}_{seed}", pattern, seed, 0.5 + 0.01 * seed + (pattern == "p1") * 0.02,
-                         status="diverged" if diverges else "completed", config={"optim.lr": lr},
-                         summary={"error": "non-finite training loss at step 3", "final_test_acc": 0.1} if diverges
-                         else None)
+                fake_run(
+                    root / f"{pattern}_{lr}_{seed}",
+                    pattern,
+                    seed,
+                    0.5 + 0.01 * seed + (pattern == "p1") * 0.02,
+                    status="diverged" if diverges else "completed",
+                    config={"optim.lr": lr},
+                    summary={"error": "non-finite training loss at step 3", "final_test_acc": 0.1}
+                    if diverges
+                    else None,
+                )
     md = report.write_report([root], console=Console(file=io.StringIO())).read_text()
     groups = {(r["optim.lr"], r["pattern.name"]): r for r in rows(root / "groups.csv")}
     assert {k: (g["n"], g["diverged"], g["diverged_seeds"]) for k, g in groups.items()} == {
-        ("0.1", "baseline"): ("3", "0", ""), ("0.1", "p1"): ("3", "0", ""),
-        ("1.6", "baseline"): ("0", "3", "0 1 2"), ("1.6", "p1"): ("2", "1", "2")}
+        ("0.1", "baseline"): ("3", "0", ""),
+        ("0.1", "p1"): ("3", "0", ""),
+        ("1.6", "baseline"): ("0", "3", "0 1 2"),
+        ("1.6", "p1"): ("2", "1", "2"),
+    }
     # the diverged run's 0.1 is not in p1's mean at lr 1.6; an all-diverged group has no mean at all
     assert num(groups["1.6", "p1"]["final_test_acc_mean"]) == pytest.approx(np.mean([0.52, 0.53]), abs=1e-12)
     assert groups["1.6", "baseline"]["final_test_acc_mean"] == ""
@@ -538,16 +626,32 @@ def test_a_side_that_lost_seeds_to_divergence_says_how_many_and_that_the_rest_we
     """Issue 27: an arm that loses seeds to divergence is compared on its survivors, which flatters it."""
     for seed in range(4):
         fake_run(tmp_path / f"baseline_{seed}", "baseline", seed, 0.60 + 0.01 * seed)
-        fake_run(tmp_path / f"p1_{seed}", "p1", seed, 0.62 + 0.01 * seed, status="diverged" if seed == 3 else
-                 "completed", summary={"error": "non-finite training loss at step 3"} if seed == 3 else None)
+        fake_run(
+            tmp_path / f"p1_{seed}",
+            "p1",
+            seed,
+            0.62 + 0.01 * seed,
+            status="diverged" if seed == 3 else "completed",
+            summary={"error": "non-finite training loss at step 3"} if seed == 3 else None,
+        )
     md = report.write_report([tmp_path], console=Console(file=io.StringIO())).read_text()
     final = next(r for r in rows(tmp_path / "comparisons.csv") if r["metric"] == "final_test_acc")
     assert (final["test"], final["n"], final["n_ref"], final["diverged"], final["diverged_ref"]) == (
-        "Welch", "3", "4", "1", "0")
-    sentence = next(line for line in md.split("## Groups")[0].splitlines()
-                    if line.startswith("- pattern=p1 vs pattern=baseline: +") and "Holm p" in line)
-    assert sentence.endswith("; 1 of 4 seeds of pattern=p1 diverged, the other 3 are compared (survivors only: "
-                             "diverged runs are counted, never averaged)"), sentence
+        "Welch",
+        "3",
+        "4",
+        "1",
+        "0",
+    )
+    sentence = next(
+        line
+        for line in md.split("## Groups")[0].splitlines()
+        if line.startswith("- pattern=p1 vs pattern=baseline: +") and "Holm p" in line
+    )
+    assert sentence.endswith(
+        "; 1 of 4 seeds of pattern=p1 diverged, the other 3 are compared (survivors only: "
+        "diverged runs are counted, never averaged)"
+    ), sentence
 
 
 def test_labels_name_every_key_two_groups_differ_in(tmp_path):
@@ -555,25 +659,40 @@ def test_labels_name_every_key_two_groups_differ_in(tmp_path):
     for lr, epochs in ((0.1, 2), (0.4, 4)):
         for pattern in ("baseline", "p3_controlled"):
             for seed in range(3):
-                fake_run(tmp_path / f"{pattern}_{lr}_{seed}", pattern, seed, 0.6 + 0.01 * seed,
-                         config={"optim.lr": lr, "trainer.epochs": epochs})
+                fake_run(
+                    tmp_path / f"{pattern}_{lr}_{seed}",
+                    pattern,
+                    seed,
+                    0.6 + 0.01 * seed,
+                    config={"optim.lr": lr, "trainer.epochs": epochs},
+                )
     report.write_report([tmp_path], console=Console(file=io.StringIO()))
     groups = rows(tmp_path / "groups.csv")
     # pattern.placement and pattern.controlled follow from the pattern's own choice: part of what it names
     assert list(groups[0])[:4] == ["pattern.name", "optim.lr", "trainer.epochs", "group"]
-    assert [g["group"] for g in groups] == [f"pattern={p}, optim.lr={lr}, trainer.epochs={e}" for p in
-                                            ("baseline", "p3_controlled") for lr, e in ((0.1, 2), (0.4, 4))]
+    assert [g["group"] for g in groups] == [
+        f"pattern={p}, optim.lr={lr}, trainer.epochs={e}"
+        for p in ("baseline", "p3_controlled")
+        for lr, e in ((0.1, 2), (0.4, 4))
+    ]
 
 
 def test_runs_that_differ_only_in_data_cache_dir_are_pooled(tmp_path):
     """data.cache_dir says where the decoded images are kept (identity.NOT_THE_EXPERIMENT), not what was run."""
     for seed in range(2):
         for pattern in ("baseline", "p1"):
-            fake_run(tmp_path / f"{pattern}_{seed}", pattern, seed, 0.6 + 0.01 * seed,
-                     config={"data.cache_dir": f"/cache/{seed}"})
+            fake_run(
+                tmp_path / f"{pattern}_{seed}",
+                pattern,
+                seed,
+                0.6 + 0.01 * seed,
+                config={"data.cache_dir": f"/cache/{seed}"},
+            )
     report.write_report([tmp_path], console=Console(file=io.StringIO()))
-    assert [(g["group"], g["n"]) for g in rows(tmp_path / "groups.csv")] == [("pattern=baseline", "2"),
-                                                                              ("pattern=p1", "2")]
+    assert [(g["group"], g["n"]) for g in rows(tmp_path / "groups.csv")] == [
+        ("pattern=baseline", "2"),
+        ("pattern=p1", "2"),
+    ]
 
 
 def test_sources_are_the_folders_given_by_their_full_paths(tmp_path, monkeypatch):
@@ -593,11 +712,17 @@ def test_best_equal_to_final_in_every_run_is_shown_once_and_said(tmp_path):
     """Issue 39: best and final accuracy tables identical when accuracy rose every epoch."""
     for seed, base in enumerate(BASE[:3]):
         for pattern, shift in (("baseline", 0.0), ("p1", 0.02)):
-            fake_run(tmp_path / "runs" / f"{pattern}_{seed}", pattern, seed, base + shift,
-                     summary={"best_test_acc": base + shift})
+            fake_run(
+                tmp_path / "runs" / f"{pattern}_{seed}",
+                pattern,
+                seed,
+                base + shift,
+                summary={"best_test_acc": base + shift},
+            )
     terminal = io.StringIO()
-    md = report.write_report([tmp_path / "runs"], tmp_path / "out", console=Console(file=terminal, width=200)
-                             ).read_text()
+    md = report.write_report(
+        [tmp_path / "runs"], tmp_path / "out", console=Console(file=terminal, width=200)
+    ).read_text()
     said = "Best test accuracy equals final test accuracy in every run"
     assert "best test acc" not in md and "best_test_acc" not in md and md.count(said) == 1
     assert "best test" not in terminal.getvalue() and said in terminal.getvalue()
@@ -616,20 +741,30 @@ def test_each_groups_time_per_run_stands_beside_its_accuracy(tmp_path):
     for pattern, times in seconds.items():
         for seed, (base, t) in enumerate(zip(BASE, times)):
             members = 2 if pattern == "p3" else 1  # fused in pairs: twice the time on the clock, shared
-            fake_run(tmp_path / f"{pattern}_{seed}", pattern, seed, base, summary={"wall_time_s": t * members,
-                                                                                   "members": members})
+            fake_run(
+                tmp_path / f"{pattern}_{seed}",
+                pattern,
+                seed,
+                base,
+                summary={"wall_time_s": t * members, "members": members},
+            )
     md = report.write_report([tmp_path], console=Console(file=io.StringIO())).read_text()
     table = md.split("## Groups")[1].split("\n## ")[0]
     header = [c.strip() for c in next(line for line in table.splitlines() if line.startswith("| pattern |")).split("|")]
     column = header.index("time vs reference")
-    cells = {c[1].strip(): c[column].strip() for c in (line.split("|") for line in table.splitlines()
-                                                        if line.startswith(("| baseline |", "| p1 |", "| p3 |")))}
+    cells = {
+        c[1].strip(): c[column].strip()
+        for c in (
+            line.split("|") for line in table.splitlines() if line.startswith(("| baseline |", "| p1 |", "| p3 |"))
+        )
+    }
     ref = np.mean(seconds["baseline"])
     for pattern in ("p1", "p3"):
         change = f"{np.mean(seconds[pattern]) / ref - 1:+.0%}"
         assert cells[pattern] == change
-        assert (f"- pattern={pattern}: {np.mean(seconds[pattern]):.1f} s against {ref:.1f} s for pattern=baseline, "
-                f"{change}") in md.split("## Groups")[0]
+        assert (
+            f"- pattern={pattern}: {np.mean(seconds[pattern]):.1f} s against {ref:.1f} s for pattern=baseline, {change}"
+        ) in md.split("## Groups")[0]
     assert cells["baseline"] == "reference" and cells["p1"] == "+56%"  # 171.7 s against 110 s
 
 
@@ -639,10 +774,13 @@ def test_header_over_an_export_and_its_original_says_how_many_were_kept(tmp_path
         for pattern in ("baseline", "p1"):
             fake_run(tmp_path / "study" / f"{pattern}_{seed}", pattern, seed, 0.6 + 0.01 * seed)
     shutil.copytree(tmp_path / "study", tmp_path / "export")
-    md = report.write_report([tmp_path / "study", tmp_path / "export"], tmp_path / "out",
-                             console=Console(file=io.StringIO())).read_text()
-    assert ("8 runs found: 4 completed and averaged over seeds, 0 diverged (counted per group), 4 left out as the "
-            "same seed found again (counted once; notes below), 0 others not averaged.") in md
+    md = report.write_report(
+        [tmp_path / "study", tmp_path / "export"], tmp_path / "out", console=Console(file=io.StringIO())
+    ).read_text()
+    assert (
+        "8 runs found: 4 completed and averaged over seeds, 0 diverged (counted per group), 4 left out as the "
+        "same seed found again (counted once; notes below), 0 others not averaged."
+    ) in md
     assert sum(r["n"] == "2" for r in rows(tmp_path / "out" / "groups.csv")) == 2
 
 
@@ -653,8 +791,9 @@ def test_accuracy_vs_lam_init_is_in_percent_with_possible_intervals(tmp_path):
 
     for lam_init in (0.1, 0.5):
         for seed, final in enumerate((0.05, 0.95)):  # two far-apart seeds: the t-interval spans about ±5
-            fake_run(tmp_path / f"lam{lam_init}_{seed}", "p3_controlled", seed, final,
-                     config={"pattern.lam_init": lam_init})
+            fake_run(
+                tmp_path / f"lam{lam_init}_{seed}", "p3_controlled", seed, final, config={"pattern.lam_init": lam_init}
+            )
     runs = [read_run(d) for d in sorted(tmp_path.iterdir())]
     keys = grouping_keys(runs)
     ax = plots.accuracy_vs_lam_init(group_runs(runs, keys), keys).axes[0]
@@ -682,15 +821,26 @@ def resnet_groups(tmp_path_factory):
     root = tmp_path_factory.mktemp("resnet")
     for pattern in ("baseline", "p3_controlled"):
         for seed in (0, 1, 2):
-            offset = 0.01 * seed + (0.03 + 0.002 * seed ** 2 if pattern == "p3_controlled" else 0.0)
+            offset = 0.01 * seed + (0.03 + 0.002 * seed**2 if pattern == "p3_controlled" else 0.0)
             acc = corruption_acc(offset)
-            lam = {b: 0.1 + 0.001 * i + 0.01 * seed for i, b in enumerate(RESNET32_BLOCKS)} \
-                if pattern == "p3_controlled" else {}
-            fake_run(root / f"{pattern}_{seed}", pattern, seed, 0.7 + offset, lam=lam,
-                     config={"model.name": "resnet", "model.depth": 32},
-                     summary={"corruption_acc": acc, "robust_acc": float(np.mean([v for a in acc.values()
-                                                                                  for v in a.values()])),
-                              "lam_travel": {b: v - 0.1 for b, v in lam.items()}})
+            lam = (
+                {b: 0.1 + 0.001 * i + 0.01 * seed for i, b in enumerate(RESNET32_BLOCKS)}
+                if pattern == "p3_controlled"
+                else {}
+            )
+            fake_run(
+                root / f"{pattern}_{seed}",
+                pattern,
+                seed,
+                0.7 + offset,
+                lam=lam,
+                config={"model.name": "resnet", "model.depth": 32},
+                summary={
+                    "corruption_acc": acc,
+                    "robust_acc": float(np.mean([v for a in acc.values() for v in a.values()])),
+                    "lam_travel": {b: v - 0.1 for b, v in lam.items()},
+                },
+            )
     runs = [read_run(d) for d in sorted(root.iterdir())]
     keys = grouping_keys(runs)
     return root, group_runs(runs, keys), keys
@@ -702,7 +852,7 @@ def test_robust_acc_corruption_families_and_lambda_per_block(resnet_groups):
     root, groups, _ = resnet_groups
     md = report.write_report([root], console=Console(file=io.StringIO())).read_text()
     p3 = {r["pattern.name"]: r for r in rows(root / "groups.csv")}["p3_controlled"]
-    offsets = [0.01 * s + 0.03 + 0.002 * s ** 2 for s in (0, 1, 2)]
+    offsets = [0.01 * s + 0.03 + 0.002 * s**2 for s in (0, 1, 2)]
     robust = [np.mean([v for a in corruption_acc(o).values() for v in a.values()]) for o in offsets]
     assert num(p3["robust_acc_mean"]) == pytest.approx(np.mean(robust), abs=1e-12)
     assert num(p3["lam_travel_stage3.block4_mean"]) == pytest.approx(0.014 + 0.01, abs=1e-9)
@@ -711,8 +861,10 @@ def test_robust_acc_corruption_families_and_lambda_per_block(resnet_groups):
     assert "**robust accuracy**" in md.split("## Groups")[0]
 
     # per family: mean over its corruptions and severities, then mean ± sd over seeds (noise: gaussian + shot)
-    noise = [np.mean([0.50 + o - 0.02 * s for s in range(1, 6)] + [0.54 + o - 0.02 * s for s in range(1, 6)])
-             for o in offsets]
+    noise = [
+        np.mean([0.50 + o - 0.02 * s for s in range(1, 6)] + [0.54 + o - 0.02 * s for s in range(1, 6)])
+        for o in offsets
+    ]
     table = md.split("## Accuracy under corruptions")[1].split("##")[0]
     assert "| group | n | noise % | blur % | digital % | all (robust acc) % |" in table
     assert f"| pattern=p3_controlled | 3 | {np.mean(noise) * 100:.2f} ± {np.std(noise, ddof=1) * 100:.2f} |" in table
@@ -723,7 +875,7 @@ def test_robust_acc_corruption_families_and_lambda_per_block(resnet_groups):
     # λ: 15 blocks are more than groups, so blocks run down the table, in the network's order
     lam_table = md.split("## λ per block")[1].split("##")[0]
     assert [line.split(" | ")[0].lstrip("| ") for line in lam_table.strip().splitlines()[4:]] == RESNET32_BLOCKS
-    ax, = plots.lambdas(groups).axes  # too many blocks for a panel each: final λ against block
+    (ax,) = plots.lambdas(groups).axes  # too many blocks for a panel each: final λ against block
     assert [t.get_text() for t in ax.get_xticklabels()] == RESNET32_BLOCKS
 
 
@@ -742,8 +894,13 @@ def test_lambda_legend_names_fixed_lambda_only_when_a_run_had_one(resnet_groups,
         fake_run(tmp_path / f"learnable_{lam_init}", "p3_controlled", lam=lam, config={"pattern.lam_init": lam_init})
     runs = [read_run(d) for d in sorted(tmp_path.iterdir())]
     assert not any("fixed" in text for text in legend_texts(group_runs(runs, grouping_keys(runs))))
-    fake_run(tmp_path / "fixed", "p3_controlled", lam={"block1": 0.1, "block2": 0.1},
-             config={"pattern.lam_learnable": False}, summary={"lam_learnable": False})
+    fake_run(
+        tmp_path / "fixed",
+        "p3_controlled",
+        lam={"block1": 0.1, "block2": 0.1},
+        config={"pattern.lam_learnable": False},
+        summary={"lam_learnable": False},
+    )
     runs = [read_run(d) for d in sorted(tmp_path.iterdir())]
     texts = legend_texts(group_runs(runs, grouping_keys(runs)))
     assert "fixed λ (lam_learnable=false)" in texts and "learnable λ" in texts
@@ -753,15 +910,26 @@ def test_grid_heatmap_compares_each_cell_with_the_baseline_of_its_attention(tmp_
     from resattn.report import comparisons, plots
     from resattn.report.runs import group_runs, grouping_keys, metric_names, read_run
 
-    gain = {("p1", "cbam"): 0.010, ("p1", "se"): 0.020, ("p3", "cbam"): -0.010, ("p3", "se"): 0.005,
-            ("p1", "eca"): 0.030}
+    gain = {
+        ("p1", "cbam"): 0.010,
+        ("p1", "se"): 0.020,
+        ("p3", "cbam"): -0.010,
+        ("p3", "se"): 0.005,
+        ("p1", "eca"): 0.030,
+    }
     for seed, base in enumerate(BASE):
         for attention in ("cbam", "se"):  # the baseline has no attention: the same numbers under each name
-            fake_run(tmp_path / f"baseline_{attention}_{seed}", "baseline", seed, base,
-                     config={"attention.name": attention})
+            fake_run(
+                tmp_path / f"baseline_{attention}_{seed}", "baseline", seed, base, config={"attention.name": attention}
+            )
         for (pattern, attention), g in gain.items():
-            fake_run(tmp_path / f"{pattern}_{attention}_{seed}", pattern, seed, base + g + 0.001 * seed,
-                     config={"attention.name": attention})
+            fake_run(
+                tmp_path / f"{pattern}_{attention}_{seed}",
+                pattern,
+                seed,
+                base + g + 0.001 * seed,
+                config={"attention.name": attention},
+            )
     md = report.write_report([tmp_path], console=Console(file=io.StringIO())).read_text()
     comp = {r["group"]: r for r in rows(tmp_path / "comparisons.csv") if r["metric"] == "final_test_acc"}
     assert comp["pattern=p1, attention=se"]["reference"] == "pattern=baseline, attention=se"
@@ -795,15 +963,24 @@ def test_grid_heatmap_colours_only_differences_found_and_marks_empty_cells(tmp_p
 
     # p1 with cbam: +1 point at every seed (a difference); p3 with cbam: -3 points on average, but from -11 to
     # +4 (none detected); p3 with se: no runs
-    shifts = {("p1", "cbam"): [0.010, 0.011, 0.009, 0.010], ("p3", "cbam"): [-0.11, 0.04, -0.02, -0.03],
-              ("p1", "se"): [0.0, 0.001, -0.001, 0.0]}
+    shifts = {
+        ("p1", "cbam"): [0.010, 0.011, 0.009, 0.010],
+        ("p3", "cbam"): [-0.11, 0.04, -0.02, -0.03],
+        ("p1", "se"): [0.0, 0.001, -0.001, 0.0],
+    }
     for seed, base in enumerate(BASE):
         for attention in ("cbam", "se"):
-            fake_run(tmp_path / f"baseline_{attention}_{seed}", "baseline", seed, base,
-                     config={"attention.name": attention})
+            fake_run(
+                tmp_path / f"baseline_{attention}_{seed}", "baseline", seed, base, config={"attention.name": attention}
+            )
         for (pattern, attention), shift in shifts.items():
-            fake_run(tmp_path / f"{pattern}_{attention}_{seed}", pattern, seed, base + shift[seed],
-                     config={"attention.name": attention})
+            fake_run(
+                tmp_path / f"{pattern}_{attention}_{seed}",
+                pattern,
+                seed,
+                base + shift[seed],
+                config={"attention.name": attention},
+            )
     runs = [read_run(d) for d in sorted(tmp_path.iterdir())]
     keys = grouping_keys(runs)
     groups = group_runs(runs, keys)
@@ -823,9 +1000,9 @@ def test_grid_heatmap_colours_only_differences_found_and_marks_empty_cells(tmp_p
 
 def test_the_accuracy_curve_puts_each_point_at_its_epoch_and_shows_validation_when_there_is_a_split(tmp_path):
     """With data.val_size the test split is read once, at the last epoch: it was drawn at epoch 1."""
-    from torch.utils.tensorboard import SummaryWriter
-
     import types
+
+    from torch.utils.tensorboard import SummaryWriter
 
     from resattn.report import plots
     from resattn.report.runs import find_run_dirs, read_run

@@ -32,10 +32,17 @@ def test_every_placement_and_gate_trains_with_each_attention(attention):
             train_one_step(model, pattern, controlled)
 
 
-@pytest.mark.parametrize("depth,shortcut,params", [
-    (20, "A", 269_722), (32, "A", 464_154), (44, "A", 658_586), (56, "A", 853_018), (110, "A", 1_727_962),
-    (20, "B", 272_474),  # + two 1x1 conv + BN projections
-])
+@pytest.mark.parametrize(
+    "depth,shortcut,params",
+    [
+        (20, "A", 269_722),
+        (32, "A", 464_154),
+        (44, "A", 658_586),
+        (56, "A", 853_018),
+        (110, "A", 1_727_962),
+        (20, "B", 272_474),  # + two 1x1 conv + BN projections
+    ],
+)
 def test_parameter_counts_are_the_papers(depth, shortcut, params):
     """He et al.: ResNet-20 0.27M, -32 0.46M, -44 0.66M, -56 0.85M, -110 1.7M parameters (option A)."""
     model = CifarResNet(depth, "baseline", shortcut=shortcut)
@@ -65,23 +72,42 @@ def test_channel_lambdas_follow_the_gated_channels():
     assert all(torch.allclose(lam, torch.tensor(0.2)) for lam in model.lambdas().values())
 
 
-@pytest.mark.parametrize("kwargs,match", [
-    ({"depth": 21}, "depth must be 6n\\+2"), ({"shortcut": "C"}, "shortcut"), ({"pattern": "p9"}, "pattern"),
-    ({"attention": "gc"}, "attention"), ({"lam_shape": "vector", "pattern": "p3_controlled"}, "lam_shape"),
-])
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        ({"depth": 21}, "depth must be 6n\\+2"),
+        ({"shortcut": "C"}, "shortcut"),
+        ({"pattern": "p9"}, "pattern"),
+        ({"attention": "gc"}, "attention"),
+        ({"lam_shape": "vector", "pattern": "p3_controlled"}, "lam_shape"),
+    ],
+)
 def test_bad_arguments_are_refused(kwargs, match):
     with pytest.raises(ValueError, match=match):
         CifarResNet(**kwargs)
 
 
 def test_cli_trains_a_resnet_with_se_on_the_shortcut_and_channel_lambdas(tmp_path):
-    proc = run_train(*TINY, "trainer.epochs=1", "model=resnet", "attention=se", "pattern=p4",
-                     "pattern.controlled=true", "pattern.lam_shape=channel", "pattern.lam_init=0.2",
-                     f"hydra.run.dir={tmp_path}")
+    proc = run_train(
+        *TINY,
+        "trainer.epochs=1",
+        "model=resnet",
+        "attention=se",
+        "pattern=p4",
+        "pattern.controlled=true",
+        "pattern.lam_shape=channel",
+        "pattern.lam_init=0.2",
+        f"hydra.run.dir={tmp_path}",
+    )
     assert proc.returncode == 0, proc.stderr
     s = json.loads((tmp_path / "summary.json").read_text())
-    assert (s["model"], s["depth"], s["attention"], s["lam_shape"], s["status"]) == ("resnet", 20, "se", "channel",
-                                                                                     "completed")
+    assert (s["model"], s["depth"], s["attention"], s["lam_shape"], s["status"]) == (
+        "resnet",
+        20,
+        "se",
+        "channel",
+        "completed",
+    )
     blocks = [f"stage{st}.block{i}" for st in (1, 2, 3) for i in range(3)]
     assert list(s["final_lambda"]) == blocks and list(s["final_lambda_channels"]) == blocks
     assert [len(s["final_lambda_channels"][b]) for b in blocks[::3]] == [4, 8, 16]  # width 0.25: 16, 32, 64 / 4

@@ -7,9 +7,8 @@ import torch
 from omegaconf import OmegaConf
 
 from resattn import data
-from resattn.config import ConfigError
+from resattn.config import ConfigError, check_eval_config, resolve_names, resolve_severities
 from resattn.corruptions import CORRUPTIONS, FAMILIES, corrupt
-from resattn.config import check_eval_config, resolve_names, resolve_severities
 from resattn.robustness import corruption_seed, evaluate_corruptions, summarise
 
 GOOD = {"corruptions": "all", "severities": [1, 2, 3, 4, 5], "corruption_test_size": None, "corruption_every": None}
@@ -20,7 +19,13 @@ def test_names_expand_all_families_and_lists_in_order_without_repeats():
     assert resolve_names("all") == list(CORRUPTIONS)
     assert resolve_names("noise") == FAMILIES["noise"]
     assert resolve_names(OmegaConf.create(["contrast", "blur", "contrast", "digital"])) == [
-        "contrast", "gaussian_blur", "brightness", "saturate", "pixelate", "jpeg_compression"]
+        "contrast",
+        "gaussian_blur",
+        "brightness",
+        "saturate",
+        "pixelate",
+        "jpeg_compression",
+    ]
 
 
 @pytest.mark.parametrize("bad,shown", [("fog", "'fog'"), (["noise", "Fog"], "'Fog'"), (3, "3"), (["contrast", 1], "1")])
@@ -32,18 +37,21 @@ def test_an_unknown_corruption_is_one_line_naming_the_key_and_the_allowed_names(
     assert all(name in message for name in [*CORRUPTIONS, *FAMILIES, "all"])
 
 
-@pytest.mark.parametrize("key,bad,allowed", [
-    ("severities", [0, 1], "a list of integers in 1..5"),
-    ("severities", [5, 6], "a list of integers in 1..5"),
-    ("severities", 6, "a list of integers in 1..5"),
-    ("severities", [], "a list of integers in 1..5"),
-    ("severities", [True], "a list of integers in 1..5"),
-    ("corruption_test_size", -5, "null or an integer >= 1"),
-    ("corruption_test_size", 0, "null or an integer >= 1"),
-    ("corruption_test_size", 2.5, "null or an integer >= 1"),
-    ("corruption_every", 0, "null or an integer >= 1"),
-    ("corruption_every", "end", "null or an integer >= 1"),
-])
+@pytest.mark.parametrize(
+    "key,bad,allowed",
+    [
+        ("severities", [0, 1], "a list of integers in 1..5"),
+        ("severities", [5, 6], "a list of integers in 1..5"),
+        ("severities", 6, "a list of integers in 1..5"),
+        ("severities", [], "a list of integers in 1..5"),
+        ("severities", [True], "a list of integers in 1..5"),
+        ("corruption_test_size", -5, "null or an integer >= 1"),
+        ("corruption_test_size", 0, "null or an integer >= 1"),
+        ("corruption_test_size", 2.5, "null or an integer >= 1"),
+        ("corruption_every", 0, "null or an integer >= 1"),
+        ("corruption_every", "end", "null or an integer >= 1"),
+    ],
+)
 def test_each_bad_eval_value_is_one_line_naming_its_key(key, bad, allowed):
     with pytest.raises(ConfigError) as err:
         check_eval_config(OmegaConf.create({**GOOD, key: bad}))
@@ -55,8 +63,9 @@ def test_good_eval_values_pass():
     check_eval_config(default)
     assert resolve_names(default.corruptions) == [] and resolve_severities(default.severities) == [1, 2, 3, 4, 5]
     check_eval_config(OmegaConf.create(GOOD))
-    check_eval_config(OmegaConf.create({**GOOD, "corruptions": None, "corruption_test_size": 500,
-                                        "corruption_every": 2}))
+    check_eval_config(
+        OmegaConf.create({**GOOD, "corruptions": None, "corruption_test_size": 500, "corruption_every": 2})
+    )
     assert resolve_severities(OmegaConf.create([3, 1, 3])) == [3, 1] and resolve_severities(4) == [4]
 
 
@@ -72,8 +81,13 @@ def setup():
     mean, std = data.channel_stats(images)
 
     def loader(batch_size: int, labels=None) -> data.Loader:
-        return data.Loader(data.Split(images, torch.zeros(60, dtype=torch.long) if labels is None else labels),
-                           batch_size, mean, std, "cpu")
+        return data.Loader(
+            data.Split(images, torch.zeros(60, dtype=torch.long) if labels is None else labels),
+            batch_size,
+            mean,
+            std,
+            "cpu",
+        )
 
     with torch.no_grad():
         labels = model(loader(60).normalise(images)).argmax(1)

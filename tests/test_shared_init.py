@@ -32,8 +32,11 @@ def resnet(seed: int, pattern: str, attention: str = "cbam", shortcut: str = "A"
     return CifarResNet(20, pattern, attention, shortcut=shortcut, width=0.25)
 
 
-@pytest.mark.parametrize("build", [simplecnn, resnet, lambda s, p, a="cbam": resnet(s, p, a, shortcut="B")],
-                         ids=["simplecnn", "resnet_A", "resnet_B"])
+@pytest.mark.parametrize(
+    "build",
+    [simplecnn, resnet, lambda s, p, a="cbam": resnet(s, p, a, shortcut="B")],
+    ids=["simplecnn", "resnet_A", "resnet_B"],
+)
 def test_common_modules_start_equal_whatever_the_arm(build):
     ref = common(build(0, "baseline"))
     assert any("F.conv1" in k for k in ref) and any("head" in k for k in ref)
@@ -55,15 +58,21 @@ def test_attention_draws_its_own_stream():
     """The attention's weights are fixed by the seed, differ between seeds and between blocks, and are not a
     copy of the numbers the branch drew."""
     a, b, c = simplecnn(0, "p1", "se"), simplecnn(0, "p1", "se"), simplecnn(1, "p1", "se")
-    wa, wb, wc = (m.block1.attn.fc1.weight if hasattr(m.block1.attn, "fc1") else next(m.block1.attn.parameters())
-                  for m in (a, b, c))
+    wa, wb, wc = (
+        m.block1.attn.fc1.weight if hasattr(m.block1.attn, "fc1") else next(m.block1.attn.parameters())
+        for m in (a, b, c)
+    )
     assert torch.equal(wa, wb) and not torch.equal(wa, wc)
     r = resnet(0, "p3")
     w0, w1 = (next(r.stage1.get_submodule(n).attn.parameters()) for n in ("block0", "block1"))
     assert w0.shape == w1.shape and not torch.equal(w0, w1)
     # the main stream after the construction is the same in every arm (training draws then match too)
-    torch.manual_seed(0); SimpleCNN("baseline", width=0.25); after_baseline = torch.rand(3)
-    torch.manual_seed(0); SimpleCNN("p2", width=0.25); after_p2 = torch.rand(3)
+    torch.manual_seed(0)
+    SimpleCNN("baseline", width=0.25)
+    after_baseline = torch.rand(3)
+    torch.manual_seed(0)
+    SimpleCNN("p2", width=0.25)
+    after_p2 = torch.rand(3)
     assert torch.equal(after_baseline, after_p2)
 
 
@@ -73,8 +82,10 @@ def test_the_training_run_builds_arms_with_shared_weights():
 
     def built(*overrides):
         with initialize_config_dir(str(ROOT / "configs"), version_base="1.3"):
-            cfg = compose("config", overrides=["data=synthetic", "model.width=0.25", "data.train_size=64",
-                                               "data.test_size=32", *overrides])
+            cfg = compose(
+                "config",
+                overrides=["data=synthetic", "model.width=0.25", "data.train_size=64", "data.test_size=32", *overrides],
+            )
         engine.seed_everything(cfg.seed)
         ds = data.load(cfg.data)
         return common(engine.build_model(cfg, len(ds.classes)))

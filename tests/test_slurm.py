@@ -24,8 +24,13 @@ pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("slurm")]
 
 SCRIPT = ROOT / "scripts" / "slurm_local.sh"
 # the cluster's one partition, no GPU, one CPU a job (so torch trains on one thread); timeout_min is each test's
-SLURM = ["hydra/launcher=slurm", "hydra.launcher.partition=debug", "hydra.launcher.gpus_per_node=null",
-         "hydra.launcher.cpus_per_task=1", "trainer.device=cpu"]
+SLURM = [
+    "hydra/launcher=slurm",
+    "hydra.launcher.partition=debug",
+    "hydra.launcher.gpus_per_node=null",
+    "hydra.launcher.cpus_per_task=1",
+    "trainer.device=cpu",
+]
 # 32 steps an epoch, 2 epochs: 5 to 20 s of training on one core, long enough to be caught mid-training
 LONG = [*TINY, "data.train_size=1024", "trainer.batch_size=32"]
 ONLY = "job0"  # the folder of a sweep's one job (nothing varies)
@@ -38,19 +43,23 @@ def cluster(tmp_path_factory) -> dict:
     """The variables a sweep needs to reach the cluster (its config, its sacct; this checkout's code); the
     cluster is stopped when the module ends."""
     env = {"RESATTN_SLURM_DIR": str(tmp_path_factory.mktemp("slurm-local"))}
-    started = subprocess.run([str(SCRIPT), "start"], env={**os.environ, **env}, capture_output=True, text=True,
-                             timeout=120)
+    started = subprocess.run(
+        [str(SCRIPT), "start"], env={**os.environ, **env}, capture_output=True, text=True, timeout=120
+    )
     if started.returncode == 2:  # the script's one-line refusal: it cannot run here (not root, packages missing...)
         pytest.skip(f"no local SLURM cluster: {started.stderr.strip()}")
     assert started.returncode == 0, started.stderr
-    env.update(SLURM_CONF=f"{env['RESATTN_SLURM_DIR']}/slurm.conf",
-               PATH=f"{env['RESATTN_SLURM_DIR']}/bin:{os.environ['PATH']}",
-               PYTHONPATH=os.pathsep.join([str(ROOT / "src"), *filter(None, [os.environ.get("PYTHONPATH")])]))
+    env.update(
+        SLURM_CONF=f"{env['RESATTN_SLURM_DIR']}/slurm.conf",
+        PATH=f"{env['RESATTN_SLURM_DIR']}/bin:{os.environ['PATH']}",
+        PYTHONPATH=os.pathsep.join([str(ROOT / "src"), *filter(None, [os.environ.get("PYTHONPATH")])]),
+    )
     yield env
     for sweep in SWEEPS:  # a sweep a failed test left waiting would wait for ever once the cluster is gone
         sweep.kill()
-    stopped = subprocess.run([str(SCRIPT), "stop"], env={**os.environ, **env}, capture_output=True, text=True,
-                             timeout=120)
+    stopped = subprocess.run(
+        [str(SCRIPT), "stop"], env={**os.environ, **env}, capture_output=True, text=True, timeout=120
+    )
     assert stopped.returncode == 0, stopped.stderr
 
 
@@ -75,11 +84,13 @@ def summary(run_dir: Path) -> dict:
 def scalars(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
     """tag -> [(step, value)] over every event file of the run, as TensorBoard reads them, but keeping what
     TensorBoard would purge (purge_orphaned_data=False), so a step written twice shows twice; speed left out."""
-    acc = event_accumulator.EventAccumulator(str(run_dir), size_guidance={event_accumulator.SCALARS: 0},
-                                             purge_orphaned_data=False)
+    acc = event_accumulator.EventAccumulator(
+        str(run_dir), size_guidance={event_accumulator.SCALARS: 0}, purge_orphaned_data=False
+    )
     acc.Reload()
-    return {tag: [(e.step, e.value) for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]
-            if not tag.startswith(SPEED)}
+    return {
+        tag: [(e.step, e.value) for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"] if not tag.startswith(SPEED)
+    }
 
 
 def same_training(run_dir: Path, reference: Path) -> None:
@@ -97,9 +108,16 @@ def same_training(run_dir: Path, reference: Path) -> None:
 def slurm_sweep(tmp: Path, cluster: dict, *args: str) -> subprocess.Popen:
     """`python -m train -m <SLURM> ARGS` started in the background; it submits the jobs and waits for them."""
     log = (tmp / "sweep.log").open("a")
-    SWEEPS.append(subprocess.Popen([sys.executable, "-m", "train", "-m", *SLURM, *args], cwd=tmp, stdout=log,
-                                   stderr=subprocess.STDOUT, text=True,
-                                   env={**os.environ, "PYTHONUNBUFFERED": "1", "HYDRA_FULL_ERROR": "0", **cluster}))
+    SWEEPS.append(
+        subprocess.Popen(
+            [sys.executable, "-m", "train", "-m", *SLURM, *args],
+            cwd=tmp,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env={**os.environ, "PYTHONUNBUFFERED": "1", "HYDRA_FULL_ERROR": "0", **cluster},
+        )
+    )
     return SWEEPS[-1]
 
 
@@ -116,16 +134,22 @@ def ended(sweep: subprocess.Popen, tmp: Path, timeout: float) -> tuple[int, str]
 def slurm_job(sweep_dir: Path) -> str:
     """The SLURM id of the sweep's one job: the name of submitit's folder holding the job's pickle (an array's
     task is <array id>_<index>; one job alone is not submitted as an array)."""
-    return wait_for("the job submitted", lambda: next(
-        (p.parent.name for p in sweep_dir.glob(".submitit/*/*_submitted.pkl")), None), 60)
+    return wait_for(
+        "the job submitted",
+        lambda: next((p.parent.name for p in sweep_dir.glob(".submitit/*/*_submitted.pkl")), None),
+        60,
+    )
 
 
 def training(run_dir: Path, times: int = 1) -> None:
     """Wait until the job trains for the `times`-th time: its train.log's "training ..." line, logged once its
     stop handlers are in place (summary.json is first written at the end of the first epoch)."""
     log = run_dir / "train.log"
-    wait_for(f"{run_dir.name} training ({times})", lambda: log.is_file()
-             and log.read_text().count("[resattn.engine][INFO] - training ") >= times, 180)
+    wait_for(
+        f"{run_dir.name} training ({times})",
+        lambda: log.is_file() and log.read_text().count("[resattn.engine][INFO] - training ") >= times,
+        180,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -133,9 +157,22 @@ def long_reference(tmp_path_factory):
     """LONG run once, uninterrupted, by the basic launcher on one thread: what a resumed job must end as. It starts
     with the first test that asks for it and trains beside that test's job; the returned function waits for it."""
     out = tmp_path_factory.mktemp("reference") / "long"
-    run = subprocess.Popen([sys.executable, "-m", "train", *LONG, "seed=0", "trainer.num_threads=1",
-                            "trainer.device=cpu", f"hydra.run.dir={out}"], cwd=out.parent, text=True,
-                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    run = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "train",
+            *LONG,
+            "seed=0",
+            "trainer.num_threads=1",
+            "trainer.device=cpu",
+            f"hydra.run.dir={out}",
+        ],
+        cwd=out.parent,
+        text=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
 
     def finished() -> Path:
         _, err = run.communicate(timeout=600)
@@ -151,10 +188,18 @@ def two_sweeps(cluster, tmp_path_factory) -> Path:
     """The same two-job sweep run by the basic launcher (one thread a job) into basic/ and through SLURM (one CPU a
     job, trainer.num_threads left at auto) into slurm/."""
     tmp = tmp_path_factory.mktemp("two-sweeps")
-    sweep = slurm_sweep(tmp, cluster, *TINY, "seed=0,1", "hydra.launcher.timeout_min=10",
-                        f"hydra.sweep.dir={tmp / 'slurm'}")
-    basic = run_train("-m", *TINY, "seed=0,1", "trainer.num_threads=1", "trainer.device=cpu",
-                      f"hydra.sweep.dir={tmp / 'basic'}", cwd=tmp)  # while SLURM runs the other sweep
+    sweep = slurm_sweep(
+        tmp, cluster, *TINY, "seed=0,1", "hydra.launcher.timeout_min=10", f"hydra.sweep.dir={tmp / 'slurm'}"
+    )
+    basic = run_train(
+        "-m",
+        *TINY,
+        "seed=0,1",
+        "trainer.num_threads=1",
+        "trainer.device=cpu",
+        f"hydra.sweep.dir={tmp / 'basic'}",
+        cwd=tmp,
+    )  # while SLURM runs the other sweep
     assert basic.returncode == 0, basic.stderr[-3000:]
     code, out = ended(sweep, tmp, 300)
     assert code == 0, out[-3000:]
@@ -182,8 +227,9 @@ def test_a_job_requeued_by_slurm_resumes_and_ends_as_uninterrupted(cluster, tmp_
     """`scontrol requeue`, as a preemption that requeues does: SLURM stops the job (SIGTERM), the run saves at its
     step, SLURM starts the job again and it resumes: the same metrics, each TensorBoard step once."""
     sweep_dir = tmp_path / "sweep"
-    sweep = slurm_sweep(tmp_path, cluster, *LONG, "seed=0", "hydra.launcher.timeout_min=10",
-                        f"hydra.sweep.dir={sweep_dir}")
+    sweep = slurm_sweep(
+        tmp_path, cluster, *LONG, "seed=0", "hydra.launcher.timeout_min=10", f"hydra.sweep.dir={sweep_dir}"
+    )
     job = slurm_job(sweep_dir)
     training(sweep_dir / ONLY)
     subprocess.run(["scontrol", "requeue", job], env={**os.environ, **cluster}, check=True, timeout=30)
@@ -209,8 +255,14 @@ def test_a_job_at_its_time_limit_is_requeued_then_recorded_interrupted(cluster, 
     signal as a time-out (not a preemption), and SLURM's own warning comes after the test's."""
     sweep_dir, run_dir = tmp_path / "sweep", tmp_path / "sweep" / ONLY
     args = [*LONG, "seed=0", f"hydra.sweep.dir={sweep_dir}"]
-    sweep = slurm_sweep(tmp_path, cluster, *args, "hydra.launcher.timeout_min=2", "hydra.launcher.signal_delay_s=5",
-                        "hydra.launcher.max_num_timeout=1")
+    sweep = slurm_sweep(
+        tmp_path,
+        cluster,
+        *args,
+        "hydra.launcher.timeout_min=2",
+        "hydra.launcher.signal_delay_s=5",
+        "hydra.launcher.max_num_timeout=1",
+    )
     job = slurm_job(sweep_dir)
     training(run_dir)
     warn(job, cluster)
@@ -231,8 +283,9 @@ def test_a_cancelled_job_is_recorded_interrupted_and_fails_the_sweep(cluster, tm
     """scancel: SIGTERM, the run saves at its step and is recorded interrupted, not left running; the sweep exits
     non-zero, and study.py status shows the job interrupted."""
     sweep_dir = tmp_path / "sweep"
-    sweep = slurm_sweep(tmp_path, cluster, *LONG, "seed=0", "hydra.launcher.timeout_min=10",
-                        f"hydra.sweep.dir={sweep_dir}")
+    sweep = slurm_sweep(
+        tmp_path, cluster, *LONG, "seed=0", "hydra.launcher.timeout_min=10", f"hydra.sweep.dir={sweep_dir}"
+    )
     job = slurm_job(sweep_dir)
     training(sweep_dir / ONLY)
     subprocess.run(["scancel", job], env={**os.environ, **cluster}, check=True, timeout=30)
@@ -240,7 +293,13 @@ def test_a_cancelled_job_is_recorded_interrupted_and_fails_the_sweep(cluster, tm
     assert code != 0, out[-3000:]
     run = summary(sweep_dir / ONLY)
     assert (run["status"], run.get("stop_reason")) == ("interrupted", "SIGTERM")
-    status = subprocess.run([sys.executable, "scripts/study.py", "status", str(sweep_dir)], cwd=ROOT, text=True,
-                            capture_output=True, env={**os.environ, **cluster, "COLUMNS": "200"}, timeout=120)
+    status = subprocess.run(
+        [sys.executable, "scripts/study.py", "status", str(sweep_dir)],
+        cwd=ROOT,
+        text=True,
+        capture_output=True,
+        env={**os.environ, **cluster, "COLUMNS": "200"},
+        timeout=120,
+    )
     assert status.returncode == 0, status.stderr
     assert any(ONLY in line and "interrupted" in line for line in status.stdout.splitlines()), status.stdout

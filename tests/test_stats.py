@@ -15,8 +15,14 @@ B = {0: 0.50, 1: 0.64, 2: 0.60, 3: 0.58}
 
 def spread(test: str, n: int, sd: float = 1.0, n_ref: int | None = None, sd_ref: float = 1.0) -> dict:
     """A comparison's spread as compare() reports it: what mde() and seeds_needed() read."""
-    return {"test": test, "n": n, "n_ref": n_ref or n, "sd": sd, "sd_ref": sd_ref,
-            "sd_diff": sd if test == "paired" else math.nan}
+    return {
+        "test": test,
+        "n": n,
+        "n_ref": n_ref or n,
+        "sd": sd,
+        "sd_ref": sd_ref,
+        "sd_diff": sd if test == "paired" else math.nan,
+    }
 
 
 def power_by_hand(delta: float, se: float, df: float) -> float:
@@ -61,8 +67,7 @@ def test_paired_when_seeds_match_welch_otherwise():
     assert got["sd_diff"] == pytest.approx(np.std(np.subtract(list(A.values()), list(B.values())), ddof=1))
 
     other = {10 + k: v for k, v in list(B.items())[:3]}  # other seeds, and fewer
-    got, want = stats.compare(A, other), scipy_stats.ttest_ind(list(A.values()), list(other.values()),
-                                                               equal_var=False)
+    got, want = stats.compare(A, other), scipy_stats.ttest_ind(list(A.values()), list(other.values()), equal_var=False)
     assert got["test"] == "Welch" and (got["n"], got["n_ref"]) == (4, 3)
     assert got["p"] == pytest.approx(want.pvalue, rel=1e-9)
     assert (got["ci95_low"], got["ci95_high"]) == pytest.approx(tuple(want.confidence_interval()), rel=1e-9)
@@ -118,8 +123,8 @@ def test_mde_welch_reaches_the_power_it_claims():
     # equal sds and ns: Welch's df is 2n - 2, the two-sample t; G*Power gives d = 1.3249 for n = 10 per group
     assert stats.mde(spread("Welch", 10)) == pytest.approx(1.3249, abs=1e-4)
     uneven = spread("Welch", 3, sd=0.01, n_ref=5, sd_ref=0.03)
-    se = math.sqrt(0.01 ** 2 / 3 + 0.03 ** 2 / 5)
-    df = se ** 4 / ((0.01 ** 2 / 3) ** 2 / 2 + (0.03 ** 2 / 5) ** 2 / 4)
+    se = math.sqrt(0.01**2 / 3 + 0.03**2 / 5)
+    df = se**4 / ((0.01**2 / 3) ** 2 / 2 + (0.03**2 / 5) ** 2 / 4)
     assert power_by_hand(stats.mde(uneven), se, df) == pytest.approx(0.8, abs=1e-9)
 
 

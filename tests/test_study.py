@@ -18,21 +18,32 @@ import time
 from pathlib import Path
 
 import pytest
+from hydra._internal.core_plugins import basic_launcher
 from omegaconf import OmegaConf
 from rich.console import Console
+from torch.utils.tensorboard import SummaryWriter
 
 from conftest import ROOT, TINY, run_train
-from hydra._internal.core_plugins import basic_launcher
+
 # the sweeper's classes are looked up when a test runs: Hydra's plugin scan re-executes its plugin modules (and
 # its own launchers) in place, so a class imported at collection may no longer be the one the module holds
 from hydra_plugins.resattn_sweeper import resattn_sweeper
 from resattn.errors import ConfigError
 from resattn.pieces import read_pieces
 from resattn.rerun import PlannedJob
+from resattn.study import (
+    JobStatus,
+    StudyError,
+    export,
+    pieces_lines,
+    reasons,
+    status_table,
+    study_status,
+    totals,
+    wrap_name,
+    write_rows,
+)
 from resattn.tracking import completion
-from torch.utils.tensorboard import SummaryWriter
-from resattn.study import (JobStatus, StudyError, export, pieces_lines, reasons, status_table, study_status, totals,
-                           wrap_name, write_rows)
 
 SWEEP = [*TINY, "trainer.epochs=1", "trainer.device=cpu", "seed=0,1"]
 
@@ -51,8 +62,11 @@ def copy_of(sweep_dir: Path, dest: Path) -> Path:
 
 def job_files(sweep_dir: Path, job: str) -> dict[str, tuple[bytes, int]]:
     """Every file of a job's folder: its bytes and its modification time."""
-    return {str(p.relative_to(sweep_dir)): (p.read_bytes(), p.stat().st_mtime_ns)
-            for p in sorted((sweep_dir / job).rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(sweep_dir)): (p.read_bytes(), p.stat().st_mtime_ns)
+        for p in sorted((sweep_dir / job).rglob("*"))
+        if p.is_file()
+    }
 
 
 def set_summary(job_dir: Path, **changes) -> None:
@@ -63,12 +77,14 @@ def set_summary(job_dir: Path, **changes) -> None:
 def widen_sweep(sweep_dir: Path, seeds: str) -> None:
     """multirun.yaml as a sweep over `seed=<seeds>` had written it: jobs it names have no folder yet."""
     record = OmegaConf.load(sweep_dir / "multirun.yaml")
-    record.hydra.overrides.task = [o if not o.startswith("seed=") else f"seed={seeds}"
-                                   for o in record.hydra.overrides.task]
+    record.hydra.overrides.task = [
+        o if not o.startswith("seed=") else f"seed={seeds}" for o in record.hydra.overrides.task
+    ]
     OmegaConf.save(record, sweep_dir / "multirun.yaml")
 
 
 # --- rerun = finish ---
+
 
 def test_a_finished_sweep_run_again_leaves_its_jobs_untouched(finished_sweep, tmp_path):
     sweep_dir = copy_of(finished_sweep, tmp_path / "sweep")
@@ -123,8 +139,9 @@ def test_a_diverged_job_is_a_result_the_rerun_skips(finished_sweep, tmp_path):
 
 
 @pytest.mark.parametrize("change, advice", [("attention=se", "attention=cbam"), ("model=resnet", "model=simplecnn")])
-def test_a_changed_group_is_refused_with_the_group_choice_that_finishes_the_sweep(finished_sweep, tmp_path, change,
-                                                                                  advice):
+def test_a_changed_group_is_refused_with_the_group_choice_that_finishes_the_sweep(
+    finished_sweep, tmp_path, change, advice
+):
     sweep_dir = copy_of(finished_sweep, tmp_path / "sweep")
     refused = run_train("-m", *SWEEP, change, f"hydra.sweep.dir={sweep_dir}")
     assert refused.returncode == 2
@@ -133,11 +150,14 @@ def test_a_changed_group_is_refused_with_the_group_choice_that_finishes_the_swee
     assert followed.returncode == 0 and "skipped: completed" in followed.stdout, followed.stderr[-3000:]
 
 
-@pytest.mark.parametrize("bad, says", [
-    ("trainer.epochs=1,0", "trainer.epochs=0: trainer.epochs must be an integer >= 1, got 0; no job started"),
-    ("optim.lr=0.1,abc", "optim.lr=abc: optim.lr must be a number, got 'abc'; no job started"),
-    ("seed=0..2", "seed=range(0,3)"),
-])
+@pytest.mark.parametrize(
+    "bad, says",
+    [
+        ("trainer.epochs=1,0", "trainer.epochs=0: trainer.epochs must be an integer >= 1, got 0; no job started"),
+        ("optim.lr=0.1,abc", "optim.lr=abc: optim.lr must be a number, got 'abc'; no job started"),
+        ("seed=0..2", "seed=range(0,3)"),
+    ],
+)
 def test_a_sweep_with_one_bad_value_refuses_before_any_job_trains(bad, says, tmp_path):
     sweep_dir = tmp_path / "new" / "sweep"
     refused = run_train("-m", *SWEEP[:-1], bad, f"hydra.sweep.dir={sweep_dir}")
@@ -153,20 +173,34 @@ def test_the_first_piece_is_recorded(finished_sweep):
     [piece] = OmegaConf.to_container(OmegaConf.load(finished_sweep / "pieces.yaml"))
     assert piece["overrides"] == SWEEP and piece["host"] and piece["started"] <= piece["ended"]
     assert (piece["jobs"], piece["records"], piece["ended_by"]) == (
-        {"skipped": 0, "resumed": 0, "new": 2, "rerun": 0}, "written", "finished")
+        {"skipped": 0, "resumed": 0, "new": 2, "rerun": 0},
+        "written",
+        "finished",
+    )
 
 
-@pytest.mark.parametrize("listed, change, says", [
-    (None, ["trainer.epochs=2"], "seed=0 ran with trainer.epochs=1, this command gives trainer.epochs=2; give "
-                                 "trainer.epochs=1 to finish the sweep as it ran, or give a new hydra.sweep.dir"),
-    (None, ["optim.lr=0.05"], "seed=0 ran with optim.lr=0.2, this command gives optim.lr=0.05; give optim.lr=0.2"),
-    # a narrowed rerun keeps the records: it may not add a job they do not list, nor change one they list
-    (None, ["seed=1,2"], "seed=2 is not one of the 2 jobs the multirun.yaml of"),
-    ("0,1,2", ["seed=2", "trainer.epochs=2"], "seed=2 is listed in the sweep's multirun.yaml with trainer.epochs=1, "
-                                              "this command gives trainer.epochs=2"),
-])
-def test_a_rerun_that_would_make_the_records_lie_is_refused_before_anything_runs(finished_sweep, tmp_path, listed,
-                                                                                  change, says):
+@pytest.mark.parametrize(
+    "listed, change, says",
+    [
+        (
+            None,
+            ["trainer.epochs=2"],
+            "seed=0 ran with trainer.epochs=1, this command gives trainer.epochs=2; give "
+            "trainer.epochs=1 to finish the sweep as it ran, or give a new hydra.sweep.dir",
+        ),
+        (None, ["optim.lr=0.05"], "seed=0 ran with optim.lr=0.2, this command gives optim.lr=0.05; give optim.lr=0.2"),
+        # a narrowed rerun keeps the records: it may not add a job they do not list, nor change one they list
+        (None, ["seed=1,2"], "seed=2 is not one of the 2 jobs the multirun.yaml of"),
+        (
+            "0,1,2",
+            ["seed=2", "trainer.epochs=2"],
+            "seed=2 is listed in the sweep's multirun.yaml with trainer.epochs=1, this command gives trainer.epochs=2",
+        ),
+    ],
+)
+def test_a_rerun_that_would_make_the_records_lie_is_refused_before_anything_runs(
+    finished_sweep, tmp_path, listed, change, says
+):
     sweep_dir = copy_of(finished_sweep, tmp_path / "sweep")
     if listed:
         widen_sweep(sweep_dir, listed)
@@ -180,15 +214,18 @@ def test_a_rerun_that_would_make_the_records_lie_is_refused_before_anything_runs
 
 def test_a_narrowed_rerun_skips_the_completed_job_and_keeps_the_records(finished_sweep, tmp_path):
     sweep_dir = copy_of(finished_sweep, tmp_path / "sweep")
-    records = {name: ((sweep_dir / name).read_bytes(), (sweep_dir / name).stat().st_mtime_ns)
-               for name in ("multirun.yaml", "sweep.yaml")}
+    records = {
+        name: ((sweep_dir / name).read_bytes(), (sweep_dir / name).stat().st_mtime_ns)
+        for name in ("multirun.yaml", "sweep.yaml")
+    }
     rerun = run_train("-m", *SWEEP[:-1], "seed=0", f"hydra.sweep.dir={sweep_dir}")
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     assert "#0 seed=0: skipped: completed" in rerun.stdout  # its folder named as the sweep named it
     assert "[resattn.engine]" not in rerun.stdout + rerun.stderr
     assert sorted(p.name for p in sweep_dir.iterdir() if p.is_dir()) == ["seed=0", "seed=1"]  # no duplicate job
-    assert {name: ((sweep_dir / name).read_bytes(), (sweep_dir / name).stat().st_mtime_ns)
-            for name in records} == records
+    assert {
+        name: ((sweep_dir / name).read_bytes(), (sweep_dir / name).stat().st_mtime_ns) for name in records
+    } == records
     piece = last_piece(sweep_dir)
     assert piece["overrides"][-1] == "seed=0" and (piece["jobs"]["skipped"], piece["records"]) == (1, "kept")
 
@@ -200,8 +237,9 @@ def test_a_job_that_claims_completed_without_its_events_is_trained_again(finishe
     untouched = job_files(sweep_dir, "seed=1")
     rerun = run_train("-m", *SWEEP, f"hydra.sweep.dir={sweep_dir}")
     assert rerun.returncode == 0, rerun.stderr[-3000:]
-    assert "#0 seed=0: rerun from scratch: summary.json says completed, but it has no TensorBoard events" \
-        in rerun.stdout
+    assert (
+        "#0 seed=0: rerun from scratch: summary.json says completed, but it has no TensorBoard events" in rerun.stdout
+    )
     assert completion(sweep_dir / "seed=0") is None  # its events are back, to the last step, with HParams
     assert job_files(sweep_dir, "seed=1") == untouched
     assert last_piece(sweep_dir)["jobs"] == {"skipped": 1, "resumed": 0, "new": 0, "rerun": 1}
@@ -245,9 +283,13 @@ def test_a_job_stopped_at_the_deadline_ends_the_piece_and_the_next_never_starts(
     past the deadline): the trainer saves and stops it, the second job never starts, the same command finishes
     both. (A job that would start past the deadline trains nothing: test_engine.)"""
     sweep_dir, deadline, longer = tmp_path / "sweep", 15, [*SWEEP, "data.train_size=2048", "trainer.epochs=2"]
-    proc = subprocess.Popen([sys.executable, "-m", "train", "-m", *longer, f"trainer.deadline={deadline}",
-                             f"hydra.sweep.dir={sweep_dir}"], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "train", "-m", *longer, f"trainer.deadline={deadline}", f"hydra.sweep.dir={sweep_dir}"],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     log = sweep_dir / "seed=0" / "train.log"
     while not (log.exists() and "training p3_controlled" in log.read_text()) and proc.poll() is None:
         time.sleep(0.01)
@@ -271,10 +313,23 @@ def test_a_deadline_under_joblib_saves_every_running_job_and_the_same_command_fi
     """Two jobs train side by side in joblib workers when the deadline passes (the workers are paused from their
     first steps until past it): each saves and stops, none is left `running`, the third never trains."""
     sweep_dir, deadline = tmp_path / "sweep", 60
-    args = [*SWEEP[:-1], "seed=0,1,2", "data.train_size=2048", "trainer.epochs=2", "hydra/launcher=joblib",
-            "hydra.launcher.n_jobs=2", f"hydra.sweep.dir={sweep_dir}"]
-    proc = subprocess.Popen([sys.executable, "-m", "train", "-m", *args, f"trainer.deadline={deadline}"], cwd=ROOT,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    args = [
+        *SWEEP[:-1],
+        "seed=0,1,2",
+        "data.train_size=2048",
+        "trainer.epochs=2",
+        "hydra/launcher=joblib",
+        "hydra.launcher.n_jobs=2",
+        f"hydra.sweep.dir={sweep_dir}",
+    ]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "train", "-m", *args, f"trainer.deadline={deadline}"],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
     logs = [sweep_dir / f"seed={seed}" / "train.log" for seed in (0, 1)]
     while not all(log.exists() and "training p3_controlled" in log.read_text() for log in logs) and proc.poll() is None:
         time.sleep(0.01)
@@ -301,8 +356,16 @@ def test_no_launch_starts_once_the_deadline_passed(tmp_path, monkeypatch):
     monkeypatch.setattr(clock, "STARTED", time.time())  # the piece starts now: its deadline is a minute away
     passing = one_after_another(lambda: monkeypatch.setattr(clock, "STARTED", clock.STARTED - 3600))
     sweeper = resattn_sweeper.ResattnSweeper(max_batch_size=None)
-    sweeper.config = OmegaConf.create({"hydra": {"sweep": {"dir": str(tmp_path)}, "overrides": {"task": ["seed=0,1"]},
-                                                 "hydra_logging": None, "verbose": False}})
+    sweeper.config = OmegaConf.create(
+        {
+            "hydra": {
+                "sweep": {"dir": str(tmp_path)},
+                "overrides": {"task": ["seed=0,1"]},
+                "hydra_logging": None,
+                "verbose": False,
+            }
+        }
+    )
     sweeper.finishing = resattn_sweeper.FinishingLauncher(passing, deadline=60)
     with pytest.raises(SystemExit) as stop:
         sweeper.run_piece([planned(tmp_path, seeds=(0, 1), completed=())], keep_numbers=False, records="kept")
@@ -311,18 +374,29 @@ def test_no_launch_starts_once_the_deadline_passed(tmp_path, monkeypatch):
     assert last_piece(tmp_path)["ended_by"] == "deadline"
 
 
-@pytest.mark.parametrize("stop, ended_by, note", [
-    (SystemExit(124), "deadline", None),  # a job stopped at the deadline (the trainer exits 124)
-    (SystemExit(143), "signal", "SIGTERM"),
-    (RuntimeError("no space left\non device"), "error", "RuntimeError: no space left"),
-])
+@pytest.mark.parametrize(
+    "stop, ended_by, note",
+    [
+        (SystemExit(124), "deadline", None),  # a job stopped at the deadline (the trainer exits 124)
+        (SystemExit(143), "signal", "SIGTERM"),
+        (RuntimeError("no space left\non device"), "error", "RuntimeError: no space left"),
+    ],
+)
 def test_the_piece_says_how_it_ended(tmp_path, stop, ended_by, note):
     def launch():
         raise stop
 
     sweeper = resattn_sweeper.ResattnSweeper(max_batch_size=None)
-    sweeper.config = OmegaConf.create({"hydra": {"sweep": {"dir": str(tmp_path)}, "overrides": {"task": ["seed=0"]},
-                                                 "hydra_logging": None, "verbose": False}})
+    sweeper.config = OmegaConf.create(
+        {
+            "hydra": {
+                "sweep": {"dir": str(tmp_path)},
+                "overrides": {"task": ["seed=0"]},
+                "hydra_logging": None,
+                "verbose": False,
+            }
+        }
+    )
     sweeper.finishing = resattn_sweeper.FinishingLauncher(RecordingLauncher(on_launch=launch))
     with pytest.raises(type(stop)):
         sweeper.run_piece([planned(tmp_path, seeds=(0,), completed=())], keep_numbers=False, records="kept")
@@ -331,6 +405,7 @@ def test_the_piece_says_how_it_ended(tmp_path, stop, ended_by, note):
 
 
 # --- study status ---
+
 
 @pytest.fixture
 def study_in_pieces(finished_sweep, tmp_path) -> Path:
@@ -355,16 +430,24 @@ def test_status_lists_every_job_with_its_state_and_time_still_needed(study_in_pi
 
 
 def test_status_prints_names_whole_at_80_columns(study_in_pieces):
-    done = subprocess.run([sys.executable, "scripts/study.py", "status", str(study_in_pieces)], cwd=ROOT,
-                          capture_output=True, text=True, env={**os.environ, "COLUMNS": "80"})
+    done = subprocess.run(
+        [sys.executable, "scripts/study.py", "status", str(study_in_pieces)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "COLUMNS": "80"},
+    )
     assert done.returncode == 0, done.stderr
     rows = {line.split()[1]: line.split()[3:-1] for line in done.stdout.splitlines() if "seed=" in line}
-    assert rows == {"seed=0": ["completed", "│", "1/1", "│", "10s", "│", "0s"],
-                    "seed=1": ["interrupted", "│", "1/3", "│", "30s", "│", "1m", "00s"],
-                    "seed=2": ["missing", "│", "0/1", "│", "20s*", "│", "20s*"]}
+    assert rows == {
+        "seed=0": ["completed", "│", "1/1", "│", "10s", "│", "0s"],
+        "seed=1": ["interrupted", "│", "1/3", "│", "30s", "│", "1m", "00s"],
+        "seed=2": ["missing", "│", "0/1", "│", "20s*", "│", "20s*"],
+    }
     assert max(len(line) for line in done.stdout.splitlines()) <= 80
-    assert "pieces: 1, the last: " in done.stdout and "2 new; records written; ended by finished" in \
-        " ".join(done.stdout.split())
+    assert "pieces: 1, the last: " in done.stdout and "2 new; records written; ended by finished" in " ".join(
+        done.stdout.split()
+    )
 
 
 def test_status_of_one_runs_folder_is_that_run_and_the_pieces_its_summary_lists(study_in_pieces):
@@ -374,8 +457,10 @@ def test_status_of_one_runs_folder_is_that_run_and_the_pieces_its_summary_lists(
     summary = json.loads((run / "summary.json").read_text())
     [line] = pieces_lines(run)
     last = summary["pieces"][-1]
-    assert line.startswith(f"pieces: {len(summary['pieces'])}, the last: started ") and \
-        f"steps {last['start_step']} to {last['end_step']}" in line
+    assert (
+        line.startswith(f"pieces: {len(summary['pieces'])}, the last: started ")
+        and f"steps {last['start_step']} to {last['end_step']}" in line
+    )
 
 
 def test_status_shows_a_corrupt_summary_as_unreadable_and_says_why_a_job_is_not_complete(study_in_pieces):
@@ -387,7 +472,9 @@ def test_status_shows_a_corrupt_summary_as_unreadable_and_says_why_a_job_is_not_
     assert jobs[0].remaining_s == pytest.approx(10.0)  # trained again from scratch: its one epoch
     assert reasons(jobs) == [
         "seed=0: incomplete: summary.json says completed, but it has no TensorBoard events; a rerun trains it "
-        "again from scratch", "seed=1: unreadable: summary.json cannot be read"]
+        "again from scratch",
+        "seed=1: unreadable: summary.json cannot be read",
+    ]
 
 
 def test_a_history_that_cannot_be_read_is_named_not_overwritten(study_in_pieces):
@@ -416,12 +503,15 @@ def test_long_names_break_between_keys_only():
     assert max(len(line) for line in text.splitlines()) <= 80
 
 
-@pytest.mark.parametrize("args, message", [
-    (["status", "no/such/folder"], "is not a folder"),
-    (["status", "."], "no multirun.yaml"),
-    (["export", "no/such/folder", "copy"], "is not a folder"),
-    (["export", "src", "copy"], "neither a sweep folder"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["status", "no/such/folder"], "is not a folder"),
+        (["status", "."], "no multirun.yaml"),
+        (["export", "no/such/folder", "copy"], "is not a folder"),
+        (["export", "src", "copy"], "neither a sweep folder"),
+    ],
+)
 def test_bad_inputs_name_the_problem_and_exit_2(args, message):
     done = subprocess.run([sys.executable, "scripts/study.py", *args], cwd=ROOT, capture_output=True, text=True)
     assert done.returncode == 2
@@ -429,6 +519,7 @@ def test_bad_inputs_name_the_problem_and_exit_2(args, message):
 
 
 # --- export ---
+
 
 def test_export_leaves_out_checkpoints_of_completed_runs_only_and_report_reads_it(study_in_pieces, tmp_path):
     dest = tmp_path / "export"
@@ -441,8 +532,13 @@ def test_export_leaves_out_checkpoints_of_completed_runs_only_and_report_reads_i
     assert list((dest / "seed=0").glob("events.out.tfevents.*"))
     with pytest.raises(StudyError, match="already exists"):
         export(study_in_pieces, dest)
-    report = subprocess.run([sys.executable, "scripts/report.py", str(dest), "--out", str(tmp_path / "report")],
-                            cwd=ROOT, capture_output=True, text=True, timeout=240)
+    report = subprocess.run(
+        [sys.executable, "scripts/report.py", str(dest), "--out", str(tmp_path / "report")],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
     assert report.returncode == 0, report.stderr[-2000:]
     assert "seed=0" in (tmp_path / "report" / "runs.csv").read_text()
 
@@ -480,14 +576,18 @@ def test_an_export_without_images_keeps_every_scalar_and_drops_the_maps(study_in
     assert "_hparams_/session_start_info" in copy.summary_metadata  # still a complete run (tracking.completion)
 
 
-
 # --- rows: the published table ---
+
 
 def test_rows_put_a_studys_runs_in_the_table_and_keep_the_other_studies(study_in_pieces, tmp_path):
     table = tmp_path / "runs.csv"
     table.write_text("study,run,status,final_test_acc,device\nolder,a,completed,0.5,cuda\nmine,gone,failed,,cpu\n")
-    done = subprocess.run([sys.executable, "scripts/study.py", "rows", str(study_in_pieces), "mine", str(table)],
-                          cwd=ROOT, capture_output=True, text=True)
+    done = subprocess.run(
+        [sys.executable, "scripts/study.py", "rows", str(study_in_pieces), "mine", str(table)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
     assert done.returncode == 0, done.stderr
     with open(table, newline="") as f:
         rows = {r["run"]: r for r in csv.DictReader(f)}
@@ -497,10 +597,18 @@ def test_rows_put_a_studys_runs_in_the_table_and_keep_the_other_studies(study_in
         summary = json.loads((study_in_pieces / name / "summary.json").read_text())
         config = OmegaConf.load(study_in_pieces / name / ".hydra" / "config.yaml")
         row = rows[name]
-        assert (row["status"], row["model"], row["attention"], row["pattern"]) == \
-            (status, config.model.name, summary["attention"], config.pattern.name)
-        assert float(row["final_test_acc"]) == summary["final_test_acc"] and row["train_size"] == \
-            str(config.data.train_size) and float(row["lr"]) == config.optim.lr and row["device"] == "cpu"
+        assert (row["status"], row["model"], row["attention"], row["pattern"]) == (
+            status,
+            config.model.name,
+            summary["attention"],
+            config.pattern.name,
+        )
+        assert (
+            float(row["final_test_acc"]) == summary["final_test_acc"]
+            and row["train_size"] == str(config.data.train_size)
+            and float(row["lr"]) == config.optim.lr
+            and row["device"] == "cpu"
+        )
         assert (row["schedule"], row["precision"]) == (config.optim.schedule, summary["precision"])
     with pytest.raises(StudyError, match="is not a folder"):
         write_rows(table, "mine", tmp_path / "empty")
@@ -508,7 +616,9 @@ def test_rows_put_a_studys_runs_in_the_table_and_keep_the_other_studies(study_in
     with pytest.raises(StudyError, match="no run folders"):
         write_rows(table, "mine", tmp_path / "empty")
 
+
 # --- the sweeper's launches: which jobs reach the launcher, under which numbers (no training) ---
+
 
 class RecordingLauncher:
     def __init__(self, on_launch=None):
@@ -535,14 +645,25 @@ def one_after_another(on_launch=None) -> RecordingLauncher:
 
 def planned(tmp_path: Path, seeds=range(4), completed=(0, 2)) -> list[PlannedJob]:
     summary = {"status": "completed", "epochs_completed": 1}
-    return [PlannedJob([f"seed={i}"], i, tmp_path / f"seed={i}", summary if i in completed else None,
-                       "skipped: completed" if i in completed else "new") for i in seeds]
+    return [
+        PlannedJob(
+            [f"seed={i}"],
+            i,
+            tmp_path / f"seed={i}",
+            summary if i in completed else None,
+            "skipped: completed" if i in completed else "new",
+        )
+        for i in seeds
+    ]
 
 
-@pytest.mark.parametrize("by_number, launches", [
-    (False, [([["seed=1"], ["seed=3"]], 1)]),  # one launch: a parallel launcher runs both at once
-    (True, [([["seed=1"]], 1), ([["seed=3"]], 3)]),  # each job keeps its number, so its folder
-])
+@pytest.mark.parametrize(
+    "by_number, launches",
+    [
+        (False, [([["seed=1"], ["seed=3"]], 1)]),  # one launch: a parallel launcher runs both at once
+        (True, [([["seed=1"]], 1), ([["seed=3"]], 3)]),  # each job keeps its number, so its folder
+    ],
+)
 def test_only_unfinished_jobs_reach_the_launcher(tmp_path, by_number, launches):
     inner = RecordingLauncher()
     results = resattn_sweeper.FinishingLauncher(inner).launch(planned(tmp_path), keep_numbers=by_number)
@@ -555,13 +676,21 @@ def test_a_sweep_rerun_on_other_images_is_refused_before_any_job_trains(tmp_path
     from test_records import bmp_folder
 
     images, sweep_dir = bmp_folder(tmp_path / "images", 10), tmp_path / "sweep"
-    folder = ["data=folder", f"data.root={images}", "data.train_size=null", "data.test_size=null",
-              "trainer.batch_size=4"]
+    folder = [
+        "data=folder",
+        f"data.root={images}",
+        "data.train_size=null",
+        "data.test_size=null",
+        "trainer.batch_size=4",
+    ]
     assert run_train("-m", *SWEEP, *folder, f"hydra.sweep.dir={sweep_dir}").returncode == 0
     shutil.rmtree(sweep_dir / "seed=1")  # a job the first piece never reached
     bmp_folder(images, 90)  # other pixels under the same names and sizes
     again = run_train("-m", *SWEEP, *folder, f"hydra.sweep.dir={sweep_dir}")
     assert again.returncode == 2
-    assert again.stderr.strip().splitlines()[-1].startswith("error: rerun refused, no job started: seed=0 trained "
-                                                             "on other images than data.root=")
+    assert (
+        again.stderr.strip()
+        .splitlines()[-1]
+        .startswith("error: rerun refused, no job started: seed=0 trained on other images than data.root=")
+    )
     assert not (sweep_dir / "seed=1").exists()  # seed 1 would have trained on the other images

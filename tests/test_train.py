@@ -9,9 +9,9 @@ from omegaconf import OmegaConf
 from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.plugins.hparams import metadata as hparams_metadata
+from test_data import make_folder
 
 from conftest import TINY, run_train
-from test_data import make_folder
 
 EPOCH_TAGS = ["acc/train", "acc/test", "loss/train", "loss/test", "lr", "throughput/train_img_s"]
 
@@ -50,8 +50,16 @@ def test_the_end_of_run_panel_says_what_the_run_was(p3c_proc):
     assert "simplecnn, width 0.25" in out and "│ cbam" in out and "p3_controlled (controlled, lam_init=0.1" in out
     resnet = {"model": "resnet", "depth": 56, "width": 0.5, "attention": "se", "placement": "pre"}
     assert model_rows(resnet) == {"model": "resnet-56, width 0.5", "attention": "se"}
-    baseline = {"pattern": "baseline", "controlled": False, "placement": "none", "attention": "cbam",
-                "model": "simplecnn", "width": 1.0, "lam_init": 0.3, "lam_learnable": True}
+    baseline = {
+        "pattern": "baseline",
+        "controlled": False,
+        "placement": "none",
+        "attention": "cbam",
+        "model": "simplecnn",
+        "width": 1.0,
+        "lam_init": 0.3,
+        "lam_learnable": True,
+    }
     assert model_rows(baseline)["attention"] == "none (baseline)"
     assert pattern_cell(baseline) == "baseline (no λ gate)"  # not lam_init=0.3: there is no λ
 
@@ -63,10 +71,28 @@ def test_the_end_of_run_panel_names_the_folder_on_one_unbroken_line(p3c_proc):
 
 def test_run_writes_a_complete_summary(p3c_run):
     s = json.loads((p3c_run / "summary.json").read_text())
-    assert {"pattern", "controlled", "lam_init", "lam_learnable", "seed", "epochs", "best_test_acc",
-            "final_test_acc", "final_lambda", "wall_time_s", "status"} <= set(s)
-    assert (s["pattern"], s["controlled"], s["lam_init"], s["lam_learnable"], s["seed"], s["epochs"], s["status"]) \
-        == ("p3_controlled", True, 0.1, True, 0, 2, "completed")
+    assert {
+        "pattern",
+        "controlled",
+        "lam_init",
+        "lam_learnable",
+        "seed",
+        "epochs",
+        "best_test_acc",
+        "final_test_acc",
+        "final_lambda",
+        "wall_time_s",
+        "status",
+    } <= set(s)
+    assert (s["pattern"], s["controlled"], s["lam_init"], s["lam_learnable"], s["seed"], s["epochs"], s["status"]) == (
+        "p3_controlled",
+        True,
+        0.1,
+        True,
+        0,
+        2,
+        "completed",
+    )
     assert 0 <= s["final_test_acc"] <= s["best_test_acc"] <= 1
     assert set(s["final_lambda"]) == {"block1", "block2"} and s["wall_time_s"] > 0
     assert (p3c_run / ".hydra" / "config.yaml").exists()
@@ -88,8 +114,9 @@ def test_the_logged_lr_is_the_rate_of_each_epochs_last_step(p3c_run):
 
     opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)
     cfg = OmegaConf.load(p3c_run / ".hydra" / "config.yaml").optim
-    schedule = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=8, pct_start=cfg.warmup_frac,
-                                                   anneal_strategy="linear", cycle_momentum=False)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(
+        opt, max_lr=cfg.lr, total_steps=8, pct_start=cfg.warmup_frac, anneal_strategy="linear", cycle_momentum=False
+    )
     rates = []
     for _ in range(8):
         rates.append(opt.param_groups[0]["lr"])
@@ -112,8 +139,10 @@ def test_lambda_trajectory_has_a_point_per_log_step_and_epoch_end(p3c_run):
 def hparams(run_dir):
     """(experiment, session start) of a run's HParams entry, as TensorBoard's hparams plugin reads them."""
     content = events(run_dir).PluginTagToContent(hparams_metadata.PLUGIN_NAME)
-    return (hparams_metadata.parse_experiment_plugin_data(content[hparams_metadata.EXPERIMENT_TAG]),
-            hparams_metadata.parse_session_start_info_plugin_data(content[hparams_metadata.SESSION_START_INFO_TAG]))
+    return (
+        hparams_metadata.parse_experiment_plugin_data(content[hparams_metadata.EXPERIMENT_TAG]),
+        hparams_metadata.parse_session_start_info_plugin_data(content[hparams_metadata.SESSION_START_INFO_TAG]),
+    )
 
 
 def test_hparams_are_in_the_run_itself_with_readable_values(p3c_run):
@@ -121,11 +150,30 @@ def test_hparams_are_in_the_run_itself_with_readable_values(p3c_run):
     assert [p.name for p in p3c_run.iterdir() if p.is_dir()] == [".hydra"]  # no sub-run
     values = {k: v.string_value or v.number_value for k, v in start.hparams.items()}
     # integers as text: a number is a float64 in HParams, where seed 0 read 0.0000
-    assert {k: values[k] for k in ("pattern.name", "pattern.lam_learnable", "pattern.controlled", "model.width",
-                                   "optim.lr", "trainer.epochs", "trainer.batch_size", "data.name", "seed")} == {
-        "pattern.name": "p3_controlled", "pattern.lam_learnable": "true", "pattern.controlled": "true",
-        "model.width": 0.25, "optim.lr": 0.2, "trainer.epochs": "2", "trainer.batch_size": "64",
-        "data.name": "synthetic", "seed": "0"}
+    assert {
+        k: values[k]
+        for k in (
+            "pattern.name",
+            "pattern.lam_learnable",
+            "pattern.controlled",
+            "model.width",
+            "optim.lr",
+            "trainer.epochs",
+            "trainer.batch_size",
+            "data.name",
+            "seed",
+        )
+    } == {
+        "pattern.name": "p3_controlled",
+        "pattern.lam_learnable": "true",
+        "pattern.controlled": "true",
+        "model.width": 0.25,
+        "optim.lr": 0.2,
+        "trainer.epochs": "2",
+        "trainer.batch_size": "64",
+        "data.name": "synthetic",
+        "seed": "0",
+    }
     assert {h.name for h in experiment.hparam_infos} == set(values)
     # a single run varies nothing, but pattern and seed are what every comparison varies: ticked in any logdir
     assert [h.name for h in experiment.hparam_infos if h.differs] == ["pattern.name", "seed"]
@@ -147,8 +195,9 @@ def test_same_command_gives_the_same_metrics(p3c_run, tmp_path):
 
 
 def test_fixed_lambda_stays_put(tmp_path):
-    proc = run_train(*TINY, "trainer.epochs=1", "pattern.lam_init=0.3", "pattern.lam_learnable=false",
-                     f"hydra.run.dir={tmp_path}")
+    proc = run_train(
+        *TINY, "trainer.epochs=1", "pattern.lam_init=0.3", "pattern.lam_learnable=false", f"hydra.run.dir={tmp_path}"
+    )
     assert proc.returncode == 0, proc.stderr
     s = json.loads((tmp_path / "summary.json").read_text())
     assert s["final_lambda"]["block1"] == pytest.approx(0.3, abs=1e-6) and s["lam_learnable"] is False
@@ -182,15 +231,25 @@ def test_folder_sweep_names_are_one_short_folder_each(tmp_path):
     for root in roots:
         make_folder(root, {"a": (250, 10, 0), "b": (0, 200, 250)})  # every channel varies: a std > 0
     sweep = tmp_path / "sweep"
-    proc = run_train("-m", *TINY, "trainer.epochs=1", "data=folder", f"data.root={roots[0]},{roots[1]}",
-                     "data.train_size=null", "data.test_size=null", "trainer.batch_size=4", f"hydra.sweep.dir={sweep}")
+    proc = run_train(
+        "-m",
+        *TINY,
+        "trainer.epochs=1",
+        "data=folder",
+        f"data.root={roots[0]},{roots[1]}",
+        "data.train_size=null",
+        "data.test_size=null",
+        "trainer.batch_size=4",
+        f"hydra.sweep.dir={sweep}",
+    )
     assert proc.returncode == 0, proc.stderr
     jobs = sorted(p for p in sweep.iterdir() if p.is_dir())
     assert len(jobs) == 2 and all((job / "summary.json").exists() for job in jobs)
     for job in jobs:
         assert len(job.name.encode()) <= 255 and job.name.startswith("data.root=%2F") and "/" not in job.name
-    assert jobs[0].name != jobs[1].name and {json.loads((j / "summary.json").read_text())["status"] for j in jobs} \
-        == {"completed"}
+    assert jobs[0].name != jobs[1].name and {json.loads((j / "summary.json").read_text())["status"] for j in jobs} == {
+        "completed"
+    }
     record = OmegaConf.load(sweep / "sweep.yaml")
     assert {"data=folder", "data.train_size=null", "trainer.batch_size=4"} <= set(record.fixed)
     assert list(record.varied) == ["data.root"]
@@ -204,18 +263,21 @@ def test_baseline_logs_no_lambda(tmp_path):
 
 
 # Values that validate() checks are covered key by key in test_config; here, one of each path to the user.
-@pytest.mark.parametrize("args,key", [
-    (["pattern=p9"], "pattern"),  # a config-group choice, checked before Hydra starts
-    (["pattern.lam_init=abc"], "pattern.lam_init"),  # a config value
-    (["trainer.device=cuda"], "trainer.device"),
-    (["data=cifar10", "data.download=false", "data.root={tmp}/none"], "data.root"),
-    (["data=cifar10", "data.root={tmp}/none"], "data.root"),  # download impossible: offline
-    (["data=folder", "data.root={tmp}"], "data.root"),
-    (["pattern.laminit=0.2"], "pattern.laminit; did you mean pattern.lam_init?"),  # Hydra: 6 lines, exit 1
-    (["+pattern.laminit=0.2"], "pattern.laminit; did you mean pattern.lam_init?"),  # Hydra: trains, ignores it
-    (["attention=se,eca"], "a list of values needs -m (multirun)"),  # Hydra: "Ambiguous value", 6 lines, exit 1
-    (["seed=0,1"], "a list of values needs -m (multirun)"),
-])
+@pytest.mark.parametrize(
+    "args,key",
+    [
+        (["pattern=p9"], "pattern"),  # a config-group choice, checked before Hydra starts
+        (["pattern.lam_init=abc"], "pattern.lam_init"),  # a config value
+        (["trainer.device=cuda"], "trainer.device"),
+        (["data=cifar10", "data.download=false", "data.root={tmp}/none"], "data.root"),
+        (["data=cifar10", "data.root={tmp}/none"], "data.root"),  # download impossible: offline
+        (["data=folder", "data.root={tmp}"], "data.root"),
+        (["pattern.laminit=0.2"], "pattern.laminit; did you mean pattern.lam_init?"),  # Hydra: 6 lines, exit 1
+        (["+pattern.laminit=0.2"], "pattern.laminit; did you mean pattern.lam_init?"),  # Hydra: trains, ignores it
+        (["attention=se,eca"], "a list of values needs -m (multirun)"),  # Hydra: "Ambiguous value", 6 lines, exit 1
+        (["seed=0,1"], "a list of values needs -m (multirun)"),
+    ],
+)
 def test_bad_input_fails_with_one_line_naming_the_key(args, key, tmp_path):
     args = [a.format(tmp=tmp_path) for a in args]
     proc = run_train(*TINY, *args, f"hydra.run.dir={tmp_path}/run")
@@ -273,10 +335,15 @@ def test_attention_maps_and_custom_scalars_layout_are_logged(p3c_run):
         hist = acc.Histograms(f"maps/{block}/channel")
         assert len(hist) == 2 and 0 <= hist[0].histogram_value.min <= hist[0].histogram_value.max <= 1
     from tensorboard.plugins.custom_scalar import layout_pb2
+
     layout = layout_pb2.Layout.FromString(acc.Tensors("custom_scalars__config__")[0].tensor_proto.string_val[0])
     charts = {c.title: list(c.multiline.tag) for cat in layout.category for c in cat.chart}
-    assert charts == {"test accuracy": ["^acc/test$"], "corrupted test accuracy (mean)": ["^acc/corrupt/mean$"],
-                      "lambda block1": ["^lambda/block1$"], "lambda block2": ["^lambda/block2$"]}
+    assert charts == {
+        "test accuracy": ["^acc/test$"],
+        "corrupted test accuracy (mean)": ["^acc/corrupt/mean$"],
+        "lambda block1": ["^lambda/block1$"],
+        "lambda block2": ["^lambda/block2$"],
+    }
 
 
 def test_time_series_opens_on_accuracy_and_lambda(p3c_run):

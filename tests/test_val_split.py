@@ -14,12 +14,14 @@ from resattn.errors import ConfigError
 def fake_cifar(cfg) -> Dataset:
     """1,000 training and 200 test images, 10 classes; each image's first pixel holds its index (mod 256) and the
     second its index // 256, so a split's images can be traced back."""
+
     def split(n):
         idx = torch.arange(n)
         images = torch.zeros(n, 3, 32, 32, dtype=torch.uint8)
         images[:, 0, 0, 0], images[:, 0, 0, 1] = idx % 256, idx // 256
         labels = torch.randperm(n, generator=torch.Generator().manual_seed(7)) % 10
         return Split(images, labels)
+
     return Dataset(split(1000), split(200), [f"c{i}" for i in range(10)])
 
 
@@ -28,8 +30,9 @@ def ids(s: Split) -> set[int]:
 
 
 def cifar_cfg(**kw):
-    return OmegaConf.create({"name": "cifar10", "train_size": None, "test_size": None, "val_size": 0,
-                             "subset_seed": 0, **kw})
+    return OmegaConf.create(
+        {"name": "cifar10", "train_size": None, "test_size": None, "val_size": 0, "subset_seed": 0, **kw}
+    )
 
 
 @pytest.fixture
@@ -70,8 +73,17 @@ def test_no_validation_split_changes_nothing(fake):
 
 
 def test_synthetic_makes_the_validation_images_besides_train_size():
-    cfg = OmegaConf.create({"name": "synthetic", "num_classes": 4, "train_size": 64, "test_size": 16, "val_size": 20,
-                            "subset_seed": 0, "augment": False})
+    cfg = OmegaConf.create(
+        {
+            "name": "synthetic",
+            "num_classes": 4,
+            "train_size": 64,
+            "test_size": 16,
+            "val_size": 20,
+            "subset_seed": 0,
+            "augment": False,
+        }
+    )
     ds = data.load(cfg)
     assert len(ds.train.labels) == 64 and len(ds.val.labels) == 20 and len(ds.test.labels) == 16
     assert torch.bincount(ds.val.labels, minlength=4).tolist() == [5] * 4
@@ -81,17 +93,22 @@ def test_synthetic_makes_the_validation_images_besides_train_size():
 
 def test_folder_holds_out_validation_images(tmp_path):
     from PIL import Image
+
     for split, n in (("train", 12), ("test", 2)):
         for c in ("a", "b"):
             (tmp_path / split / c).mkdir(parents=True)
             for i in range(n):
                 colour = (i * 20, 100 if c == "a" else 200, 0)
                 Image.new("RGB", (32, 32), colour).save(tmp_path / split / c / f"{i}.png")
-    cfg = OmegaConf.create({"name": "folder", "root": str(tmp_path), "train_size": 10, "test_size": None,
-                            "val_size": 4, "subset_seed": 0})
+    cfg = OmegaConf.create(
+        {"name": "folder", "root": str(tmp_path), "train_size": 10, "test_size": None, "val_size": 4, "subset_seed": 0}
+    )
     ds = data.load(cfg)
     assert len(ds.train.labels) == 10 and len(ds.val.labels) == 4 and ds.val.labels.tolist().count(0) == 2
-    key = lambda s: {(int(x[0, 0, 0]), int(x[1, 0, 0])) for x in s.images}
+
+    def key(s):
+        return {(int(x[0, 0, 0]), int(x[1, 0, 0])) for x in s.images}
+
     assert not key(ds.train) & key(ds.val)
 
 
@@ -100,6 +117,7 @@ def test_bad_val_size_is_refused_in_one_line_naming_the_key(value):
     from hydra import compose, initialize_config_dir
 
     from conftest import ROOT
+
     with initialize_config_dir(str(ROOT / "configs"), version_base="1.3"):
         cfg = compose("config", overrides=["data=synthetic"])
     cfg.data.val_size = value

@@ -24,8 +24,8 @@ Against timm's modules of the same names (attention=timm attention.type=se|eca|c
 
 import inspect
 import math
+from collections.abc import Callable
 from functools import partial
-from typing import Callable
 
 import torch
 import torch.nn.functional as F

@@ -22,8 +22,8 @@ placement, not the draw (common random numbers). λ starts at lam_init: it draws
 
 import hashlib
 import math
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Callable, Iterator
 
 import torch
 import torch.nn.functional as F

@@ -54,10 +54,13 @@ def pick_precision(setting: str, device: torch.device, fused: bool, resumed: str
     whatever trainer.precision=auto would pick on this machine; the fused launcher trains every job of a sweep in
     fp32, a group of one too (bf16 autocast does not reach convolutions under vmap, measured on the CPU)."""
     if fused and "bf16" in (setting, resumed):
-        raise ConfigError("trainer.precision=bf16: the fused launcher trains in fp32 (bf16 autocast does not reach "
-                          "convolutions under vmap); use trainer.precision=auto or fp32, or another launcher"
-                          if setting == "bf16" else "trainer.resume: this run started in bf16 with another launcher; "
-                          "finish it with that launcher (hydra/launcher=basic)")
+        raise ConfigError(
+            "trainer.precision=bf16: the fused launcher trains in fp32 (bf16 autocast does not reach "
+            "convolutions under vmap); use trainer.precision=auto or fp32, or another launcher"
+            if setting == "bf16"
+            else "trainer.resume: this run started in bf16 with another launcher; "
+            "finish it with that launcher (hydra/launcher=basic)"
+        )
     if resumed is not None:
         if (resumed == "bf16") != use_bf16(setting, device):
             log.info("continuing in %s, the precision this run started in", resumed)
@@ -102,8 +105,16 @@ def build_model(cfg: DictConfig, num_classes: int) -> ResidualNet:
     is checked against the attention contract on the built model (ConfigError: one line naming it)."""
     p, m = cfg.pattern, cfg.model
     attention = attention_factory(OmegaConf.to_container(cfg.attention, resolve=True))
-    common = dict(pattern=p.name, num_classes=num_classes, attention=attention, lam_init=float(p.lam_init),
-                  lam_learnable=p.lam_learnable, controlled=p.controlled, lam_shape=p.lam_shape, width=m.width)
+    common = dict(
+        pattern=p.name,
+        num_classes=num_classes,
+        attention=attention,
+        lam_init=float(p.lam_init),
+        lam_learnable=p.lam_learnable,
+        controlled=p.controlled,
+        lam_shape=p.lam_shape,
+        width=m.width,
+    )
     if m.name == "resnet":
         model = CifarResNet(depth=m.depth, shortcut=m.shortcut, **common)
     else:
@@ -131,17 +142,29 @@ def build_optimizer(cfg: DictConfig, named_params: dict[str, torch.Tensor], temp
     decay = [p for n, p in named_params.items() if n in matrix]
     no_decay = [p for n, p in named_params.items() if n not in matrix and not n.endswith("lam_logit")]
     lrs = [o.lr, o.lr, o.lr * o.lam_lr_scale]
-    opt = torch.optim.SGD([{"params": decay, "weight_decay": o.weight_decay, "lr": lrs[0]},
-                           {"params": no_decay, "weight_decay": 0.0, "lr": lrs[1]},
-                           {"params": lam, "weight_decay": 0.0, "lr": lrs[2]}],
-                          lr=o.lr, momentum=o.momentum, nesterov=o.momentum > 0)
+    opt = torch.optim.SGD(
+        [
+            {"params": decay, "weight_decay": o.weight_decay, "lr": lrs[0]},
+            {"params": no_decay, "weight_decay": 0.0, "lr": lrs[1]},
+            {"params": lam, "weight_decay": 0.0, "lr": lrs[2]},
+        ],
+        lr=o.lr,
+        momentum=o.momentum,
+        nesterov=o.momentum > 0,
+    )
     if o.schedule == "onecycle":
-        sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lrs, total_steps=total_steps,
-                                                    pct_start=float(o.warmup_frac), anneal_strategy="linear",
-                                                    cycle_momentum=False)
+        sched = torch.optim.lr_scheduler.OneCycleLR(
+            opt,
+            max_lr=lrs,
+            total_steps=total_steps,
+            pct_start=float(o.warmup_frac),
+            anneal_strategy="linear",
+            cycle_momentum=False,
+        )
     elif o.schedule == "step":  # He et al.'s: divided by 10 at 32k and 48k of 64k steps, i.e. at 50% and 75%
-        sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=[total_steps // 2, total_steps * 3 // 4],
-                                                     gamma=0.1)
+        sched = torch.optim.lr_scheduler.MultiStepLR(
+            opt, milestones=[total_steps // 2, total_steps * 3 // 4], gamma=0.1
+        )
     else:
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total_steps)
     return opt, sched

@@ -8,6 +8,7 @@ from omegaconf import DictConfig
 
 from resattn.errors import ConfigError
 from resattn.job import usage_error
+
 # importing resattn.sweep registers the job-name resolver, in every process that unpickles these callbacks
 from resattn.sweep import sweeper_params, write_record
 from resattn.tracking import read_summary
@@ -45,10 +46,16 @@ class SweepEnd(Callback):
             write_report([sweep_dir])
         except Exception as err:
             print(f"warning: no sweep report: {type(err).__name__}: {err}", file=sys.stderr)
-        statuses = {d.name: (read_summary(d) or {}).get("status", "missing") for d in sorted(sweep_dir.iterdir())
-                    if (d / ".hydra").is_dir()}
+        statuses = {
+            d.name: (read_summary(d) or {}).get("status", "missing")
+            for d in sorted(sweep_dir.iterdir())
+            if (d / ".hydra").is_dir()
+        }
         bad = {name: s for name, s in statuses.items() if s != "completed"}
         if bad:
-            print(f"error: {len(bad)} of {len(statuses)} jobs did not complete: "
-                  + "; ".join(f"{n} ({s})" for n, s in bad.items()), file=sys.stderr)
+            print(
+                f"error: {len(bad)} of {len(statuses)} jobs did not complete: "
+                + "; ".join(f"{n} ({s})" for n, s in bad.items()),
+                file=sys.stderr,
+            )
             sys.exit(1)

@@ -20,8 +20,12 @@ def rng_state() -> dict:
     return {
         "torch": torch.get_rng_state(),
         "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-        "numpy": {"key": torch.from_numpy(np_state["state"]["key"].astype(np.int64)), "pos": np_state["state"]["pos"],
-                  "has_gauss": np_state["has_gauss"], "gauss": np_state["gauss"]},
+        "numpy": {
+            "key": torch.from_numpy(np_state["state"]["key"].astype(np.int64)),
+            "pos": np_state["state"]["pos"],
+            "has_gauss": np_state["has_gauss"],
+            "gauss": np_state["gauss"],
+        },
         "python": random.getstate(),
     }
 
@@ -31,8 +35,14 @@ def set_rng_state(state: dict) -> None:
     if state["cuda"] and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
     n = state["numpy"]
-    np.random.set_state({"bit_generator": "MT19937", "state": {"key": n["key"].numpy().astype(np.uint32), "pos": n["pos"]},
-                         "has_gauss": n["has_gauss"], "gauss": n["gauss"]})
+    np.random.set_state(
+        {
+            "bit_generator": "MT19937",
+            "state": {"key": n["key"].numpy().astype(np.uint32), "pos": n["pos"]},
+            "has_gauss": n["has_gauss"],
+            "gauss": n["gauss"],
+        }
+    )
     version, internal, gauss = state["python"]
     random.setstate((version, tuple(internal), gauss))
 
@@ -67,21 +77,31 @@ def load(path: Path, config: dict, fingerprint: str | None = None, key: str = "t
     except FileNotFoundError:
         raise ConfigError(f"{key}: no checkpoint at '{path}'") from None
     except Exception as err:  # weights_only: whatever a damaged or foreign file raises, nothing in it ran
-        raise ConfigError(f"{key}: '{path}' is not a readable resattn checkpoint: {what_is_wrong(path, err)}; "
-                          f"{afresh}") from None
-    if isinstance(state, dict) and str(state.get("format", "")).startswith("resattn-checkpoint-") \
-            and state["format"] != FORMAT:
-        raise ConfigError(f"{key}: '{path}' was written by another version of resattn ({state['format']}, this one "
-                          f"reads {FORMAT}); {afresh}")
+        raise ConfigError(
+            f"{key}: '{path}' is not a readable resattn checkpoint: {what_is_wrong(path, err)}; {afresh}"
+        ) from None
+    if (
+        isinstance(state, dict)
+        and str(state.get("format", "")).startswith("resattn-checkpoint-")
+        and state["format"] != FORMAT
+    ):
+        raise ConfigError(
+            f"{key}: '{path}' was written by another version of resattn ({state['format']}, this one "
+            f"reads {FORMAT}); {afresh}"
+        )
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise ConfigError(f"{key}: '{path}' is not a resattn checkpoint; {afresh}")
     k = first_difference(state["config"], config)
     if k is not None:
         theirs, ours = flatten(state["config"]), flatten(config)
-        raise ConfigError(f"{key}: '{path}' was made with {k}={theirs.get(k)}, this run has {k}={ours.get(k)} "
-                          f"(another experiment: {afresh}, or a new run folder)")
+        raise ConfigError(
+            f"{key}: '{path}' was made with {k}={theirs.get(k)}, this run has {k}={ours.get(k)} "
+            f"(another experiment: {afresh}, or a new run folder)"
+        )
     if fingerprint is not None and state["data_fingerprint"] != fingerprint:
-        raise ConfigError(f"{key}: '{path}' was trained on other images (data fingerprint "
-                          f"{state['data_fingerprint'][:16]}, data.root now holds {fingerprint[:16]}): point data.root "
-                          f"at the images it started on, or {afresh}")
+        raise ConfigError(
+            f"{key}: '{path}' was trained on other images (data fingerprint "
+            f"{state['data_fingerprint'][:16]}, data.root now holds {fingerprint[:16]}): point data.root "
+            f"at the images it started on, or {afresh}"
+        )
     return state

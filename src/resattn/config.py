@@ -17,14 +17,12 @@ from resattn.resnet import DEPTHS, SHORTCUTS
 # keys that moved to another group -> where they are now
 MOVED_KEYS = {
     "pattern.reduction": "attention.reduction (set with the attention that has it, e.g. attention=cbam "
-                         "attention.reduction=...)",
+    "attention.reduction=...)",
     "pattern.spatial_kernel": "attention.spatial_kernel (set with the attention that has it, e.g. attention=cbam "
-                              "attention.spatial_kernel=...)",
+    "attention.spatial_kernel=...)",
     "trainer.time_limit": "trainer.deadline (seconds after the command started, for the whole command, not per "
-                          "job: trainer.deadline=...)",
+    "job: trainer.deadline=...)",
 }
-
-
 
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"  # the project's Hydra configs (src/resattn/ -> configs/)
@@ -70,8 +68,10 @@ def _validate_attention(a: DictConfig) -> None:
     keys, expected = set(a) - {"name"}, set(attention_keys(a.name))
     if keys != expected:
         owners = " or ".join(n for n in ATTENTIONS if set(attention_keys(n)) == keys) or "none"
-        raise ConfigError(f"attention.name must be {owners} for the keys {', '.join(sorted(keys)) or '(none)'}; "
-                          f"choose another attention with attention={a.name}, got {a.name!r}")
+        raise ConfigError(
+            f"attention.name must be {owners} for the keys {', '.join(sorted(keys)) or '(none)'}; "
+            f"choose another attention with attention={a.name}, got {a.name!r}"
+        )
     if "reduction" in keys:
         _at_least_one(a, "reduction", "attention.")
     if "spatial_kernel" in keys:
@@ -120,7 +120,8 @@ def _validate_hparams(cfg: DictConfig) -> None:
         options = [OmegaConf.load(o) for o in sorted((CONFIGS / group).glob("*.yaml"))] if rest else []
         # an option's keys sit under the group, or (a `# @package _global_` option such as model/resnet) at the top
         if OmegaConf.select(cfg, str(key), default=_ABSENT) is _ABSENT and not any(
-                OmegaConf.select(o, k, default=_ABSENT) is not _ABSENT for o in options for k in (rest, str(key))):
+            OmegaConf.select(o, k, default=_ABSENT) is not _ABSENT for o in options for k in (rest, str(key))
+        ):
             raise ConfigError(f"tracking.hparams: {key} is no config key; list keys such as optim.lr or model.width")
 
 
@@ -129,8 +130,10 @@ def validate(cfg: DictConfig) -> None:
     _one_of("pattern.name", p.name, PATTERNS)
     placement = PATTERNS[p.name][0]
     if p.placement != placement:
-        raise ConfigError(f"pattern.placement must be {placement} for pattern {p.name} (the placement follows from "
-                          f"the pattern: baseline none, p1 inside, p2 post_add, p3 pre, p4 skip), got {p.placement!r}")
+        raise ConfigError(
+            f"pattern.placement must be {placement} for pattern {p.name} (the placement follows from "
+            f"the pattern: baseline none, p1 inside, p2 post_add, p3 pre, p4 skip), got {p.placement!r}"
+        )
     seed = cfg.seed
     if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**32:
         hint = "; seeds 0 to 2 are seed=range(0,3) (Hydra's range: the end is left out)" if ".." in str(seed) else ""
@@ -168,14 +171,18 @@ def validate(cfg: DictConfig) -> None:
     if isinstance(val_size, bool) or not isinstance(val_size, int) or val_size < 0:
         raise ConfigError(f"data.val_size must be an integer >= 0 (0 = no validation split), got {val_size!r}")
     if cfg.data.name == "cifar10" and val_size + (cfg.data.train_size or 1) > 50_000:  # folder: checked on loading
-        raise ConfigError(f"data.val_size must leave data.train_size ({cfg.data.train_size or 'at least 1'}) of "
-                          f"CIFAR-10's 50000 training images, got {val_size}")
+        raise ConfigError(
+            f"data.val_size must leave data.train_size ({cfg.data.train_size or 'at least 1'}) of "
+            f"CIFAR-10's 50000 training images, got {val_size}"
+        )
     resume = cfg.trainer.resume
     if resume is True or (resume not in ("auto", False, None) and not isinstance(resume, str)):
         raise ConfigError(f"trainer.resume must be auto, false or a checkpoint path, got {resume!r}")
     _one_of("data.augment", cfg.data.augment, (True, False))
     limit = cfg.trainer.get("deadline")
-    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, (int, float)) or not 0 < limit < math.inf):
+    if limit is not None and (
+        isinstance(limit, bool) or not isinstance(limit, (int, float)) or not 0 < limit < math.inf
+    ):
         raise ConfigError(f"trainer.deadline must be null or a number of seconds > 0, got {limit!r}")
     threads = cfg.trainer.num_threads
     if threads != "auto":
@@ -204,10 +211,15 @@ def inert_keys(cfg: DictConfig, overrides: Sequence[str]) -> list[str]:
 
 def inert_keys_message(cfg: DictConfig, keys: Sequence[str]) -> str:
     """One warning line; a warning, not an error: a sweep over patterns x lam_init is legitimate."""
-    why = "pattern baseline has no attention to gate" if cfg.pattern.placement == "none" else \
-        f"pattern {cfg.pattern.name} has pattern.controlled=false"
-    return (f"{', '.join(keys)} {'does' if len(keys) == 1 else 'do'} nothing in this run: λ needs a controlled gate "
-            f"and {why} (pattern=p3_controlled, or pattern.controlled=true with p1..p4, has one)")
+    why = (
+        "pattern baseline has no attention to gate"
+        if cfg.pattern.placement == "none"
+        else f"pattern {cfg.pattern.name} has pattern.controlled=false"
+    )
+    return (
+        f"{', '.join(keys)} {'does' if len(keys) == 1 else 'do'} nothing in this run: λ needs a controlled gate "
+        f"and {why} (pattern=p3_controlled, or pattern.controlled=true with p1..p4, has one)"
+    )
 
 
 def resolve_names(spec) -> list[str]:
@@ -226,8 +238,10 @@ def resolve_names(spec) -> list[str]:
         elif isinstance(item, str) and item in CORRUPTIONS:
             found = [item]
         else:
-            raise ConfigError(f"eval.corruptions must be null, all, a family ({', '.join(FAMILIES)}) or a list of "
-                              f"names from {', '.join(CORRUPTIONS)}, got {item!r}")
+            raise ConfigError(
+                f"eval.corruptions must be null, all, a family ({', '.join(FAMILIES)}) or a list of "
+                f"names from {', '.join(CORRUPTIONS)}, got {item!r}"
+            )
         names += [name for name in found if name not in names]
     return names
 
@@ -235,8 +249,12 @@ def resolve_names(spec) -> list[str]:
 def resolve_severities(spec) -> list[int]:
     """eval.severities -> a list of integers in 1..5 (one integer is taken as a list of one)."""
     items = [spec] if isinstance(spec, int) else spec
-    if not isinstance(items, Sequence) or isinstance(items, str) or not items or any(
-            isinstance(s, bool) or not isinstance(s, int) or s not in SEVERITIES for s in items):
+    if (
+        not isinstance(items, Sequence)
+        or isinstance(items, str)
+        or not items
+        or any(isinstance(s, bool) or not isinstance(s, int) or s not in SEVERITIES for s in items)
+    ):
         shown = list(spec) if isinstance(spec, Sequence) and not isinstance(spec, str) else spec
         raise ConfigError(f"eval.severities must be a list of integers in 1..5, got {shown!r}")
     return list(dict.fromkeys(items))

@@ -158,8 +158,9 @@ def rgb_to_hsv(rgb: torch.Tensor) -> torch.Tensor:
     delta = value - rgb.amin(1)
     saturation = torch.where(value > 0, delta / value.clamp_min(1e-12), 0.0)
     safe_delta = torch.where(delta > 0, delta, 1.0)
-    hue = torch.where(b == value, 4 + (r - g) / safe_delta,
-                      torch.where(g == value, 2 + (b - r) / safe_delta, (g - b) / safe_delta))
+    hue = torch.where(
+        b == value, 4 + (r - g) / safe_delta, torch.where(g == value, 2 + (b - r) / safe_delta, (g - b) / safe_delta)
+    )
     hue = torch.where(delta > 0, (hue * (1 / 6)) % 1, 0.0)  # * (1/6), not / 6: the same on a GPU (see the top)
     return torch.stack([hue, saturation, value], 1)
 

@@ -84,8 +84,9 @@ def balanced_subset(labels: torch.Tensor, size: int | None, seed: int, key: str)
     return order[interleaved[:size]].sort().values
 
 
-def train_val_indices(labels: torch.Tensor, train_size: int | None, val_size: int | None,
-                      seed: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+def train_val_indices(
+    labels: torch.Tensor, train_size: int | None, val_size: int | None, seed: int
+) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Indices of the training images and of the validation images held out of them (None when val_size is 0).
 
     The validation part is a balanced subset of the whole split; train_size then subsets the rest."""
@@ -99,8 +100,10 @@ def train_val_indices(labels: torch.Tensor, train_size: int | None, val_size: in
     rest[val] = False
     rest = rest.nonzero().squeeze(1)
     if train_size is not None and train_size > len(rest):
-        raise ConfigError(f"data.train_size must be at most {len(rest)} (the training split less data.val_size "
-                          f"{val_size}), got {train_size}")
+        raise ConfigError(
+            f"data.train_size must be at most {len(rest)} (the training split less data.val_size "
+            f"{val_size}), got {train_size}"
+        )
     return rest[balanced_subset(labels[rest], train_size, seed, "data.train_size")], val
 
 
@@ -118,7 +121,9 @@ def synthetic(cfg: DictConfig) -> Dataset:
         stripes = torch.sin(coord * 0.8 + phase)  # (n, 32, 32)
         hue = labels.float()[:, None] / k * 2 * math.pi + torch.tensor([0.0, 2.1, 4.2])
         colour = 0.5 + 0.35 * torch.cos(hue)  # (n, 3)
-        img = colour[:, :, None, None] + 0.25 * stripes[:, None] + 0.2 * torch.randn(len(labels), 3, 32, 32, generator=g)
+        img = (
+            colour[:, :, None, None] + 0.25 * stripes[:, None] + 0.2 * torch.randn(len(labels), 3, 32, 32, generator=g)
+        )
         return (img.clamp(0, 1) * 255).round().to(torch.uint8)
 
     def make(n: int) -> Split:
@@ -128,8 +133,9 @@ def synthetic(cfg: DictConfig) -> Dataset:
         return Split(torch.cat([draw(chunk) for chunk in labels.split(4096)]), labels)
 
     # held out by load(): made to train_size + val_size, so train_size images remain to train on
-    return Dataset(make(cfg.train_size + (cfg.get("val_size") or 0)), make(cfg.test_size),
-                   [f"class{i}" for i in range(k)])
+    return Dataset(
+        make(cfg.train_size + (cfg.get("val_size") or 0)), make(cfg.test_size), [f"class{i}" for i in range(k)]
+    )
 
 
 def _remove_if_new_and_empty(root: Path, root_is_new: bool) -> None:
@@ -219,8 +225,12 @@ def _save_cache(images: torch.Tensor, cache: Path) -> None:
         log.info("made image cache %s", cache)
     except OSError as err:
         tmp.unlink(missing_ok=True)  # a disk that filled up mid-write keeps no partial file
-        log.warning("cannot write image cache %s (%s); decoding the images again next run (data.cache_dir "
-                    "names another folder)", cache, err)
+        log.warning(
+            "cannot write image cache %s (%s); decoding the images again next run (data.cache_dir "
+            "names another folder)",
+            cache,
+            err,
+        )
 
 
 def files_digest(root: Path, paths: list[str]) -> str:
@@ -249,8 +259,12 @@ def folder(cfg: DictConfig) -> Dataset:
 
     root, cache_folder = Path(cfg.root), cache_dir(cfg)
     if (root / OLD_CACHE).is_dir():
-        log.info("%s holds decoded images an older resattn cached there; they are no longer read (the cache is "
-                 "in %s now): delete the folder to free its space", root / OLD_CACHE, cache_folder.parent)
+        log.info(
+            "%s holds decoded images an older resattn cached there; they are no longer read (the cache is "
+            "in %s now): delete the folder to free its space",
+            root / OLD_CACHE,
+            cache_folder.parent,
+        )
     splits, classes, val = [], None, None
     for split, size in (("train", cfg.train_size), ("test", cfg.test_size)):
         if not (root / split).is_dir():
@@ -305,9 +319,19 @@ class Loader:
     `batches(skip=k)` after restoring the generator's state replays an epoch from batch k.
     """
 
-    def __init__(self, split: Split, batch_size: int, mean, std, device, dtype=torch.float32,
-                 channels_last: bool = True, augment: bool = False, generator: torch.Generator | None = None,
-                 drop_last: bool = False):
+    def __init__(
+        self,
+        split: Split,
+        batch_size: int,
+        mean,
+        std,
+        device,
+        dtype=torch.float32,
+        channels_last: bool = True,
+        augment: bool = False,
+        generator: torch.Generator | None = None,
+        drop_last: bool = False,
+    ):
         self.images = split.images.to(device)
         self.labels = split.labels.to(device)
         self.batch_size, self.augment, self.generator, self.drop_last = batch_size, augment, generator, drop_last

@@ -19,8 +19,17 @@ import torch.nn.functional as F
 from omegaconf import DictConfig
 
 from resattn import checkpoint, clock, data, provenance, records, robustness
-from resattn.build import (build_model, build_optimizer, check_fusable, configure_device, pick_device,
-                           pick_precision, seed_everything, set_threads, use_compile)
+from resattn.build import (
+    build_model,
+    build_optimizer,
+    check_fusable,
+    configure_device,
+    pick_device,
+    pick_precision,
+    seed_everything,
+    set_threads,
+    use_compile,
+)
 from resattn.config import validate
 from resattn.errors import ConfigError, Diverged, Interrupted
 from resattn.evaluate import evaluate
@@ -34,6 +43,7 @@ log = logging.getLogger(__name__)
 @dataclass
 class EpochSums:
     """Per member: the summed training loss and correct predictions of the epoch so far (on the device)."""
+
     loss: torch.Tensor
     correct: torch.Tensor
     seen: int = 0
@@ -43,8 +53,11 @@ class EpochSums:
         """Zeros, or each member's saved [loss sum, correct, seen] of a resumed epoch."""
         if saved is None:
             return cls(torch.zeros(n, device=device), torch.zeros(n, dtype=torch.long, device=device))
-        return cls(torch.tensor([s[0] for s in saved], device=device), torch.tensor([s[1] for s in saved],
-                                                                                    device=device), saved[0][2])
+        return cls(
+            torch.tensor([s[0] for s in saved], device=device),
+            torch.tensor([s[1] for s in saved], device=device),
+            saved[0][2],
+        )
 
     def add(self, losses: torch.Tensor, out: torch.Tensor, y: torch.Tensor) -> None:
         self.loss += losses.float() * y.shape[1]
@@ -58,6 +71,7 @@ class EpochSums:
 @dataclass
 class Job:
     """What the members of one training process share, and where the loop stands."""
+
     cfg: DictConfig  # the first run's: every key but FUSABLE_KEYS is the same for all
     runs: list[Run]  # one per member: its folder, config, summary and events
     members: Members  # the models, member-first
@@ -90,8 +104,13 @@ def train(cfg: DictConfig, run_dir: Path, stop: list[int] | None = None) -> dict
     return train_members([cfg], [run_dir], stop)[0]
 
 
-def train_members(cfgs: list[DictConfig], run_dirs: list[Path], stop: list[int] | None = None,
-                  fused: bool = False, on_start: Callable[[], None] | None = None) -> list[dict]:
+def train_members(
+    cfgs: list[DictConfig],
+    run_dirs: list[Path],
+    stop: list[int] | None = None,
+    fused: bool = False,
+    on_start: Callable[[], None] | None = None,
+) -> list[dict]:
     """Train each config into its run folder, all as members of one stacked model; their summaries. `fused`: the
     job is one of the fused launcher's, which trains every job in one precision (build.pick_precision).
     `on_start`: called once every check has passed, before anything is written into a run folder.
@@ -106,12 +125,22 @@ def train_members(cfgs: list[DictConfig], run_dirs: list[Path], stop: list[int] 
     job = prepare(cfgs, [Path(d) for d in run_dirs], time.perf_counter(), fused, on_start)
     try:
         run_epochs(job, stop)
-        summaries = [records.finish(run, m, job.members, "completed", job.step, job.elapsed()) if run.active
-                     else run.summary for m, run in enumerate(job.runs)]
+        summaries = [
+            records.finish(run, m, job.members, "completed", job.step, job.elapsed()) if run.active else run.summary
+            for m, run in enumerate(job.runs)
+        ]
     except Interrupted as err:
         for m in job.active:
-            records.finish(job.runs[m], m, job.members, "interrupted", job.step, job.elapsed(), epoch=job.epoch,
-                           stop_reason=err.reason)
+            records.finish(
+                job.runs[m],
+                m,
+                job.members,
+                "interrupted",
+                job.step,
+                job.elapsed(),
+                epoch=job.epoch,
+                stop_reason=err.reason,
+            )
         raise
     finally:
         for run in job.runs:
@@ -121,8 +150,13 @@ def train_members(cfgs: list[DictConfig], run_dirs: list[Path], stop: list[int] 
     return summaries
 
 
-def prepare(cfgs: list[DictConfig], run_dirs: list[Path], started: float, fused: bool,
-            on_start: Callable[[], None] | None = None) -> Job:
+def prepare(
+    cfgs: list[DictConfig],
+    run_dirs: list[Path],
+    started: float,
+    fused: bool,
+    on_start: Callable[[], None] | None = None,
+) -> Job:
     """Device, data, every run's checkpoint (read and checked before anything is built), the members and their
     optimizer, each run's record; then the checkpoints applied."""
     cfg, t = cfgs[0], cfgs[0].trainer
@@ -135,12 +169,15 @@ def prepare(cfgs: list[DictConfig], run_dirs: list[Path], started: float, fused:
     dtype = torch.bfloat16 if bf16 else torch.float32
     channels_last = t.channels_last and len(cfgs) == 1  # vmap refuses channels_last: several members go NCHW
     mean, std = data.channel_stats(ds.train.images)
-    eval_loader = lambda split: split and data.Loader(split, t.eval_batch_size, mean, std, device, dtype,  # noqa: E731
-                                                       channels_last)
+
+    def eval_loader(split):
+        return split and data.Loader(split, t.eval_batch_size, mean, std, device, dtype, channels_last)
+
     loaders = {"val": eval_loader(getattr(ds, "val", None)), "test": eval_loader(ds.test)}
     loaders["robust"] = robustness.corruption_loader(cfg, ds.test, loaders["test"])
-    train_loader = data.Loader(ds.train, t.batch_size, mean, std, device, dtype, channels_last,
-                               augment=cfg.data.augment, drop_last=True)  # drop_last: one shape to compile
+    train_loader = data.Loader(
+        ds.train, t.batch_size, mean, std, device, dtype, channels_last, augment=cfg.data.augment, drop_last=True
+    )  # drop_last: one shape to compile
     models = []
     for c in cfgs:
         seed_everything(c.seed)
@@ -155,21 +192,46 @@ def prepare(cfgs: list[DictConfig], run_dirs: list[Path], started: float, fused:
     if compiled:
         members.compile()
     # channels_last is the config's wish; a fused job trains NCHW (above): record what ran
-    setup = {"device": str(device), "device_type": device.type, "precision": "bf16" if bf16 else "fp32",
-             "compiled": compiled, "memory_format": "channels_last" if channels_last else "contiguous",
-             "fused": len(cfgs) > 1, "torch_version": str(torch.__version__), "num_threads": threads,
-             "members": len(cfgs), **provenance.code_identity(records.resolved(cfg.attention))}
-    job = Job(cfg, [new_run(c, d, train_loader, setup, ds.fingerprint) for c, d in zip(cfgs, run_dirs)], members,
-              optimizer, scheduler, loaders, ds.test.images[:8], device, bf16, started)
+    setup = {
+        "device": str(device),
+        "device_type": device.type,
+        "precision": "bf16" if bf16 else "fp32",
+        "compiled": compiled,
+        "memory_format": "channels_last" if channels_last else "contiguous",
+        "fused": len(cfgs) > 1,
+        "torch_version": str(torch.__version__),
+        "num_threads": threads,
+        "members": len(cfgs),
+        **provenance.code_identity(records.resolved(cfg.attention)),
+    }
+    job = Job(
+        cfg,
+        [new_run(c, d, train_loader, setup, ds.fingerprint) for c, d in zip(cfgs, run_dirs)],
+        members,
+        optimizer,
+        scheduler,
+        loaders,
+        ds.test.images[:8],
+        device,
+        bf16,
+        started,
+    )
     if saved:
         resume(job, saved)
     if on_start is not None:  # the last refusal is behind us
         on_start()
     for m, run in enumerate(job.runs):  # only once every checkpoint is applied: a refusal leaves events untouched
         open_tracker(job, m, run)
-    log.info("training %s on %s (%s, %d steps an epoch, %s, %d CPU threads%s)",
-             cfg.pattern.name, device, setup["precision"], len(train_loader), "compiled" if compiled else "eager",
-             threads, f", {len(cfgs)} fused members" if len(cfgs) > 1 else "")
+    log.info(
+        "training %s on %s (%s, %d steps an epoch, %s, %d CPU threads%s)",
+        cfg.pattern.name,
+        device,
+        setup["precision"],
+        len(train_loader),
+        "compiled" if compiled else "eager",
+        threads,
+        f", {len(cfgs)} fused members" if len(cfgs) > 1 else "",
+    )
     return job
 
 
@@ -196,8 +258,12 @@ def resume(job: Job, saved: list[dict]) -> None:
 
 def open_tracker(job: Job, m: int, run: Run) -> None:
     # Purge what a resumed run wrote after its checkpoint; a fresh run purges any older events in its folder.
-    run.tracker = Tracker(run.run_dir, purge_step=job.step + 1 if run.resumed else 0,
-                          progress=run.cfg.tracking.progress and m == 0, blocks=list(job.members.lambdas(m)))
+    run.tracker = Tracker(
+        run.run_dir,
+        purge_step=job.step + 1 if run.resumed else 0,
+        progress=run.cfg.tracking.progress and m == 0,
+        blocks=list(job.members.lambdas(m)),
+    )
     if job.step == 0:
         run.tracker.scalars({f"lambda/{k}": v for k, v in records.lambdas(job.members, m).items()}, 0)
 
@@ -222,8 +288,9 @@ def train_epoch(job: Job, epoch_rngs: list, stop: list[int]) -> tuple[EpochSums,
     for i, pairs in enumerate(batches, start=job.skip):
         x, y = stack_batches(pairs)
         job.lr = job.optimizer.param_groups[0]["lr"]
-        losses, out = train_step(job.members, job.optimizer, job.scheduler, x, y, active, job.bf16,
-                                 job.cfg.optim.label_smoothing)
+        losses, out = train_step(
+            job.members, job.optimizer, job.scheduler, x, y, active, job.bf16, job.cfg.optim.label_smoothing
+        )
         job.step += 1
         sums.add(losses, out, y)
         if job.step % t.log_every_n_steps == 0:
@@ -244,16 +311,27 @@ def stack_batches(pairs) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.stack([x for x, _ in pairs]), torch.stack([y for _, y in pairs])
 
 
-def train_step(members: Members, optimizer, scheduler, x: torch.Tensor, y: torch.Tensor, active: torch.Tensor,
-               bf16: bool, label_smoothing: float):
+def train_step(
+    members: Members,
+    optimizer,
+    scheduler,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    active: torch.Tensor,
+    bf16: bool,
+    label_smoothing: float,
+):
     """One optimizer step for every member; (each member's loss, logits), still on the device.
 
     The members' losses are summed, so each member's gradient is that of its own mean loss; a diverged
     member's loss is left out (its NaNs stay in its own slice of every tensor)."""
     with torch.autocast(x.device.type, torch.bfloat16, enabled=bf16):
         out = members(x)
-        losses = F.cross_entropy(out.flatten(0, 1), y.flatten(), label_smoothing=label_smoothing,
-                                 reduction="none").view(y.shape).mean(1)
+        losses = (
+            F.cross_entropy(out.flatten(0, 1), y.flatten(), label_smoothing=label_smoothing, reduction="none")
+            .view(y.shape)
+            .mean(1)
+        )
     optimizer.zero_grad(set_to_none=True)
     torch.where(active, losses, 0.0).sum().backward()
     optimizer.step()
@@ -267,8 +345,15 @@ def mark_diverged(job: Job, loss_sums: torch.Tensor) -> bool:
     for m in newly:
         run = job.runs[m]
         run.active = False
-        records.finish(run, m, job.members, "diverged", job.step, job.elapsed(),
-                       error=f"non-finite training loss at step {job.step}")
+        records.finish(
+            run,
+            m,
+            job.members,
+            "diverged",
+            job.step,
+            job.elapsed(),
+            error=f"non-finite training loss at step {job.step}",
+        )
         log.error("%s diverged: non-finite training loss at step %d", run.run_dir.name, job.step)
     if not job.active:
         raise Diverged(f"non-finite training loss at step {job.step}")
@@ -284,9 +369,12 @@ def log_progress(job: Job, sums: EpochSums, batch: int, images_per_s: float) -> 
     loss, correct, seen = sums.of(m)
     lam = records.lambdas(job.members, m)
     many = f" ({len(job.active)} members)" if len(job.runs) > 1 else ""
-    job.runs[0].tracker.show(f"epoch {job.epoch + 1}/{job.cfg.trainer.epochs}", batch, len(job.runs[0].loader),
-                             f"loss {loss / seen:.3f} acc {correct / seen:.3f} {describe_lambdas(lam)} "
-                             f"{images_per_s:.0f} img/s{many}")
+    job.runs[0].tracker.show(
+        f"epoch {job.epoch + 1}/{job.cfg.trainer.epochs}",
+        batch,
+        len(job.runs[0].loader),
+        f"loss {loss / seen:.3f} acc {correct / seen:.3f} {describe_lambdas(lam)} {images_per_s:.0f} img/s{many}",
+    )
 
 
 def describe_lambdas(lam: dict[str, float]) -> str:
@@ -305,8 +393,14 @@ def end_epoch(job: Job, sums: EpochSums, images_per_s: float) -> None:
         metrics["test"] = evaluate(job.members, job.loaders["test"], job.bf16)
     robust = None
     if job.loaders["robust"] is not None and robustness.due(job.cfg.eval.corruption_every, job.epoch, epochs):
-        robust = robustness.run(job.members, job.loaders["robust"], job.cfg, job.bf16,
-                                [run.tracker if run.active else None for run in job.runs], job.step)
+        robust = robustness.run(
+            job.members,
+            job.loaders["robust"],
+            job.cfg,
+            job.bf16,
+            [run.tracker if run.active else None for run in job.runs],
+            job.step,
+        )
     for m in job.active:
         record_epoch(job, m, sums, metrics, images_per_s)
         if robust is not None:
@@ -314,10 +408,17 @@ def end_epoch(job: Job, sums: EpochSums, images_per_s: float) -> None:
     m = job.active[0]
     loss_sum, correct, seen = sums.of(m)
     losses, accs = metrics[held_out]
-    log.info("epoch %d/%d: train loss %.4f acc %.4f | %s loss %s acc %s | %s", job.epoch, epochs, loss_sum / seen,
-             correct / seen, held_out, " ".join(f"{losses[i]:.4f}" for i in job.active),
-             " ".join(f"{accs[i]:.4f}" for i in job.active), describe_lambdas(job.runs[m].summary["final_lambda"])
-             or "no λ")
+    log.info(
+        "epoch %d/%d: train loss %.4f acc %.4f | %s loss %s acc %s | %s",
+        job.epoch,
+        epochs,
+        loss_sum / seen,
+        correct / seen,
+        held_out,
+        " ".join(f"{losses[i]:.4f}" for i in job.active),
+        " ".join(f"{accs[i]:.4f}" for i in job.active),
+        describe_lambdas(job.runs[m].summary["final_lambda"]) or "no λ",
+    )
     save_all(job, None, 0, None)
     for m in job.active:
         records.finish(job.runs[m], m, job.members, "running", job.step, job.elapsed())
@@ -328,9 +429,13 @@ def record_epoch(job: Job, m: int, sums: EpochSums, metrics: dict, images_per_s:
     run, step = job.runs[m], job.step
     loss_sum, correct, seen = sums.of(m)
     lam = records.lambdas(job.members, m)
-    scalars = {"acc/train": correct / seen, "loss/train": loss_sum / seen, "lr": job.lr,
-               "throughput/train_img_s": images_per_s,
-               **({f"lambda/{k}": v for k, v in lam.items()} if step % job.cfg.trainer.log_every_n_steps else {})}
+    scalars = {
+        "acc/train": correct / seen,
+        "loss/train": loss_sum / seen,
+        "lr": job.lr,
+        "throughput/train_img_s": images_per_s,
+        **({f"lambda/{k}": v for k, v in lam.items()} if step % job.cfg.trainer.log_every_n_steps else {}),
+    }
     for split, (losses, accs) in metrics.items():
         scalars.update({f"acc/{split}": accs[m], f"loss/{split}": losses[m]})
         best = run.summary.get(f"best_{split}_acc") or 0.0
@@ -342,7 +447,7 @@ def record_epoch(job: Job, m: int, sums: EpochSums, metrics: dict, images_per_s:
     run.tracker.scalars(scalars, step)
     run.tracker.histograms({f"lambda_channels/{k}": v for k, v in job.members.lambdas(m).items() if v.ndim}, step)
     every = run.cfg.tracking.attention_maps_every
-    if (job.epoch in (1, job.cfg.trainer.epochs) if every is None else every and job.epoch % every == 0):
+    if job.epoch in (1, job.cfg.trainer.epochs) if every is None else every and job.epoch % every == 0:
         x = job.loaders["test"].normalise(job.map_images.to(job.device)).float()
         run.tracker.attention_maps(job.members.module(m), job.map_images, x, step)
     run.summary.update(epochs_completed=job.epoch, step=step, final_lambda=lam)
@@ -353,6 +458,11 @@ def save_all(job: Job, epoch_rngs: list | None, batch: int, sums: EpochSums | No
     rng = checkpoint.rng_state()
     for m in job.active:
         data_rng = job.runs[m].generator.get_state() if epoch_rngs is None else epoch_rngs[m]
-        progress = {"epoch": job.epoch, "batch": batch, "step": job.step, "rng": {**rng, "data": data_rng},
-                    "train_sums": None if sums is None else sums.of(m)}
+        progress = {
+            "epoch": job.epoch,
+            "batch": batch,
+            "step": job.step,
+            "rng": {**rng, "data": data_rng},
+            "train_sums": None if sums is None else sums.of(m),
+        }
         records.save(job.runs[m], m, job.members, job.optimizer, job.scheduler, progress, job.elapsed())

@@ -18,8 +18,7 @@ import ast
 import functools
 import inspect
 import textwrap
-from collections.abc import Mapping
-from typing import Callable
+from collections.abc import Callable, Mapping
 
 import torch
 from torch import nn
@@ -60,10 +59,17 @@ def timm_names() -> tuple[str, ...]:
     from timm.layers import get_attn
 
     tree = ast.parse(textwrap.dedent(inspect.getsource(get_attn)))
-    return tuple(dict.fromkeys(
-        node.comparators[0].value for node in ast.walk(tree)
-        if isinstance(node, ast.Compare) and isinstance(node.left, ast.Name) and node.left.id == "attn_type"
-        and isinstance(node.comparators[0], ast.Constant) and isinstance(node.comparators[0].value, str)))
+    return tuple(
+        dict.fromkeys(
+            node.comparators[0].value
+            for node in ast.walk(tree)
+            if isinstance(node, ast.Compare)
+            and isinstance(node.left, ast.Name)
+            and node.left.id == "attn_type"
+            and isinstance(node.comparators[0], ast.Constant)
+            and isinstance(node.comparators[0].value, str)
+        )
+    )
 
 
 def timm_class(name: str):
@@ -109,8 +115,11 @@ def constructor_keys(cls, what: str, keys: Mapping) -> None:
     if any(p.kind is p.VAR_KEYWORD for p in params):
         return
     # device and dtype are resattn's to choose (trainer.device, trainer.precision), not a key of the module's
-    names = [p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
-             and p.name not in ("device", "dtype")]
+    names = [
+        p.name
+        for p in params
+        if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and p.name not in ("device", "dtype")
+    ]
     unknown = sorted(set(keys) - set(names))
     if unknown:
         raise ConfigError(f"attention.{unknown[0]} is not a key of {what}; it takes {', '.join(names) or 'none'}")
@@ -120,12 +129,16 @@ def check_timm(attention: Mapping) -> None:
     """ConfigError unless attention.type is a timm type that keeps its input's shape, taking the keys given."""
     name = attention["type"]
     if name not in timm_names():
-        raise ConfigError(f"attention.type must be one of timm {timm_version()}'s attention types that keep their "
-                          f"input's shape: {', '.join(qualifying_timm_types())}; got {name!r}")
+        raise ConfigError(
+            f"attention.type must be one of timm {timm_version()}'s attention types that keep their "
+            f"input's shape: {', '.join(qualifying_timm_types())}; got {name!r}"
+        )
     if probe(name) is not None:  # only the type asked for is probed, unless it fails: then all, to list them
-        raise ConfigError(f"attention.type={name}: timm's {name} does not build from a channel count alone into a "
-                          f"module that keeps its input's shape ({probe(name)}); the types that do: "
-                          f"{', '.join(qualifying_timm_types())}")
+        raise ConfigError(
+            f"attention.type={name}: timm's {name} does not build from a channel count alone into a "
+            f"module that keeps its input's shape ({probe(name)}); the types that do: "
+            f"{', '.join(qualifying_timm_types())}"
+        )
     cls, cls_name = timm_class(name)
     constructor_keys(cls, f"timm's {cls_name} (attention.type={name})", constructor_args(attention))
 
@@ -139,8 +152,7 @@ def locate(target) -> Callable:
     try:
         found = get_object(target)
     except Exception as err:  # Hydra's message spans lines: its cause says it in one
-        raise ConfigError(f"attention._target_={target}: cannot import it ({one_line(err.__cause__ or err)})") \
-            from None
+        raise ConfigError(f"attention._target_={target}: cannot import it ({one_line(err.__cause__ or err)})") from None
     if not callable(found):
         raise ConfigError(f"attention._target_={target} is not a class: got {type(found).__name__}")
     return found
@@ -158,8 +170,11 @@ def check_config(attention) -> None:
     kind = source(attention)
     key = "type" if kind == "timm" else "_target_"
     if OmegaConf.is_missing(attention, key):
-        wanted = f"one of {', '.join(qualifying_timm_types())}" if kind == "timm" else \
-            "package.module.Class, built as Class(channels, **keys)"
+        wanted = (
+            f"one of {', '.join(qualifying_timm_types())}"
+            if kind == "timm"
+            else "package.module.Class, built as Class(channels, **keys)"
+        )
         raise ConfigError(f"attention.{key} is required with attention={kind}: attention.{key}=... ({wanted})")
     plain = OmegaConf.to_container(attention, resolve=True)
     (check_timm if kind == "timm" else check_custom)(plain)
@@ -176,8 +191,9 @@ def built(make: Callable[[int], nn.Module], label: str, channels: int) -> nn.Mod
     try:
         return make(channels)
     except Exception as err:  # a bad key value, or a module that cannot take this channel count
-        raise ConfigError(f"attention {label}: building it for {channels} channels failed: "
-                          f"{one_line(err.__cause__ or err)}") from None
+        raise ConfigError(
+            f"attention {label}: building it for {channels} channels failed: {one_line(err.__cause__ or err)}"
+        ) from None
 
 
 def attention_factory(attention: Mapping) -> Callable[[int], nn.Module]:
@@ -202,13 +218,19 @@ def check_masks(masks, v: torch.Tensor) -> str | None:
     """What is wrong with masks(v)'s answer, or None."""
     if not isinstance(masks, dict) or not set(masks) <= set(MASK_SHAPES):
         shown = sorted(masks) if isinstance(masks, dict) else type(masks).__name__
-        return f"masks(v) must return a dict with {' and/or '.join(f'{k!r} {s}' for k, s in MASK_SHAPES.items())}, " \
-               f"got {shown}"
+        return (
+            f"masks(v) must return a dict with {' and/or '.join(f'{k!r} {s}' for k, s in MASK_SHAPES.items())}, "
+            f"got {shown}"
+        )
     b, c, h, w = v.shape
     expected = {"channel": (b, c, 1, 1), "spatial": (b, 1)}
     for key, mask in masks.items():
-        if not isinstance(mask, torch.Tensor) or mask.ndim != 4 or tuple(mask.shape[:len(expected[key])]) != \
-                expected[key] or (key == "channel" and mask.shape[2:] != (1, 1)):
+        if (
+            not isinstance(mask, torch.Tensor)
+            or mask.ndim != 4
+            or tuple(mask.shape[: len(expected[key])]) != expected[key]
+            or (key == "channel" and mask.shape[2:] != (1, 1))
+        ):
             shape = tuple(mask.shape) if isinstance(mask, torch.Tensor) else type(mask).__name__
             return f"masks(v)[{key!r}] must be {MASK_SHAPES[key]} for v of shape {tuple(v.shape)}, got {shape}"
     return None
@@ -218,8 +240,10 @@ def contract_hook(label: str, block: str, module, args, out) -> None:
     v = args[0]
     if not isinstance(out, torch.Tensor) or out.shape != v.shape:
         got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
-        raise ConfigError(f"attention {label} ({type(module).__name__}) must return its input's shape: in {block} "
-                          f"it returned {got} for an input of {tuple(v.shape)}")
+        raise ConfigError(
+            f"attention {label} ({type(module).__name__}) must return its input's shape: in {block} "
+            f"it returned {got} for an input of {tuple(v.shape)}"
+        )
     wrong = check_masks(module.masks(v), v) if hasattr(module, "masks") else None
     if wrong:
         raise ConfigError(f"attention {label} ({type(module).__name__}) in {block}: {wrong}")
@@ -268,5 +292,7 @@ def check_stackable(model: nn.Module, label: str, image_shape=(3, 32, 32)) -> No
         with torch.random.fork_rng(devices=[]):
             step(params, buffers, torch.randn(2, 2, *image_shape)).sum().backward()
     except Exception as err:
-        raise ConfigError(f"hydra/launcher=fused cannot stack attention {label}: torch.func.vmap fails on it "
-                          f"({one_line(err)}); run it with hydra/launcher=basic or joblib") from None
+        raise ConfigError(
+            f"hydra/launcher=fused cannot stack attention {label}: torch.func.vmap fails on it "
+            f"({one_line(err)}); run it with hydra/launcher=basic or joblib"
+        ) from None

@@ -11,9 +11,20 @@ from resattn.errors import flatten
 # may change them, and the report pools runs that differ only in them. The device and compile mode change
 # the arithmetic in the last bits only (the report says when a group mixes devices or compile modes);
 # data.root says where the data lives, not what it is: the data's fingerprint in summary.json says that.
-NOT_THE_EXPERIMENT = ("hydra", "trainer.device", "trainer.resume", "trainer.num_threads", "trainer.compile",
-                      "trainer.eval_batch_size", "trainer.log_every_n_steps", "trainer.deadline", "tracking",
-                      "data.root", "data.download", "data.cache_dir")
+NOT_THE_EXPERIMENT = (
+    "hydra",
+    "trainer.device",
+    "trainer.resume",
+    "trainer.num_threads",
+    "trainer.compile",
+    "trainer.eval_batch_size",
+    "trainer.log_every_n_steps",
+    "trainer.deadline",
+    "tracking",
+    "data.root",
+    "data.download",
+    "data.cache_dir",
+)
 
 # What a run resolved on its machine and summary.json records (`recorded`) changes the result too: runs that differ
 # in their precision ("bf16" or "fp32": trainer.precision=auto resolves per machine, and a resumed run keeps the one
@@ -21,8 +32,17 @@ NOT_THE_EXPERIMENT = ("hydra", "trainer.device", "trainer.resume", "trainer.num_
 # summary.json keys that say where and with which code a run ran, piece by piece (resattn.provenance): pooled, but a
 # group that mixes them says so. A fused job's members train NCHW in one vmapped stack: the last bits differ from an
 # unfused run's, and training amplifies them.
-PLACEMENT_KEYS = ("device_type", "torch_version", "compiled", "memory_format", "fused", "code", "timm_version",
-                  "hydra_version", "custom_source_hash")
+PLACEMENT_KEYS = (
+    "device_type",
+    "torch_version",
+    "compiled",
+    "memory_format",
+    "fused",
+    "code",
+    "timm_version",
+    "hydra_version",
+    "custom_source_hash",
+)
 
 # the config key a run's own data is known by when its summary.json has no data_fingerprint (older runs)
 DATA_ROOT = "data.root"
@@ -38,8 +58,9 @@ def defines_the_experiment(key: str) -> bool:
 def first_difference(theirs: dict, ours: dict) -> str | None:
     """The first flattened config key that defines the experiment and differs between two configs, or None."""
     theirs, ours = flatten(theirs), flatten(ours)
-    return next((k for k in dict.fromkeys([*ours, *theirs])
-                 if defines_the_experiment(k) and theirs.get(k) != ours.get(k)), None)
+    return next(
+        (k for k in dict.fromkeys([*ours, *theirs]) if defines_the_experiment(k) and theirs.get(k) != ours.get(k)), None
+    )
 
 
 def recorded(summary: dict) -> dict:

@@ -6,10 +6,10 @@ summary.json and the sweep goes on; `resattn.callbacks.SweepEnd` sets the exit c
 
 import difflib
 import importlib.util
-import signal
 import logging
 import os
 import shutil
+import signal
 import sys
 from contextlib import contextmanager
 from pathlib import Path
@@ -23,8 +23,8 @@ from omegaconf import DictConfig, open_dict
 from resattn import clock, job_records
 from resattn.config import CONFIGS, inert_keys, inert_keys_message, moved_keys, validate
 from resattn.engine import train_members
-from resattn.launchers import check_launching, hydra_group_options
 from resattn.errors import ConfigError, Diverged, Interrupted, StopSweep
+from resattn.launchers import check_launching, hydra_group_options
 from resattn.sweep import recorded_varied_keys  # importing it registers the resolver naming sweep jobs
 from resattn.tracking import read_summary, write_json
 
@@ -37,7 +37,6 @@ LAUNCHERS = {
     "submitit_slurm": ("hydra_plugins.hydra_submitit_launcher", "slurm"),
     "slurm": ("hydra_plugins.hydra_submitit_launcher", "slurm"),  # configs/hydra/launcher/slurm.yaml
 }
-
 
 
 def usage_error(message: str) -> None:
@@ -101,7 +100,7 @@ def check_choices(argv: list[str] | None = None) -> None:
         if key == "hydra/launcher" and value in LAUNCHERS:
             module, extra = LAUNCHERS[value]
             if importlib.util.find_spec(module) is None:
-                usage_error(f"hydra/launcher={value} needs its plugin: pip install -e \".[{extra}]\"")
+                usage_error(f'hydra/launcher={value} needs its plugin: pip install -e ".[{extra}]"')
         allowed = group_options(key, roots) if value and not arg.startswith("-") else None
         # a sweep gives a comma-separated list; Hydra's sweep functions (range, glob...) are left to Hydra
         for choice in value.split(",") if allowed is not None and "(" not in value else []:
@@ -126,8 +125,10 @@ def group_options(key: str, roots: list[Path] | None) -> list[str] | None:
 def unknown_choice(key: str, choice: str, allowed: list[str]) -> str:
     close = difflib.get_close_matches(choice, allowed, n=1, cutoff=0.6)
     hint = f"did you mean {key}={close[0]}? " if close else ""
-    return (f"{key}={choice} is not {article(key)} {key} config; {hint}choose one of "
-            f"{', '.join(allowed) or f'none yet (configs/{key}/README.md)'}")
+    return (
+        f"{key}={choice} is not {article(key)} {key} config; {hint}choose one of "
+        f"{', '.join(allowed) or f'none yet (configs/{key}/README.md)'}"
+    )
 
 
 def config_roots(args: list[str]) -> list[Path] | None:
@@ -231,9 +232,13 @@ def record_failure(run_dir: Path, cfg: DictConfig, error: str) -> bool:
     if summary is not None and summary.get("status") != "running":
         return False
     summary = summary or {
-        "pattern": cfg.pattern.get("name"), "controlled": cfg.pattern.get("controlled"),
-        "lam_init": cfg.pattern.get("lam_init"), "lam_learnable": cfg.pattern.get("lam_learnable"),
-        "seed": cfg.get("seed"), "epochs": cfg.trainer.get("epochs"), "epochs_completed": 0,
+        "pattern": cfg.pattern.get("name"),
+        "controlled": cfg.pattern.get("controlled"),
+        "lam_init": cfg.pattern.get("lam_init"),
+        "lam_learnable": cfg.pattern.get("lam_learnable"),
+        "seed": cfg.get("seed"),
+        "epochs": cfg.trainer.get("epochs"),
+        "epochs_completed": 0,
     }
     summary.update(status="failed", error=error)
     write_json(run_dir / "summary.json", summary)
@@ -294,8 +299,10 @@ def requeue_or_end(requeue: tuple[int, object], where, jobs: int) -> list[None]:
     try:
         handler(signum, None)
     except UncompletedJobError as err:
-        print(f"interrupted by the time limit ({err}): checkpoint saved in {where}; run the same command to resume",
-              file=sys.stderr)
+        print(
+            f"interrupted by the time limit ({err}): checkpoint saved in {where}; run the same command to resume",
+            file=sys.stderr,
+        )
     return [None] * jobs
 
 
@@ -315,8 +322,10 @@ def run_jobs(cfgs: list[DictConfig], run_dirs: list[Path], hc, fused: bool = Fal
     if clock.passed(cfgs[0].trainer.get("deadline")):  # a job a launcher started past the piece's deadline
         for run_dir in run_dirs:
             discard_unstarted(run_dir)
-        print("trainer.deadline passed before this job started: nothing trained; run the same command to continue",
-              file=sys.stderr)
+        print(
+            "trainer.deadline passed before this job started: nothing trained; run the same command to continue",
+            file=sys.stderr,
+        )
         stop(Interrupted.DEADLINE_EXIT, hc)
     varied = sorted(k.lstrip("+") for k in recorded_varied_keys(hc.sweep.dir) or ()) if multirun else None
     for cfg in cfgs:

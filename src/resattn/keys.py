@@ -16,7 +16,6 @@ from resattn.errors import ConfigError, flatten
 from resattn.external import OPEN_ATTENTIONS
 
 
-
 def _is_group(key: str) -> bool:
     return (CONFIGS / key).is_dir() and not key.startswith("hydra")
 
@@ -45,14 +44,19 @@ def composed_keys(choices: list[str]) -> set[str]:
 def unknown_key_message(key: str, known: set[str], choices: dict[str, str]) -> str:
     group = key.split(".")[0]
     if _is_group(group):  # attention.bias with attention=cbam: a key of another option
-        owners = [p.stem for p in sorted((CONFIGS / group).glob("*.yaml"))
-                  if key in composed_keys([f"{g}={c}" for g, c in {**choices, group: p.stem}.items()])]
+        owners = [
+            p.stem
+            for p in sorted((CONFIGS / group).glob("*.yaml"))
+            if key in composed_keys([f"{g}={c}" for g, c in {**choices, group: p.stem}.items()])
+        ]
         if owners:
             chosen = choices.get(group)
             if chosen is None:  # not on the command line: the group's default
                 chosen = compose_config([f"{g}={c}" for g, c in choices.items()]).hydra.runtime.choices[group]
-            return f"unknown key {key} for {group}={chosen}; {', '.join(owners)} " \
-                   f"{'has' if len(owners) == 1 else 'have'} it ({group}={owners[0]} {key}=...)"
+            return (
+                f"unknown key {key} for {group}={chosen}; {', '.join(owners)} "
+                f"{'has' if len(owners) == 1 else 'have'} it ({group}={owners[0]} {key}=...)"
+            )
     leaves = [k for k in known if not any(other.startswith(k + ".") for other in known)]
     close = difflib.get_close_matches(key, leaves, n=1, cutoff=0.6)
     hint = f"did you mean {close[0]}?" if close else "python -m train --cfg job lists every key"
@@ -69,8 +73,11 @@ def check_keys(args: list[str]) -> list[str]:
     except HydraException:
         return args  # a syntax error: Hydra's own message says where
     groups = {o.key_or_group: _options(o) for o in overrides if _is_group(o.key_or_group) and not o.is_delete()}
-    checked = [(arg, o) for arg, o in zip(candidates, overrides)
-               if not o.is_delete() and not _is_group(o.key_or_group) and not o.key_or_group.startswith("hydra")]
+    checked = [
+        (arg, o)
+        for arg, o in zip(candidates, overrides)
+        if not o.is_delete() and not _is_group(o.key_or_group) and not o.key_or_group.startswith("hydra")
+    ]
     if not checked or any(not options for options in groups.values()):
         return args  # nothing to check, or a group swept by glob(): Hydra checks
     first = {g: options[0] for g, options in groups.items()}

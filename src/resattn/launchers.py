@@ -20,8 +20,8 @@ from hydra.core.override_parser.types import Override
 from hydra.errors import HydraException
 from omegaconf import OmegaConf
 
-from resattn.keys import CONFIGS, compose_config
 from resattn.errors import ConfigError, file_in_the_way
+from resattn.keys import CONFIGS, compose_config
 
 FUSED = "fused"
 FUSED_SETTINGS = ("n_jobs", "max_members")  # hydra.launcher keys of FusedLauncherConf checked here
@@ -83,16 +83,18 @@ def check_output_folder(key: str, folder) -> None:
         return  # resolved by Hydra (${now:...}): checked where it lands
     path, cwd = Path(folder).expanduser().resolve(), Path.cwd().resolve()
     if path == cwd or path in cwd.parents:
-        raise ConfigError(f"{key}={folder} is the working folder or holds it; give a folder of its own "
-                          "(outputs/... by default)")
+        raise ConfigError(
+            f"{key}={folder} is the working folder or holds it; give a folder of its own (outputs/... by default)"
+        )
     if file_in_the_way(path) is not None:
         raise ConfigError(f"{key}={folder}: {file_in_the_way(path)} is a file, not a folder; give a folder")
     existing = next(p for p in (path, *path.parents) if p.exists())
     try:  # a probe where the folder would be made: read-only, pseudo (/proc, /sys) or forbidden places fail here
         os.rmdir(tempfile.mkdtemp(dir=existing, prefix=".resattn-probe-"))
     except OSError as err:
-        raise ConfigError(f"{key}={folder}: cannot make a folder in {existing} ({err.strerror}); give a writable "
-                          "folder") from None
+        raise ConfigError(
+            f"{key}={folder}: cannot make a folder in {existing} ({err.strerror}); give a writable folder"
+        ) from None
 
 
 def check_launcher_keys(overrides: dict[str, Override]) -> None:
@@ -110,20 +112,30 @@ def check_launcher_keys(overrides: dict[str, Override]) -> None:
     for name in names:
         if name not in known:
             close = difflib.get_close_matches(name, known, n=1, cutoff=0.6)
-            hint = f"did you mean hydra.launcher.{close[0]}?" if close else \
-                f"its keys: {', '.join(known)}" if known else "it has no settings"
+            hint = (
+                f"did you mean hydra.launcher.{close[0]}?"
+                if close
+                else f"its keys: {', '.join(known)}"
+                if known
+                else "it has no settings"
+            )
             raise ConfigError(f"unknown key hydra.launcher.{name} for hydra/launcher={launcher}; {hint}")
 
 
 def check_fused(overrides: dict[str, Override], multirun: bool) -> None:
     if not multirun:
-        raise ConfigError("hydra/launcher=fused launches the jobs of a sweep, and a single run has none: add -m "
-                          "(python -m train -m ...), or leave the launcher out")
+        raise ConfigError(
+            "hydra/launcher=fused launches the jobs of a sweep, and a single run has none: add -m "
+            "(python -m train -m ...), or leave the launcher out"
+        )
     for key in FUSED_SETTINGS:
         override = overrides.get(f"hydra.launcher.{key}")
         if override is not None:  # a sweep of settings is no setting: shown as written
-            check_fused_setting(key, override.input_line.partition("=")[2] if override.is_sweep_override()
-                                else override.value())
+            check_fused_setting(
+                key, override.input_line.partition("=")[2] if override.is_sweep_override() else override.value()
+            )
     if value(overrides.get("hydra.job.chdir")) is True:
-        raise ConfigError("hydra.job.chdir=true does not work with hydra/launcher=fused: its members train in one "
-                          "process, which has one working directory; leave hydra.job.chdir out")
+        raise ConfigError(
+            "hydra.job.chdir=true does not work with hydra/launcher=fused: its members train in one "
+            "process, which has one working directory; leave hydra.job.chdir out"
+        )

@@ -14,9 +14,8 @@ per-member normalisation, an elementwise optimizer).
 
 import copy
 
-from omegaconf import DictConfig, OmegaConf
-
 import torch
+from omegaconf import DictConfig, OmegaConf
 from torch import nn
 from torch.func import functional_call, stack_module_state, vmap
 
@@ -40,6 +39,7 @@ def fusion_key(cfg: DictConfig) -> str:
 
 class Members:
     """What both kinds share: member-first views of every parameter and buffer (`tensors`)."""
+
     n: int
     template: nn.Module
     params: dict[str, torch.Tensor]
@@ -71,8 +71,11 @@ class Members:
 
     def lambdas(self, m: int) -> dict[str, torch.Tensor]:
         """Member m's λ per controlled block (0-d, or (C,) per channel), as the module's lambdas() names them."""
-        return {k.removesuffix(".lam_logit"): torch.sigmoid(v[m].detach()) for k, v in self.tensors.items()
-                if k.endswith("lam_logit")}
+        return {
+            k.removesuffix(".lam_logit"): torch.sigmoid(v[m].detach())
+            for k, v in self.tensors.items()
+            if k.endswith("lam_logit")
+        }
 
     def momentum(self, optimizer: torch.optim.Optimizer, m: int) -> dict[str, torch.Tensor]:
         """Member m's SGD momentum buffers by parameter name (the steps taken so far leave them; none before)."""
@@ -138,8 +141,10 @@ class Stacked(Members):
 
     def _make_calls(self, wrap) -> dict:
         """shared -> the function giving every member's logits: on its own batch, or on one batch for all."""
-        return {shared: wrap(vmap(self._one, in_dims=(0, 0, None if shared else 0), randomness="different"))
-                for shared in (False, True)}
+        return {
+            shared: wrap(vmap(self._one, in_dims=(0, 0, None if shared else 0), randomness="different"))
+            for shared in (False, True)
+        }
 
     def compile(self) -> None:
         torch.compiler.reset()  # as Single.compile

@@ -1,7 +1,7 @@
 """SimpleCNN from the seed notebook, with the attention placement as a parameter, and what every backbone shares."""
 
+from collections.abc import Callable
 from functools import partial
-from typing import Callable
 
 import torch
 from torch import nn
@@ -22,8 +22,15 @@ PATTERNS = {
 AttentionArg = str | Callable[[int], nn.Module]
 
 
-def block_layer(pattern: str, attention: AttentionArg, controlled: bool | None, lam_init: float, lam_learnable: bool,
-                lam_shape: str, skip_layer=projection_skip) -> Callable[..., ResidualBlock]:
+def block_layer(
+    pattern: str,
+    attention: AttentionArg,
+    controlled: bool | None,
+    lam_init: float,
+    lam_learnable: bool,
+    lam_shape: str,
+    skip_layer=projection_skip,
+) -> Callable[..., ResidualBlock]:
     """`(in_ch, out_ch, stride) -> ResidualBlock` with the pattern's placement and gate.
 
     `attention` is a name in resattn.attention.ATTENTIONS (with its default keys) or a `channels -> module`
@@ -70,7 +77,7 @@ def _accept_notebook_names(module, state_dict, prefix, *args) -> None:
     for key in list(state_dict):
         for old, new in NOTEBOOK_NAMES.items():
             if key.startswith(prefix + old):
-                state_dict[prefix + new + key[len(prefix + old):]] = state_dict.pop(key)
+                state_dict[prefix + new + key[len(prefix + old) :]] = state_dict.pop(key)
 
 
 class SimpleCNN(ResidualNet):

@@ -44,8 +44,10 @@ def write_pieces(sweep_dir: Path, pieces: list[dict]) -> None:
     """Atomic, as summary.json: a reader sees the history before or after, never half of it."""
     path = Path(sweep_dir) / FILE
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text("# each run of this sweep's command: when, where, what it did with the jobs, how it ended\n"
-                   + OmegaConf.to_yaml(OmegaConf.create(pieces)))
+    tmp.write_text(
+        "# each run of this sweep's command: when, where, what it did with the jobs, how it ended\n"
+        + OmegaConf.to_yaml(OmegaConf.create(pieces))
+    )
     os.replace(tmp, path)
 
 
@@ -53,9 +55,17 @@ def start(sweep_dir: Path, overrides: list[str], jobs: dict[str, int], records: 
     """Append this piece, as running. `jobs`: how many it skips, resumes, starts new and reruns from scratch;
     `records`: what it did with sweep.yaml and multirun.yaml (written, rewritten or kept)."""
     pieces = read_pieces(sweep_dir)
-    pieces.append({"started": timestamp(clock.STARTED), "ended": None, "host": socket.gethostname(),
-                   "overrides": list(overrides), "jobs": {k: jobs.get(k, 0) for k in JOB_KINDS},
-                   "records": records, "ended_by": "running"})
+    pieces.append(
+        {
+            "started": timestamp(clock.STARTED),
+            "ended": None,
+            "host": socket.gethostname(),
+            "overrides": list(overrides),
+            "jobs": {k: jobs.get(k, 0) for k in JOB_KINDS},
+            "records": records,
+            "ended_by": "running",
+        }
+    )
     write_pieces(sweep_dir, pieces)
 
 
@@ -78,5 +88,7 @@ def describe(piece: dict) -> str:
     how = piece.get("ended_by", "?")
     how = "still running, or killed before it could say" if how == "running" else f"ended by {how}"
     note = f" ({piece['note']})" if piece.get("note") else ""
-    return (f"{started} to {ended[11:] if ended[:10] == started[:10] else ended} on {piece.get('host', '?')}: {jobs}; "
-            f"records {piece.get('records', '?')}; {how}{note}")
+    return (
+        f"{started} to {ended[11:] if ended[:10] == started[:10] else ended} on {piece.get('host', '?')}: {jobs}; "
+        f"records {piece.get('records', '?')}; {how}{note}"
+    )

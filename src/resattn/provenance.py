@@ -61,7 +61,8 @@ def commit() -> tuple[str | None, bool | None]:
 
 
 def version(package: str) -> str:
-    from importlib.metadata import PackageNotFoundError, version as installed
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as installed
 
     try:
         return installed(package)
@@ -93,8 +94,14 @@ def code_identity(attention: dict) -> dict:
     """What a piece records of the code that trains it; `attention`: the run's resolved attention config."""
     sha, dirty = commit()
     source = source_hash()
-    out = {"code": label(sha, dirty, source), "commit": sha, "dirty": dirty, "source_hash": source,
-           "timm_version": version("timm"), "hydra_version": version("hydra-core")}
+    out = {
+        "code": label(sha, dirty, source),
+        "commit": sha,
+        "dirty": dirty,
+        "source_hash": source,
+        "timm_version": version("timm"),
+        "hydra_version": version("hydra-core"),
+    }
     if "_target_" in attention:
         out["custom_source_hash"] = custom_source_hash(str(attention["_target_"]))
     return out

@@ -55,24 +55,46 @@ class Run:
 
 def piece(setup: dict, step: int) -> dict:
     """This process's share of a run: when and where it ran, how (`setup`), and from which step."""
-    return {"started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "host": socket.gethostname(), **setup,
-            "start_step": step, "end_step": step, "wall_time_s": 0.0}
+    return {
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "host": socket.gethostname(),
+        **setup,
+        "start_step": step,
+        "end_step": step,
+        "wall_time_s": 0.0,
+    }
 
 
 def start_summary(cfg: DictConfig, config: dict, setup: dict, fingerprint: str) -> dict:
     """summary.json before the first step: what the run is, its data, how it runs (`setup`: device, precision...,
     this piece's, and `pieces`: every piece's), and its outcome so far (nothing yet)."""
     return {
-        "pattern": cfg.pattern.name, "placement": cfg.pattern.placement,
+        "pattern": cfg.pattern.name,
+        "placement": cfg.pattern.placement,
         "controlled": bool(cfg.pattern.controlled) and cfg.pattern.placement != "none",
-        "lam_init": float(cfg.pattern.lam_init), "lam_learnable": cfg.pattern.lam_learnable,
-        "lam_shape": cfg.pattern.lam_shape, "attention": cfg.attention.name,
+        "lam_init": float(cfg.pattern.lam_init),
+        "lam_learnable": cfg.pattern.lam_learnable,
+        "lam_shape": cfg.pattern.lam_shape,
+        "attention": cfg.attention.name,
         "attention_keys": {k: v for k, v in config["attention"].items() if k != "name"},
-        "model": cfg.model.name, "depth": cfg.model.get("depth"), "width": cfg.model.width,
-        "lr": cfg.optim.lr, "lam_lr_scale": cfg.optim.lam_lr_scale, "data": cfg.data.name, "seed": cfg.seed,
-        "data_fingerprint": fingerprint, **setup, "pieces": [piece(setup, 0)],
-        "epochs": cfg.trainer.epochs, "epochs_completed": 0, "step": 0,
-        "best_test_acc": 0.0, "final_test_acc": 0.0, "final_lambda": {}, "wall_time_s": 0.0, "status": "running",
+        "model": cfg.model.name,
+        "depth": cfg.model.get("depth"),
+        "width": cfg.model.width,
+        "lr": cfg.optim.lr,
+        "lam_lr_scale": cfg.optim.lam_lr_scale,
+        "data": cfg.data.name,
+        "seed": cfg.seed,
+        "data_fingerprint": fingerprint,
+        **setup,
+        "pieces": [piece(setup, 0)],
+        "epochs": cfg.trainer.epochs,
+        "epochs_completed": 0,
+        "step": 0,
+        "best_test_acc": 0.0,
+        "final_test_acc": 0.0,
+        "final_lambda": {},
+        "wall_time_s": 0.0,
+        "status": "running",
     }
 
 
@@ -91,18 +113,24 @@ def load_saved(cfgs: list[DictConfig], run_dirs: list[Path], fingerprint: str) -
         return None
     if not all(paths):
         fresh = next(Path(d).name for d, p in zip(run_dirs, paths) if p is None)
-        raise ConfigError(f"trainer.resume: {fresh} has no checkpoint, the other members of its fused job do; run "
-                          "them unfused (hydra/launcher=basic) to finish them")
+        raise ConfigError(
+            f"trainer.resume: {fresh} has no checkpoint, the other members of its fused job do; run "
+            "them unfused (hydra/launcher=basic) to finish them"
+        )
     states = [checkpoint.load(p, resolved(cfg), fingerprint) for cfg, p in zip(cfgs, paths)]
     steps = [s["progress"]["step"] for s in states]
     if len(set(steps)) > 1:
-        raise ConfigError(f"trainer.resume: the members of a fused job stand at different steps ("
-                          f"{Path(run_dirs[steps.index(max(steps))]).name}: step {max(steps)}, "
-                          f"{Path(run_dirs[steps.index(min(steps))]).name}: step {min(steps)}); run them unfused "
-                          "(hydra/launcher=basic) to finish them")
+        raise ConfigError(
+            f"trainer.resume: the members of a fused job stand at different steps ("
+            f"{Path(run_dirs[steps.index(max(steps))]).name}: step {max(steps)}, "
+            f"{Path(run_dirs[steps.index(min(steps))]).name}: step {min(steps)}); run them unfused "
+            "(hydra/launcher=basic) to finish them"
+        )
     if len({s["precision"] for s in states}) > 1:
-        raise ConfigError("trainer.resume: the members of a fused job were trained in different precisions; run "
-                          "them unfused (hydra/launcher=basic) to finish them")
+        raise ConfigError(
+            "trainer.resume: the members of a fused job were trained in different precisions; run "
+            "them unfused (hydra/launcher=basic) to finish them"
+        )
     return states
 
 
@@ -111,13 +139,21 @@ def save(run: Run, m: int, members, optimizer, scheduler, progress: dict, wall_t
     the epoch, step, every RNG state with the data order's at the epoch's start, and the epoch's sums so far or
     None at an epoch's end), the data and precision it trains on, and its pieces."""
     note_piece(run, progress["step"], wall_time)
-    checkpoint.save(run.checkpoint_path, {
-        "config": run.config, "data_fingerprint": run.summary["data_fingerprint"],
-        "precision": run.summary["precision"], "pieces": run.summary["pieces"], "progress": progress,
-        "model": members.state_dict(m), "momentum": members.momentum(optimizer, m),
-        "scheduler": scheduler.state_dict(), "wall_time_s": run.summary["wall_time_s"],
-        "metrics": {k: run.summary[k] for k in RESUMED_KEYS if k in run.summary},
-    })
+    checkpoint.save(
+        run.checkpoint_path,
+        {
+            "config": run.config,
+            "data_fingerprint": run.summary["data_fingerprint"],
+            "precision": run.summary["precision"],
+            "pieces": run.summary["pieces"],
+            "progress": progress,
+            "model": members.state_dict(m),
+            "momentum": members.momentum(optimizer, m),
+            "scheduler": scheduler.state_dict(),
+            "wall_time_s": run.summary["wall_time_s"],
+            "metrics": {k: run.summary[k] for k in RESUMED_KEYS if k in run.summary},
+        },
+    )
 
 
 def restore(run: Run, m: int, state: dict, members, optimizer, scheduler) -> None:
@@ -135,9 +171,15 @@ def restore(run: Run, m: int, state: dict, members, optimizer, scheduler) -> Non
     progress = state["progress"]
     run.generator.set_state(progress["rng"]["data"])
     run.prior_time = state["wall_time_s"]
-    run.summary.update(epochs_completed=progress["epoch"], step=progress["step"], **state["metrics"],
-                       pieces=[*state["pieces"], {**run.summary["pieces"][-1], "start_step": progress["step"],
-                                                  "end_step": progress["step"]}])
+    run.summary.update(
+        epochs_completed=progress["epoch"],
+        step=progress["step"],
+        **state["metrics"],
+        pieces=[
+            *state["pieces"],
+            {**run.summary["pieces"][-1], "start_step": progress["step"], "end_step": progress["step"]},
+        ],
+    )
     log.info("resuming from %s at epoch %d, step %d", path, progress["epoch"], progress["step"])
 
 
@@ -158,8 +200,9 @@ def finish(run: Run, m: int, members, status: str, step: int, wall_time: float, 
     keeps the one it has)."""
     lam = lambdas(members, m)
     note_piece(run, step, wall_time)
-    run.summary.update(status=status, final_lambda=lam, lam_travel={k: v - run.lam_start for k, v in lam.items()},
-                       step=step, **extra)
+    run.summary.update(
+        status=status, final_lambda=lam, lam_travel={k: v - run.lam_start for k, v in lam.items()}, step=step, **extra
+    )
     if run.cfg.pattern.lam_shape == "channel":
         run.summary["final_lambda_channels"] = {k: v.tolist() for k, v in members.lambdas(m).items()}
     write_json(run.run_dir / "summary.json", run.summary)

@@ -29,6 +29,7 @@ WAY_OUT = "or give a new hydra.sweep.dir"
 @dataclass
 class PlannedJob:
     """One job of the sweep: its overrides, its number in the whole sweep, its folder and what to do."""
+
     overrides: list[str]
     num: int
     folder: Path
@@ -39,8 +40,9 @@ class PlannedJob:
     @property
     def kind(self) -> str:
         """skipped, resumed, new or rerun (pieces.JOB_KINDS)."""
-        return {"skipped": "skipped", "resuming": "resumed", "rerun": "rerun"}.get(self.action.split()[0].strip(":"),
-                                                                                   "new")
+        return {"skipped": "skipped", "resuming": "resumed", "rerun": "rerun"}.get(
+            self.action.split()[0].strip(":"), "new"
+        )
 
     @property
     def skipped(self) -> bool:
@@ -104,15 +106,19 @@ def compare_with_run(job: PlannedJob, task: dict, choices) -> None:
     try:
         ran = read_config(job.folder)
     except Exception as err:
-        raise ConfigError(f"rerun refused, no job started: {job.folder} holds a run whose .hydra/config.yaml cannot "
-                          f"be read ({type(err).__name__}), so it cannot be compared with this command; restore it, "
-                          f"move the folder away, {WAY_OUT}") from None
+        raise ConfigError(
+            f"rerun refused, no job started: {job.folder} holds a run whose .hydra/config.yaml cannot "
+            f"be read ({type(err).__name__}), so it cannot be compared with this command; restore it, "
+            f"move the folder away, {WAY_OUT}"
+        ) from None
     differs = difference(ran, task)
     if differs:
         differs = group_difference(job.folder, choices) or differs
-        raise ConfigError(f"rerun refused, no job started: {job.folder} ran with {differs[0]}, this command gives "
-                          f"{differs[1]}; give {differs[0]} to finish the sweep as it ran, {WAY_OUT} for the new "
-                          "setting")
+        raise ConfigError(
+            f"rerun refused, no job started: {job.folder} ran with {differs[0]}, this command gives "
+            f"{differs[1]}; give {differs[0]} to finish the sweep as it ran, {WAY_OUT} for the new "
+            "setting"
+        )
 
 
 def compare_with_record(job: PlannedJob, listed: dict, task: dict) -> None:
@@ -120,16 +126,20 @@ def compare_with_record(job: PlannedJob, listed: dict, task: dict) -> None:
     record's own composition of it): the records would no longer say how the sweep's runs were made."""
     differs = difference(listed, task)
     if differs:
-        raise ConfigError(f"rerun refused, no job started: {job.folder} is listed in the sweep's multirun.yaml with "
-                          f"{differs[0]}, this command gives {differs[1]}; give {differs[0]}, give every job of the "
-                          f"sweep (to rewrite its records), {WAY_OUT}")
+        raise ConfigError(
+            f"rerun refused, no job started: {job.folder} is listed in the sweep's multirun.yaml with "
+            f"{differs[0]}, this command gives {differs[1]}; give {differs[0]}, give every job of the "
+            f"sweep (to rewrite its records), {WAY_OUT}"
+        )
 
 
 def not_listed(job: PlannedJob, sweep_dir: Path, listed: int) -> ConfigError:
     """A job that a command running only some of the sweep's jobs adds: the records it keeps would not list it."""
-    return ConfigError(f"rerun refused, no job started: {job.folder.name} is not one of the {listed} jobs the "
-                       f"multirun.yaml of {sweep_dir} lists, and this command leaves out some of those; give every "
-                       f"job of the sweep and the new ones (to widen it), only jobs it lists, {WAY_OUT}")
+    return ConfigError(
+        f"rerun refused, no job started: {job.folder.name} is not one of the {listed} jobs the "
+        f"multirun.yaml of {sweep_dir} lists, and this command leaves out some of those; give every "
+        f"job of the sweep and the new ones (to widen it), only jobs it lists, {WAY_OUT}"
+    )
 
 
 def records_action(listed: list[str], commanded: list[str]) -> str:
@@ -149,15 +159,20 @@ def check_data(jobs: list[PlannedJob]) -> None:
     for job in jobs:
         groups.setdefault(json.dumps(job.data, sort_keys=True, default=str), []).append(job)
     for members in groups.values():
-        recorded = {j.summary["data_fingerprint"] for j in members
-                    if isinstance(j.summary, dict) and j.summary.get("data_fingerprint")}
+        recorded = {
+            j.summary["data_fingerprint"]
+            for j in members
+            if isinstance(j.summary, dict) and j.summary.get("data_fingerprint")
+        }
         if not recorded or all(j.skipped for j in members):
             continue
         if data.load(OmegaConf.create(members[0].data)).fingerprint not in recorded:
             ran = next(j for j in members if isinstance(j.summary, dict) and j.summary.get("data_fingerprint"))
-            raise ConfigError(f"rerun refused, no job started: {ran.folder.name} trained on other images than "
-                              f"data.root={members[0].data.get('root')} holds now; give the images the sweep ran on, "
-                              f"{WAY_OUT}")
+            raise ConfigError(
+                f"rerun refused, no job started: {ran.folder.name} trained on other images than "
+                f"data.root={members[0].data.get('root')} holds now; give the images the sweep ran on, "
+                f"{WAY_OUT}"
+            )
 
 
 def check_job(job: PlannedJob, cfg) -> None:

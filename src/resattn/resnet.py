@@ -48,8 +48,9 @@ class CifarResNet(ResidualNet):
         self.pattern, self.depth = pattern, depth
         n = (depth - 2) // 6
         widths = [max(1, round(c * width)) for c in (16, 32, 64)]
-        self.stem = nn.Sequential(nn.Conv2d(3, widths[0], 3, padding=1, bias=False), nn.BatchNorm2d(widths[0]),
-                                  nn.ReLU(inplace=True))
+        self.stem = nn.Sequential(
+            nn.Conv2d(3, widths[0], 3, padding=1, bias=False), nn.BatchNorm2d(widths[0]), nn.ReLU(inplace=True)
+        )
         in_ch = widths[0]
         for s, out_ch in enumerate(widths):
             stage = OrderedDict()

@@ -12,7 +12,6 @@ from resattn.config import resolve_names, resolve_severities
 from resattn.corruptions import corrupt
 from resattn.evaluate import evaluate
 
-
 # what run() adds to summary.json (and the checkpoint keeps, so a rerun of a finished run still has it)
 SUMMARY_KEYS = ("corruption_acc", "robust_acc", "corruption_eval_s")
 
@@ -22,8 +21,9 @@ def corruption_seed(seed: int, name: str, severity: int) -> int:
     return zlib.crc32(f"{seed}/{name}/{severity}".encode())
 
 
-def evaluate_corruptions(model, loader: data.Loader, names: list[str], severities: list[int], seed: int = 0,
-                         bf16: bool = False) -> list[dict[str, dict[int, float]]]:
+def evaluate_corruptions(
+    model, loader: data.Loader, names: list[str], severities: list[int], seed: int = 0, bf16: bool = False
+) -> list[dict[str, dict[int, float]]]:
     """{name: {severity: accuracy}} of `model` on the loader's images under each corruption, one per member
     (a plain model is one member; resattn.members.Members are evaluated together, on the same images).
 
@@ -60,8 +60,9 @@ def corruption_loader(cfg, test: data.Split, test_loader: data.Loader) -> data.L
     images for every run of a study, chosen by data.subset_seed), batched like the test loader; None when off."""
     if not resolve_names(cfg.eval.corruptions):
         return None
-    keep = data.balanced_subset(test.labels, cfg.eval.corruption_test_size, cfg.data.subset_seed,
-                                "eval.corruption_test_size").to(test_loader.images.device)
+    keep = data.balanced_subset(
+        test.labels, cfg.eval.corruption_test_size, cfg.data.subset_seed, "eval.corruption_test_size"
+    ).to(test_loader.images.device)
     loader = copy.copy(test_loader)
     loader.images, loader.labels = test_loader.images[keep], test_loader.labels[keep]
     return loader
@@ -76,14 +77,21 @@ def run(model, loader: data.Loader, cfg, bf16: bool, trackers: list, step: int) 
     """Evaluate every member, log acc/corrupt/<name> (mean over severities) and acc/corrupt/mean into each
     member's tracker (None: log nothing); each member's summary entries."""
     start = time.perf_counter()
-    accs = evaluate_corruptions(model, loader, resolve_names(cfg.eval.corruptions),
-                                resolve_severities(cfg.eval.severities), seed=cfg.data.subset_seed, bf16=bf16)
+    accs = evaluate_corruptions(
+        model,
+        loader,
+        resolve_names(cfg.eval.corruptions),
+        resolve_severities(cfg.eval.severities),
+        seed=cfg.data.subset_seed,
+        bf16=bf16,
+    )
     seconds = time.perf_counter() - start
     entries = []
     for acc, tracker in zip(accs, trackers):
         per_name, robust_acc = summarise(acc)
         if tracker is not None:  # None: a member that diverged records nothing more
-            tracker.scalars({**{f"acc/corrupt/{name}": a for name, a in per_name.items()},
-                             "acc/corrupt/mean": robust_acc}, step)
+            tracker.scalars(
+                {**{f"acc/corrupt/{name}": a for name, a in per_name.items()}, "acc/corrupt/mean": robust_acc}, step
+            )
         entries.append(dict(zip(SUMMARY_KEYS, (acc, robust_acc, seconds))))
     return entries

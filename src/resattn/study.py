@@ -131,8 +131,9 @@ def study_status(folder: Path) -> list[JobStatus]:
         config = read_config(folder) if (folder / ".hydra" / "config.yaml").is_file() else {}
         return [job_status(folder.name, folder, config.get("trainer.epochs"))]
     master = read_master(folder)
-    jobs = [job_status(name, folder / name, planned_epochs(master, overrides))
-            for name, overrides in sweep_jobs(master)]
+    jobs = [
+        job_status(name, folder / name, planned_epochs(master, overrides)) for name, overrides in sweep_jobs(master)
+    ]
     fill_estimates(jobs)
     return jobs
 
@@ -165,10 +166,18 @@ def status_table(jobs: list[JobStatus], width: int = 80) -> Table:
     name_width = max(16, width - 48)  # what the other four columns (at most 35 characters) and the borders leave
     for job in jobs:
         mark = "*" if job.estimated else ""
-        epochs = "" if job.state == "missing" and job.epochs is None else \
-            f"{job.epochs_done}/{job.epochs if job.epochs is not None else '?'}"
-        table.add_row(wrap_name(job.name, name_width), job.state, epochs, duration(job.seconds_per_epoch) + mark,
-                      duration(job.remaining_s) + (mark if job.state != "completed" else ""))
+        epochs = (
+            ""
+            if job.state == "missing" and job.epochs is None
+            else f"{job.epochs_done}/{job.epochs if job.epochs is not None else '?'}"
+        )
+        table.add_row(
+            wrap_name(job.name, name_width),
+            job.state,
+            epochs,
+            duration(job.seconds_per_epoch) + mark,
+            duration(job.remaining_s) + (mark if job.state != "completed" else ""),
+        )
     return table
 
 
@@ -178,8 +187,10 @@ def totals(jobs: list[JobStatus]) -> str:
     for job in jobs:
         counts[job.state] = counts.get(job.state, 0) + 1
     known = [j.remaining_s for j in jobs if j.remaining_s is not None]
-    lines = [f"{len(jobs)} jobs: " + ", ".join(f"{n} {state}" for state, n in sorted(counts.items())),
-             f"still needed: {duration(sum(known))}, one job or fused group at a time, as timed where they ran"]
+    lines = [
+        f"{len(jobs)} jobs: " + ", ".join(f"{n} {state}" for state, n in sorted(counts.items())),
+        f"still needed: {duration(sum(known))}, one job or fused group at a time, as timed where they ran",
+    ]
     if len(known) < len(jobs):
         lines.append(f"  and {len(jobs) - len(known)} jobs with no epoch timed in the sweep yet")
     if any(j.estimated and j.state != "completed" for j in jobs):
@@ -189,8 +200,12 @@ def totals(jobs: list[JobStatus]) -> str:
 
 def reasons(jobs: list[JobStatus]) -> list[str]:
     """Why each incomplete or unreadable job is not complete, one line each."""
-    return [f"{j.name}: {j.state}: {j.reason}" + ("; a rerun trains it again from scratch" if j.state == "incomplete"
-                                                  else "") for j in jobs if j.reason]
+    return [
+        f"{j.name}: {j.state}: {j.reason}"
+        + ("; a rerun trains it again from scratch" if j.state == "incomplete" else "")
+        for j in jobs
+        if j.reason
+    ]
 
 
 def pieces_lines(folder: Path) -> list[str]:
@@ -200,9 +215,11 @@ def pieces_lines(folder: Path) -> list[str]:
         if not history:
             return ["pieces: none recorded yet"]
         last = history[-1]
-        return [f"pieces: {len(history)}, the last: started {str(last.get('started'))[:19].replace('T', ' ')} on "
-                f"{last.get('host', '?')}, steps {last.get('start_step')} to {last.get('end_step')}, "
-                f"{duration(last.get('wall_time_s'))}"]
+        return [
+            f"pieces: {len(history)}, the last: started {str(last.get('started'))[:19].replace('T', ' ')} on "
+            f"{last.get('host', '?')}, steps {last.get('start_step')} to {last.get('end_step')}, "
+            f"{duration(last.get('wall_time_s'))}"
+        ]
     try:
         history = pieces.read_pieces(folder)
     except ConfigError as err:
@@ -221,8 +238,11 @@ def code_lines(folder: Path) -> list[str]:
     """Which code trained the sweep's (or the run's) pieces (resattn.provenance): one line when one code trained
     them all, else each code with its count of pieces, and one line per arm whose pieces mix codes."""
     folder = Path(folder)
-    runs = {folder.name: folder} if is_run_folder(folder) else {
-        d.relative_to(folder).as_posix(): d for d in find_run_dirs([folder]) if (d / "summary.json").is_file()}
+    runs = (
+        {folder.name: folder}
+        if is_run_folder(folder)
+        else {d.relative_to(folder).as_posix(): d for d in find_run_dirs([folder]) if (d / "summary.json").is_file()}
+    )
     codes_by_arm: dict[str, list[str]] = {}
     for name, run_dir in sorted(runs.items()):
         summary = read_summary(run_dir)
@@ -235,12 +255,18 @@ def code_lines(folder: Path) -> list[str]:
         return []
     if len(counts) == 1:
         return [f"code: {next(iter(counts))} (every piece)"]
-    return [f"code: {len(counts)} versions: " + ", ".join(f"{c} ({n} piece{'s' * (n != 1)})" for c, n in counts.items()),
-            *(f"{arm}: mixes code {', '.join(dict.fromkeys(codes))}" for arm, codes in codes_by_arm.items()
-              if len(set(codes)) > 1)]
+    return [
+        f"code: {len(counts)} versions: " + ", ".join(f"{c} ({n} piece{'s' * (n != 1)})" for c, n in counts.items()),
+        *(
+            f"{arm}: mixes code {', '.join(dict.fromkeys(codes))}"
+            for arm, codes in codes_by_arm.items()
+            if len(set(codes)) > 1
+        ),
+    ]
 
 
 # --- export: the study without the checkpoints of completed runs ---
+
 
 def completed_run(folder: Path) -> bool:
     return (read_summary(folder) or {}).get("status") == "completed"
@@ -256,8 +282,10 @@ def check_export_target(source: Path, dest: Path) -> None:
     """`source` is a sweep folder or one run's (summary.json or .hydra/ in it); `dest` new or empty."""
     if not is_run_folder(source):
         if source.is_dir() and not (source / "multirun.yaml").exists():
-            raise StudyError(f"{source} is neither a sweep folder (multirun.yaml) nor a run's (summary.json or "
-                             ".hydra/): give the folder that -m or the run wrote")
+            raise StudyError(
+                f"{source} is neither a sweep folder (multirun.yaml) nor a run's (summary.json or "
+                ".hydra/): give the folder that -m or the run wrote"
+            )
         read_master(source)  # a sweep's: its record must read
     if dest.exists() and (not dest.is_dir() or any(dest.iterdir())):
         raise StudyError(f"{dest} already exists and is not an empty folder; give a new folder")
@@ -285,9 +313,27 @@ def export(source: Path, dest: Path, images: bool = True) -> tuple[int, int]:
 
 # the table's first columns; after them each run's accuracy per corruption (acc_<name>), λ per block
 # (final_lambda_<block>, lam_travel_<block>) and times, with the device last
-ROW_COLUMNS = ("study", "run", "status", "model", "depth", "attention", "pattern", "width", "epochs",
-               "epochs_completed", "train_size", "seed", "lr", "schedule", "lam_init", "lam_lr_scale",
-               "best_test_acc", "final_test_acc", "robust_acc")
+ROW_COLUMNS = (
+    "study",
+    "run",
+    "status",
+    "model",
+    "depth",
+    "attention",
+    "pattern",
+    "width",
+    "epochs",
+    "epochs_completed",
+    "train_size",
+    "seed",
+    "lr",
+    "schedule",
+    "lam_init",
+    "lam_lr_scale",
+    "best_test_acc",
+    "final_test_acc",
+    "robust_acc",
+)
 LAST_COLUMNS = ("wall_time_s", "corruption_eval_s", "precision", "device")
 
 
@@ -295,10 +341,15 @@ def run_row(study: str, root: Path, run) -> dict:
     """One run's row, from its summary.json and config (data.train_size: null is every image, "all"); the
     precision is the one the run trained in (summary.json), not the setting (auto)."""
     s = run.summary
-    row = {"study": study, "run": str(run.path.relative_to(root)) if run.path != root else run.path.name,
-           "status": run.status, **{k: s.get(k) for k in ROW_COLUMNS[3:] if k in s},
-           "train_size": run.config.get("data.train_size") or "all", "schedule": run.config.get("optim.schedule"),
-           **{k: s.get(k) for k in LAST_COLUMNS if k in s}}
+    row = {
+        "study": study,
+        "run": str(run.path.relative_to(root)) if run.path != root else run.path.name,
+        "status": run.status,
+        **{k: s.get(k) for k in ROW_COLUMNS[3:] if k in s},
+        "train_size": run.config.get("data.train_size") or "all",
+        "schedule": run.config.get("optim.schedule"),
+        **{k: s.get(k) for k in LAST_COLUMNS if k in s},
+    }
     if s.get("corruption_acc"):
         row.update({f"acc_{name}": acc for name, acc in robustness.summarise(s["corruption_acc"])[0].items()})
     for key in ("final_lambda", "lam_travel"):

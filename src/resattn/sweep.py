@@ -70,8 +70,10 @@ def job_name(task: list[str], varied: set[str] | None, num: int) -> str:
     """`pattern.lam_init=0.05,seed=0`: the job's values of the varied keys (all its overrides when
     `varied` is None), sorted by key, the seed last: a folder leads with its arm (tuned_lr=p1,seed=100), and
     the seeds of one arm sit side by side; `job<num>` when nothing varies."""
-    parts = sorted(((o.key_or_group, _readable(o)) for o in parse(task)
-                    if varied is None or o.get_key_element() in varied), key=lambda kv: (kv[0] == REPLICATE_KEY, kv))
+    parts = sorted(
+        ((o.key_or_group, _readable(o)) for o in parse(task) if varied is None or o.get_key_element() in varied),
+        key=lambda kv: (kv[0] == REPLICATE_KEY, kv),
+    )
     return safe_name(",".join(f"{k}={v}" for k, v in parts) or f"job{num}")
 
 
@@ -90,8 +92,10 @@ def read_record(sweep_dir) -> DictConfig | None:
         record = OmegaConf.load(path)
         record.hydra.overrides.task  # noqa: B018  (a sweep's record names its command)
     except Exception as err:
-        raise ConfigError(f"{path} cannot be read ({str(err).splitlines()[0]}); repair it, or run the sweep into "
-                          "a new hydra.sweep.dir") from None
+        raise ConfigError(
+            f"{path} cannot be read ({str(err).splitlines()[0]}); repair it, or run the sweep into "
+            "a new hydra.sweep.dir"
+        ) from None
     return record
 
 
@@ -138,8 +142,10 @@ def write_record(sweep_dir: Path, params: dict | None, task: list[str]) -> None:
         "varied": {k: v for k, v in values.items() if k in varied},
     }
     sweep_dir.mkdir(parents=True, exist_ok=True)
-    (sweep_dir / RECORD).write_text("# the overrides every job of this sweep shares, and the keys its job folders "
-                                    "are named by\n" + OmegaConf.to_yaml(OmegaConf.create(record)))
+    (sweep_dir / RECORD).write_text(
+        "# the overrides every job of this sweep shares, and the keys its job folders "
+        "are named by\n" + OmegaConf.to_yaml(OmegaConf.create(record))
+    )
 
 
 def run_name(pattern: str, attention: str) -> str:

@@ -13,12 +13,11 @@ from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
-from torch.utils.tensorboard import SummaryWriter
 from tensorboard.backend.event_processing.event_file_loader import EventFileLoader, RawEventFileLoader
-from tensorboard.compat.proto import event_pb2
-from tensorboard.compat.proto import summary_pb2
+from tensorboard.compat.proto import event_pb2, summary_pb2
 from tensorboard.plugins.hparams import api_pb2, metadata, plugin_data_pb2
 from tensorboard.summary.writer.record_writer import RecordWriter
+from torch.utils.tensorboard import SummaryWriter
 
 from resattn.errors import flatten
 
@@ -84,8 +83,10 @@ def completion(run_dir: Path) -> str | None:
 def custom_scalars_layout(blocks) -> dict:
     """Test accuracy, corrupted test accuracy and one chart of λ per block, each across runs."""
     exact = lambda tag: f"^{re.escape(tag)}$"  # noqa: E731  (a tag regex: lambda/block1 must not match block10)
-    charts = {"test accuracy": ["Multiline", [exact("acc/test")]],
-              "corrupted test accuracy (mean)": ["Multiline", [exact("acc/corrupt/mean")]]}
+    charts = {
+        "test accuracy": ["Multiline", [exact("acc/test")]],
+        "corrupted test accuracy (mean)": ["Multiline", [exact("acc/corrupt/mean")]],
+    }
     charts.update({f"lambda {block}": ["Multiline", [exact(f"lambda/{block}")]] for block in blocks})
     return {"resattn": charts}
 
@@ -139,8 +140,7 @@ def pattern_cell(summary: dict) -> str:
     """The pattern and, where it has a λ gate, the gate's settings (a run without one has no λ to describe)."""
     if not summary["controlled"]:
         return f"{summary['pattern']} (no λ gate)"
-    return (f"{summary['pattern']} (controlled, lam_init={summary['lam_init']:g}, "
-            f"learnable={summary['lam_learnable']})")
+    return f"{summary['pattern']} (controlled, lam_init={summary['lam_init']:g}, learnable={summary['lam_learnable']})"
 
 
 def hparams_summary(tag: str, **data) -> summary_pb2.Summary:
@@ -184,8 +184,10 @@ def gate_effect(v: torch.Tensor, out: torch.Tensor) -> dict[str, torch.Tensor]:
     gate it is the |v|-weighted mean of the gate's values: the mask itself for a channel or a spatial gate."""
     a, b = out.float().abs(), v.float().abs()
     eps = 1e-6 * b.mean() + 1e-12  # a position or channel that v leaves at zero: no division by zero
-    return {"spatial": a.sum(1, keepdim=True) / (b.sum(1, keepdim=True) + eps),
-            "channel": a.sum((2, 3), keepdim=True) / (b.sum((2, 3), keepdim=True) + eps)}
+    return {
+        "spatial": a.sum(1, keepdim=True) / (b.sum(1, keepdim=True) + eps),
+        "channel": a.sum((2, 3), keepdim=True) / (b.sum((2, 3), keepdim=True) + eps),
+    }
 
 
 class Tracker:
@@ -230,8 +232,11 @@ class Tracker:
         beside the images (maps/<block>/spatial) and the channel mask's histogram (maps/<block>/channel). A module
         without masks(v) (timm's) is seen from outside instead: maps/<block>/effect_spatial and effect_channel."""
         seen = {}
-        hooks = [b.attn.register_forward_hook(lambda mod, args, out, name=name: seen.__setitem__(name, (args[0], out)))
-                 for name, b in model.blocks.items() if b.attn is not None]
+        hooks = [
+            b.attn.register_forward_hook(lambda mod, args, out, name=name: seen.__setitem__(name, (args[0], out)))
+            for name, b in model.blocks.items()
+            if b.attn is not None
+        ]
         was_training = model.training
         model.eval()
         try:
@@ -257,8 +262,11 @@ class Tracker:
 
     def say_effect_once(self, module: str) -> None:
         if not self.effect_said:
-            log.info("%s has no masks(v): TensorBoard's maps/*/effect_* show its effect from outside, |A(v)*v| / |v| "
-                     "summed over channels (effect_spatial) or over positions (effect_channel)", module)
+            log.info(
+                "%s has no masks(v): TensorBoard's maps/*/effect_* show its effect from outside, |A(v)*v| / |v| "
+                "summed over channels (effect_spatial) or over positions (effect_channel)",
+                module,
+            )
             self.effect_said = True
 
     def hparams(self, summary: dict, cfg: DictConfig) -> None:
@@ -276,19 +284,26 @@ class Tracker:
         metrics = {f"summary/{k}": summary[k] for k in METRICS if summary.get(k) is not None}
         experiment = api_pb2.Experiment(
             hparam_infos=[hparam_info(k, v, k in shown) for k, v in values.items()],
-            metric_infos=[api_pb2.MetricInfo(name=api_pb2.MetricName(tag=tag), display_name=tag.split("/")[1])
-                          for tag in metrics])
-        start = plugin_data_pb2.SessionStartInfo(group_name=trial_name(values, [k for k in values if k in shown],
-                                                                       self.run_dir))
+            metric_infos=[
+                api_pb2.MetricInfo(name=api_pb2.MetricName(tag=tag), display_name=tag.split("/")[1]) for tag in metrics
+            ],
+        )
+        start = plugin_data_pb2.SessionStartInfo(
+            group_name=trial_name(values, [k for k in values if k in shown], self.run_dir)
+        )
         for key, value in values.items():
             if isinstance(value, str):
                 start.hparams[key].string_value = value
             else:
                 start.hparams[key].number_value = value
-        for event in (hparams_summary(metadata.EXPERIMENT_TAG, experiment=experiment),
-                      hparams_summary(metadata.SESSION_START_INFO_TAG, session_start_info=start),
-                      hparams_summary(metadata.SESSION_END_INFO_TAG, session_end_info=plugin_data_pb2.SessionEndInfo(
-                          status=api_pb2.STATUS_SUCCESS))):
+        for event in (
+            hparams_summary(metadata.EXPERIMENT_TAG, experiment=experiment),
+            hparams_summary(metadata.SESSION_START_INFO_TAG, session_start_info=start),
+            hparams_summary(
+                metadata.SESSION_END_INFO_TAG,
+                session_end_info=plugin_data_pb2.SessionEndInfo(status=api_pb2.STATUS_SUCCESS),
+            ),
+        ):
             self.writer.file_writer.add_summary(event)
         self.scalars(metrics, summary["step"])
 
@@ -312,9 +327,16 @@ class Tracker:
             "seed": str(summary["seed"]),
             "epochs": f"{summary['epochs_completed']}/{summary['epochs']}",
             # with a validation split the test set is read at the end only: no best test acc
-            **{name: f"{summary[key]:.4f}" for name, key in (("best val acc", "best_val_acc"),
-               ("final val acc", "final_val_acc"), ("best test acc", "best_test_acc"),
-               ("final test acc", "final_test_acc")) if summary.get(key) is not None},
+            **{
+                name: f"{summary[key]:.4f}"
+                for name, key in (
+                    ("best val acc", "best_val_acc"),
+                    ("final val acc", "final_val_acc"),
+                    ("best test acc", "best_test_acc"),
+                    ("final test acc", "final_test_acc"),
+                )
+                if summary.get(key) is not None
+            },
             "final λ": lam,
             "wall time": f"{summary['wall_time_s']:.1f} s",
             "status": summary["status"],

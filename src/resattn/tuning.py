@@ -26,14 +26,16 @@ TUNED_GROUP = "tuned_lr"  # the config group of tuned rates, written by scripts/
 
 def with_optuna_sweeper(args: list[str]) -> list[str]:
     """`args` with hydra/sweeper=optuna added when they ask for a tuning preset and name no sweeper."""
+
     def key_value(a: str) -> tuple[str, str]:
         key, _, value = a.partition("=")
         return key.lstrip("+~"), value
 
     overrides = [i for i, a in enumerate(args) if "=" in a and not a.startswith("-")]
     pairs = [key_value(args[i]) for i in overrides]
-    if any(k == "hydra/sweeper" for k, _ in pairs) or not any(k == "experiment" and v in OPTUNA_PRESETS
-                                                              for k, v in pairs):
+    if any(k == "hydra/sweeper" for k, _ in pairs) or not any(
+        k == "experiment" and v in OPTUNA_PRESETS for k, v in pairs
+    ):
         return args
     # just before the first override: Hydra's argparse takes the overrides only as one unbroken run, so an
     # option on either side (`-m ...`, `... --cfg hydra -p KEY`) must stay outside it
@@ -47,8 +49,9 @@ def check_objective(cfg: DictConfig) -> str | None:
     if key is None:
         return None
     if key not in OBJECTIVES:
-        raise ConfigError(f"objective must be one of {', '.join(OBJECTIVES)} (tuning never reads the test set), "
-                          f"got {key!r}")
+        raise ConfigError(
+            f"objective must be one of {', '.join(OBJECTIVES)} (tuning never reads the test set), got {key!r}"
+        )
     if not cfg.data.get("val_size"):
         raise ConfigError(f"objective {key} needs a validation split: set data.val_size (e.g. 5000)")
     return key
@@ -80,11 +83,15 @@ def check_tuning(cfg: DictConfig) -> None:
     if choices.get("hydra/sweeper") != "optuna":
         return
     if key is None:
-        raise ConfigError(f"hydra/sweeper=optuna needs an objective to maximise: choose experiment="
-                          f"{' or '.join(OPTUNA_PRESETS)} (objective: validation accuracy)")
+        raise ConfigError(
+            f"hydra/sweeper=optuna needs an objective to maximise: choose experiment="
+            f"{' or '.join(OPTUNA_PRESETS)} (objective: validation accuracy)"
+        )
     if choices.get("hydra/launcher") == "fused":
-        raise ConfigError("hydra/launcher=fused cannot run the Optuna sweeper's trials (each trial's lr is chosen "
-                          "after the ones before): tune with the basic launcher (the default) or hydra/launcher=joblib")
+        raise ConfigError(
+            "hydra/launcher=fused cannot run the Optuna sweeper's trials (each trial's lr is chosen "
+            "after the ones before): tune with the basic launcher (the default) or hydra/launcher=joblib"
+        )
 
 
 def check_tuned_rates(args: list[str]) -> None:
@@ -103,10 +110,14 @@ def check_tuned_rates(args: list[str]) -> None:
     found = {p.stem: root for root in roots for p in sorted((root / TUNED_GROUP).glob("*.yaml"))}
     missing = [arm for arm in str(arms).split(",") if arm not in found]
     if not found:
-        raise ConfigError(f"experiment={preset.stem} needs each arm's tuned rate and finds none: tune the arms first "
-                          f"(experiment=tune_lr or tune_lr_cpu), then scripts/tuned_lr.py on their studies writes "
-                          f"the rates and prints the command to run")
+        raise ConfigError(
+            f"experiment={preset.stem} needs each arm's tuned rate and finds none: tune the arms first "
+            f"(experiment=tune_lr or tune_lr_cpu), then scripts/tuned_lr.py on their studies writes "
+            f"the rates and prints the command to run"
+        )
     if missing:
         where = ", ".join(sorted({str(r / TUNED_GROUP) for r in found.values()}))
-        raise ConfigError(f"experiment={preset.stem}: no tuned rate for {', '.join(missing)} in {where}: tune those "
-                          f"arms first, or compare the tuned ones: {TUNED_GROUP}={','.join(sorted(found))}")
+        raise ConfigError(
+            f"experiment={preset.stem}: no tuned rate for {', '.join(missing)} in {where}: tune those "
+            f"arms first, or compare the tuned ones: {TUNED_GROUP}={','.join(sorted(found))}"
+        )

@@ -6,9 +6,12 @@
 wrote eval_precision.out beside it (2026-12-03, one thread, the two-core container). The checkpoint is not kept
 in the repository (a completed run's export leaves it out); the command of docs/results.md section 8 makes it.
 """
+
 import sys
+
 import torch
 from omegaconf import OmegaConf
+
 from resattn import data
 from resattn.build import build_model, set_threads
 from resattn.evaluate import evaluate

@@ -10,19 +10,19 @@ Every member is an ordinary job to everything after it: its own folder (named as
 Jobs whose network, data or schedule differ form groups of their own; a job alone in its group trains as one
 member. Every job of the launcher trains in one precision (fp32 under trainer.precision=auto: bf16 autocast
 does not reach convolutions under vmap), a job alone in its group too, so a report never splits an arm by
-precision. A job whose config or checkpoint is refused fails alone, not its group. Hydra's on_job_start/on_job_end callbacks are not called for fused jobs (this
-project has none; SweepEnd acts at the sweep's start and end).
+precision. A job whose config or checkpoint is refused fails alone, not its group. Hydra's on_job_start/on_job_end
+callbacks are not called for fused jobs (this project has none; SweepEnd acts at the sweep's start and end).
 """
 
 import logging
 import math
 import os
 import signal
+from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from multiprocessing import get_context
 from pathlib import Path
-from typing import Sequence
 
 from hydra.core.config_store import ConfigStore
 from hydra.core.hydra_config import HydraConfig
@@ -65,7 +65,7 @@ def group_jobs(configs: list[DictConfig], max_members: int) -> list[list[int]]:
     groups = []
     for jobs in keys.values():
         n = math.ceil(len(jobs) / max_members)
-        groups += [jobs[k * len(jobs) // n:(k + 1) * len(jobs) // n] for k in range(n)]
+        groups += [jobs[k * len(jobs) // n : (k + 1) * len(jobs) // n] for k in range(n)]
     return sorted(groups, key=lambda g: g[0])
 
 
@@ -104,8 +104,11 @@ def splitting_keys(configs: list[DictConfig]) -> list[str]:
 
     flat = [flatten(OmegaConf.to_container(task_config(c), resolve=True)) for c in configs]
     keys = dict.fromkeys(k for f in flat for k in f)
-    return [k for k in keys if k not in FUSABLE_KEYS and len({repr(f.get(k)) for f in flat}) > 1
-            and not k.startswith("tracking.")]
+    return [
+        k
+        for k in keys
+        if k not in FUSABLE_KEYS and len({repr(f.get(k)) for f in flat}) > 1 and not k.startswith("tracking.")
+    ]
 
 
 def start_member(cfg: DictConfig) -> tuple[DictConfig, Path]:
@@ -140,8 +143,10 @@ def train_group(sweep_configs: list[DictConfig], singleton_state: dict | None = 
     HydraConfig.instance().set_config(sweep_configs[0])
     configure_log(sweep_configs[0].hydra.job_logging, sweep_configs[0].hydra.verbose)
     root = logging.getLogger()
-    files = [HeldFileHandler(run_dir / f"{cfg.hydra.job.name}.log") for cfg, (_, run_dir) in
-             zip(sweep_configs[1:], started[1:])]
+    files = [
+        HeldFileHandler(run_dir / f"{cfg.hydra.job.name}.log")
+        for cfg, (_, run_dir) in zip(sweep_configs[1:], started[1:])
+    ]
     for handler in files:  # each member's own log file gets the group's lines too
         handler.setFormatter(root.handlers[0].formatter if root.handlers else None)
         root.addHandler(handler)
@@ -156,9 +161,14 @@ def train_group(sweep_configs: list[DictConfig], singleton_state: dict | None = 
 
 def job_return(cfg: DictConfig, summary: dict | None) -> JobReturn:
     """What Hydra's run_job returns for a job: its configs, overrides and the task's return value."""
-    ret = JobReturn(overrides=list(cfg.hydra.overrides.task), cfg=task_config(cfg),
-                    hydra_cfg=OmegaConf.create({"hydra": cfg.hydra}), working_dir=os.getcwd(),
-                    task_name=cfg.hydra.job.name, status=JobStatus.COMPLETED)
+    ret = JobReturn(
+        overrides=list(cfg.hydra.overrides.task),
+        cfg=task_config(cfg),
+        hydra_cfg=OmegaConf.create({"hydra": cfg.hydra}),
+        working_dir=os.getcwd(),
+        task_name=cfg.hydra.job.name,
+        status=JobStatus.COMPLETED,
+    )
     ret.return_value = summary
     return ret
 
@@ -198,8 +208,13 @@ class FusedLauncher(Launcher):
 
     def describe(self, configs: list[DictConfig], groups: list[list[int]]) -> None:
         split = splitting_keys(configs)
-        log.info("fused launcher: %d jobs in %d groups, %d process(es)%s", len(configs), len(groups),
-                 min(self.n_jobs, len(groups)), f"; kept apart by {', '.join(split)}" if split else "")
+        log.info(
+            "fused launcher: %d jobs in %d groups, %d process(es)%s",
+            len(configs),
+            len(groups),
+            min(self.n_jobs, len(groups)),
+            f"; kept apart by {', '.join(split)}" if split else "",
+        )
         for group in groups:
             names = [job_folder(configs[i]).name for i in group]
             kind = f"{len(group)} fused members" if len(group) > 1 else "alone (no other job to fuse with)"

@@ -17,9 +17,10 @@ in resattn (docs/sweeps.md: "A study in pieces: rerun = finish").
 
 import logging
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any
 
 from hydra._internal.core_plugins.basic_launcher import BasicLauncher
 from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
@@ -31,11 +32,12 @@ from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
 log = logging.getLogger(__name__)
 
+
 @dataclass
 class ResattnSweeperConf:
     _target_: str = "hydra_plugins.resattn_sweeper.resattn_sweeper.ResattnSweeper"
-    max_batch_size: Optional[int] = None
-    params: Optional[dict[str, str]] = None
+    max_batch_size: int | None = None
+    params: dict[str, str] | None = None
 
 
 ConfigStore.instance().store(group="hydra/sweeper", name="resattn", node=ResattnSweeperConf, provider="resattn")
@@ -103,8 +105,12 @@ class FinishingLauncher:
         from resattn import clock
 
         returns: dict[int, JobReturn] = {
-            j.num: JobReturn(overrides=j.overrides, working_dir=str(j.folder), status=JobStatus.COMPLETED,
-                             _return_value=j.summary) for j in jobs if j.skipped}
+            j.num: JobReturn(
+                overrides=j.overrides, working_dir=str(j.folder), status=JobStatus.COMPLETED, _return_value=j.summary
+            )
+            for j in jobs
+            if j.skipped
+        }
         one_by_one = self.deadline is not None and isinstance(self.launcher, BasicLauncher)
         for run in segments(jobs, keep_numbers, one_by_one):
             if clock.passed(self.deadline):
@@ -159,8 +165,9 @@ class ResattnSweeper(BasicSweeper):
         from resattn.errors import ConfigError
 
         parser = OverridesParser.create(config_loader=self.hydra_context.config_loader)
-        self.overrides = self.split_arguments(parser.parse_overrides(self._parse_config() + list(arguments)),
-                                              self.max_batch_size)
+        self.overrides = self.split_arguments(
+            parser.parse_overrides(self._parse_config() + list(arguments)), self.max_batch_size
+        )
         made = [p for p in (self.sweep_dir, *self.sweep_dir.parents) if not p.exists()]  # deepest first
         try:
             batches, keep_numbers, records = self.plan()
@@ -191,8 +198,10 @@ class ResattnSweeper(BasicSweeper):
             records = rerun.records_action(list(listed), [name for name, _ in sweep_jobs(self.config)])
         batches, keep_numbers, first = [], False, 0
         for batch in self.overrides:
-            planned = [self.planned(overrides, num, record, listed if records == "kept" else None)
-                       for num, overrides in enumerate(batch, start=first)]
+            planned = [
+                self.planned(overrides, num, record, listed if records == "kept" else None)
+                for num, overrides in enumerate(batch, start=first)
+            ]
             keep_numbers |= any(renumbered for _, renumbered in planned)
             batches.append([job for job, _ in planned])
             first += len(batch)
@@ -209,9 +218,14 @@ class ResattnSweeper(BasicSweeper):
         cfg = job_config(self.hydra_context.config_loader, self.config, overrides, num)
         folder = job_folder(cfg)
         summary = read_summary(folder)
-        job = rerun.PlannedJob(list(overrides), num, folder, summary,
-                               rerun.action(summary, folder, OmegaConf.select(cfg, "trainer.resume")),
-                               OmegaConf.to_container(cfg.data, resolve=True))
+        job = rerun.PlannedJob(
+            list(overrides),
+            num,
+            folder,
+            summary,
+            rerun.action(summary, folder, OmegaConf.select(cfg, "trainer.resume")),
+            OmegaConf.to_container(cfg.data, resolve=True),
+        )
         if listed is not None and folder.name not in listed:
             raise rerun.not_listed(job, self.sweep_dir, len(listed))
         if job.holds_a_run:
@@ -233,10 +247,16 @@ class ResattnSweeper(BasicSweeper):
         jobs = [j for batch in batches for j in batch]
         if records == "rewritten":
             write_records(self.config)
-        pieces.start(self.sweep_dir, list(self.config.hydra.overrides.task),
-                     {kind: sum(j.kind == kind for j in jobs) for kind in pieces.JOB_KINDS}, records)
-        log.info(f"sweep records {records}; piece {len(pieces.read_pieces(self.sweep_dir))} in "
-                 f"{self.sweep_dir / pieces.FILE}")
+        pieces.start(
+            self.sweep_dir,
+            list(self.config.hydra.overrides.task),
+            {kind: sum(j.kind == kind for j in jobs) for kind in pieces.JOB_KINDS},
+            records,
+        )
+        log.info(
+            f"sweep records {records}; piece {len(pieces.read_pieces(self.sweep_dir))} in "
+            f"{self.sweep_dir / pieces.FILE}"
+        )
         for job in jobs:
             log.info(f"#{job.num} {job.folder.name}: {job.action}")
         try:

@@ -78,14 +78,19 @@ def match_reference(group: Group, refs: list[Group], keys: list[str], metrics: l
     if len(best) == 1:
         return best[0], ""
     if all(by_seed(r, m) == by_seed(best[0], m) and r.runs for r in best for m in metrics):
-        return best[0], (f"{group.label}: compared with {best[0].label}; the reference groups "
-                         f"{'; '.join(r.label for r in best)} hold the same numbers (the same computation)")
-    return None, (f"{group.label}: no comparison, {len(best)} reference groups fit equally well "
-                  f"({'; '.join(r.label for r in best)})")
+        return best[0], (
+            f"{group.label}: compared with {best[0].label}; the reference groups "
+            f"{'; '.join(r.label for r in best)} hold the same numbers (the same computation)"
+        )
+    return None, (
+        f"{group.label}: no comparison, {len(best)} reference groups fit equally well "
+        f"({'; '.join(r.label for r in best)})"
+    )
 
 
-def comparisons(groups: list[Group], refs: list[Group], keys: list[str], metrics: list[str]
-                ) -> tuple[list[dict], list[str]]:
+def comparisons(
+    groups: list[Group], refs: list[Group], keys: list[str], metrics: list[str]
+) -> tuple[list[dict], list[str]]:
     """One row per (group, metric) against its reference, Holm-adjusted per metric, with verdict and power."""
     metrics = compared_metrics(metrics)
     rows, notes = [], []
@@ -102,8 +107,16 @@ def comparisons(groups: list[Group], refs: list[Group], keys: list[str], metrics
             if values and ref_values:
                 row = stats.compare(values, ref_values)
                 row["ci95_low"], row["ci95_high"] = stats.clip_interval(row["ci95_low"], row["ci95_high"], *DIFF_RANGE)
-                rows.append({"group": group.label, "reference": ref.label, "metric": metric, **row,
-                             "diverged": len(group.diverged), "diverged_ref": len(ref.diverged)})
+                rows.append(
+                    {
+                        "group": group.label,
+                        "reference": ref.label,
+                        "metric": metric,
+                        **row,
+                        "diverged": len(group.diverged),
+                        "diverged_ref": len(ref.diverged),
+                    }
+                )
     for metric in metrics:  # each metric's comparisons are one family
         family = [r for r in rows if r["metric"] == metric]
         judge(family)
@@ -118,9 +131,15 @@ def judge(family: list[dict]) -> None:
     alpha = stats.family_alpha(tests)
     for row, p_holm in zip(family, stats.holm(p_values)):
         seeds = min(row["n"], row["n_ref"])
-        row.update(p_holm=p_holm, verdict=stats.verdict(row["diff"], p_holm, seeds), tests=tests, alpha_power=alpha,
-                   mde=stats.mde(row, alpha=alpha), mde_alone=stats.mde(row),
-                   seeds_needed=stats.seeds_needed(row, TARGET_DIFF, alpha=alpha))
+        row.update(
+            p_holm=p_holm,
+            verdict=stats.verdict(row["diff"], p_holm, seeds),
+            tests=tests,
+            alpha_power=alpha,
+            mde=stats.mde(row, alpha=alpha),
+            mde_alone=stats.mde(row),
+            seeds_needed=stats.seeds_needed(row, TARGET_DIFF, alpha=alpha),
+        )
 
 
 def seconds_per_run(group: Group) -> float:
@@ -136,6 +155,13 @@ def time_costs(groups: list[Group], rows: list[dict]) -> list[dict]:
     costs = []
     for label, ref in dict.fromkeys((r["group"], r["reference"]) for r in rows):
         seconds, ref_seconds = seconds_per_run(by_label[label]), seconds_per_run(by_label[ref])
-        costs.append({"group": label, "reference": ref, "seconds": seconds, "ref_seconds": ref_seconds,
-                      "ratio": seconds / ref_seconds if ref_seconds > 0 else math.nan})
+        costs.append(
+            {
+                "group": label,
+                "reference": ref,
+                "seconds": seconds,
+                "ref_seconds": ref_seconds,
+                "ratio": seconds / ref_seconds if ref_seconds > 0 else math.nan,
+            }
+        )
     return costs

@@ -27,8 +27,10 @@ def by_family(run: Run) -> dict[str, dict[int, float]]:
         for severity, value in per_severity.items():
             collected.setdefault(family_of(name), {}).setdefault(int(severity), []).append(value)
     order = [*FAMILIES, OTHER]
-    return {fam: {s: float(np.mean(v)) for s, v in sorted(collected[fam].items())}
-            for fam in sorted(collected, key=order.index)}
+    return {
+        fam: {s: float(np.mean(v)) for s, v in sorted(collected[fam].items())}
+        for fam in sorted(collected, key=order.index)
+    }
 
 
 def families(groups: list[Group]) -> list[str]:

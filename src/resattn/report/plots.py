@@ -20,9 +20,13 @@ from resattn.report.runs import Group, block_names, fmt_value, group_label, shor
 from resattn.report.tables import group_stats
 
 MAX_CURVE_PANELS = 9  # λ curves per block up to this many blocks (ResNet-20); beyond, final λ against block
-METRIC_TITLES = {"final_test_acc": "final test accuracy", "robust_acc": "robust accuracy",
-                 "best_test_acc": "best test accuracy", "final_val_acc": "final validation accuracy",
-                 "best_val_acc": "best validation accuracy"}
+METRIC_TITLES = {
+    "final_test_acc": "final test accuracy",
+    "robust_acc": "robust accuracy",
+    "best_test_acc": "best test accuracy",
+    "final_val_acc": "final validation accuracy",
+    "best_val_acc": "best validation accuracy",
+}
 
 
 def new_figure(panels: int = 1, max_cols: int = 3) -> tuple[Figure, list]:
@@ -35,10 +39,11 @@ def new_figure(panels: int = 1, max_cols: int = 3) -> tuple[Figure, list]:
 
 def band(ax, x, table: np.ndarray, label: str, **style) -> None:
     """Mean over rows (seeds) as a line, min to max as a band when there is more than one row."""
-    line, = ax.plot(x, np.nanmean(table, axis=0), marker="o", label=label, **style)
+    (line,) = ax.plot(x, np.nanmean(table, axis=0), marker="o", label=label, **style)
     if len(table) > 1:
-        ax.fill_between(x, np.nanmin(table, axis=0), np.nanmax(table, axis=0), color=line.get_color(), alpha=0.2,
-                        linewidth=0)
+        ax.fill_between(
+            x, np.nanmin(table, axis=0), np.nanmax(table, axis=0), color=line.get_color(), alpha=0.2, linewidth=0
+        )
 
 
 def epoch_table(runs: list, tag: str) -> np.ndarray:
@@ -64,8 +69,11 @@ def accuracy(groups: list[Group]) -> Figure | None:
     for group in groups:
         table = epoch_table(group.runs, f"acc/{split}")
         band(ax, np.arange(1, table.shape[1] + 1), table * 100, f"{group.label} (n={len(group.runs)})")
-    ax.set(xlabel="epoch", ylabel=f"{name.lower()} accuracy (%)",
-           title=f"{name} accuracy: mean over seeds, band = min to max")
+    ax.set(
+        xlabel="epoch",
+        ylabel=f"{name.lower()} accuracy (%)",
+        title=f"{name} accuracy: mean over seeds, band = min to max",
+    )
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.grid(alpha=0.3)
     ax.legend(fontsize="small")
@@ -96,8 +104,9 @@ def lambdas(groups: list[Group]) -> Figure | None:
     if not runs:
         return None
     blocks = block_names(groups, "final_lambda")
-    blocks += sorted({t.removeprefix("lambda/") for r in runs for t in r.curves if t.startswith("lambda/")}
-                     - set(blocks))
+    blocks += sorted(
+        {t.removeprefix("lambda/") for r in runs for t in r.curves if t.startswith("lambda/")} - set(blocks)
+    )
     colour, handles, mappable = lambda_style(groups, runs)
     linestyle = {id(r): "--" if r.summary.get("lam_learnable") is False else "-" for r in runs}
     if len(blocks) <= MAX_CURVE_PANELS:
@@ -113,8 +122,14 @@ def lambdas(groups: list[Group]) -> Figure | None:
         ax = axes[0]
         for run in runs:
             final = run.summary.get("final_lambda") or {}
-            ax.plot(range(len(blocks)), [final.get(b, math.nan) for b in blocks], marker=".", alpha=0.8,
-                    color=colour[id(run)], linestyle=linestyle[id(run)])
+            ax.plot(
+                range(len(blocks)),
+                [final.get(b, math.nan) for b in blocks],
+                marker=".",
+                alpha=0.8,
+                color=colour[id(run)],
+                linestyle=linestyle[id(run)],
+            )
         ax.set_xticks(range(len(blocks)), blocks, rotation=90, fontsize="x-small")
         ax.set(xlabel="block (forward order)", ylabel="final λ", title="Final λ per block (one line per run)")
     for ax in axes:
@@ -184,11 +199,13 @@ def heatmap(groups: list[Group], refs: list[Group], keys: list[str], rows: list[
         return None
     others = [g for g in groups if g not in refs]
     # down the side: the key that sets the reference apart (pattern, whose baseline value no other group has)
-    row_key = next((k for k in keys if {g.config.get(k) for g in refs}.isdisjoint(g.config.get(k) for g in others)),
-                   keys[0])
+    row_key = next(
+        (k for k in keys if {g.config.get(k) for g in refs}.isdisjoint(g.config.get(k) for g in others)), keys[0]
+    )
     col_key = next(k for k in keys if k != row_key)
-    row_values, col_values = (sorted({g.config.get(k) for g in groups}, key=lambda v: sort_key((v,)))
-                              for k in (row_key, col_key))
+    row_values, col_values = (
+        sorted({g.config.get(k) for g in groups}, key=lambda v: sort_key((v,))) for k in (row_key, col_key)
+    )
     fig, axes = new_figure(len(metrics), max_cols=2)
     for ax, metric in zip(axes, metrics):
         found = {r["group"]: r for r in rows if r["metric"] == metric}
@@ -200,9 +217,12 @@ def heatmap(groups: list[Group], refs: list[Group], keys: list[str], rows: list[
         draw_grid(fig, ax, shade, texts)
         ax.set_xticks(range(len(col_values)), [fmt_value(v) for v in col_values])
         ax.set_yticks(range(len(row_values)), [fmt_value(v) for v in row_values])
-        ax.set(xlabel=short(col_key), ylabel=short(row_key),
-               title=f"{METRIC_TITLES[metric]}: Δ from the reference (points), 95% CI\n"
-                     "coloured where Holm finds a difference; grey hatched: no runs")
+        ax.set(
+            xlabel=short(col_key),
+            ylabel=short(row_key),
+            title=f"{METRIC_TITLES[metric]}: Δ from the reference (points), 95% CI\n"
+            "coloured where Holm finds a difference; grey hatched: no runs",
+        )
     return fig
 
 

@@ -16,9 +16,9 @@ from pathlib import Path
 from omegaconf import OmegaConf
 from tensorboard.backend.event_processing import event_accumulator
 
-from resattn.sweep import REPLICATE_KEY
 from resattn import identity
 from resattn.errors import flatten
+from resattn.sweep import REPLICATE_KEY
 
 ACC_METRICS = ("best_test_acc", "final_test_acc")
 # on the validation split (data.val_size), in runs that held one out: reported where any run has them
@@ -97,8 +97,11 @@ def read_curves(run_dir: Path) -> dict:
         acc.Reload()
     finally:
         tb_log.setLevel(level)
-    return {tag: [(e.step, e.value) for e in acc.Scalars(tag)]
-            for tag in acc.Tags()["scalars"] if tag in ("acc/test", "acc/val") or tag.startswith("lambda/")}
+    return {
+        tag: [(e.step, e.value) for e in acc.Scalars(tag)]
+        for tag in acc.Tags()["scalars"]
+        if tag in ("acc/test", "acc/val") or tag.startswith("lambda/")
+    }
 
 
 def read_summary(run: Run) -> bool:
@@ -121,8 +124,9 @@ def read_summary(run: Run) -> bool:
     if run.status in ("running", "interrupted"):
         reason = run.summary.get("stop_reason") or run.summary.get("signal")  # signal: runs of older versions
         signal = f" by {reason}" if reason else ""
-        run.error = run.error or (f"stopped{signal} after {run.summary.get('epochs_completed', '?')}/"
-                                  f"{run.summary.get('epochs', '?')} epochs")
+        run.error = run.error or (
+            f"stopped{signal} after {run.summary.get('epochs_completed', '?')}/{run.summary.get('epochs', '?')} epochs"
+        )
     return True
 
 
@@ -155,6 +159,7 @@ def read_run(run_dir: Path) -> Run:
 
 
 # ---------------------------------------------------------------- grouping
+
 
 def experiment(run: Run) -> dict:
     """The values that make the run's experiment (identity.experiment), its seed aside."""
@@ -204,8 +209,9 @@ def group_label(config: dict, keys: list[str]) -> str:
 
 def sort_key(values: tuple) -> tuple:
     # numbers in numeric order (lam_init 0.05 before 0.1), text alphabetically
-    return tuple((0, v, "") if isinstance(v, (int, float)) and not isinstance(v, bool) else (1, 0, str(v))
-                 for v in values)
+    return tuple(
+        (0, v, "") if isinstance(v, (int, float)) and not isinstance(v, bool) else (1, 0, str(v)) for v in values
+    )
 
 
 @dataclass(eq=False)  # `group in refs` means this very group
@@ -242,8 +248,10 @@ def group_runs(runs: list[Run], keys: list[str]) -> list[Group]:
         if run.ok or run.diverged:
             values = tuple(experiment(run).get(k) for k in keys)
             group = groups.setdefault(values, Group(run.label, values))
-            kept = next((r for r in (*group.runs, *group.diverged)
-                         if r.summary[REPLICATE_KEY] == run.summary[REPLICATE_KEY]), None)
+            kept = next(
+                (r for r in (*group.runs, *group.diverged) if r.summary[REPLICATE_KEY] == run.summary[REPLICATE_KEY]),
+                None,
+            )
             if kept is not None:
                 group.twins.append((kept, run))
             else:
@@ -258,11 +266,15 @@ def group_notes(groups: list[Group]) -> list[str]:
     for g in groups:
         mixed = identity.placements([r.summary for r in (*g.runs, *g.diverged)])
         if mixed:
-            notes.append(f"{g.label}: pools runs with different " + "; ".join(
-                f"{key} ({', '.join(map(str, values))})" for key, values in mixed.items()))
+            notes.append(
+                f"{g.label}: pools runs with different "
+                + "; ".join(f"{key} ({', '.join(map(str, values))})" for key, values in mixed.items())
+            )
         for kept, twin in g.twins:
-            notes.append(f"{g.label}: seed {kept.summary[REPLICATE_KEY]} found twice, counted once: {kept.path} "
-                         f"({kept.status}) kept, {twin.path} ({twin.status}) left out")
+            notes.append(
+                f"{g.label}: seed {kept.summary[REPLICATE_KEY]} found twice, counted once: {kept.path} "
+                f"({kept.status}) kept, {twin.path} ({twin.status}) left out"
+            )
     return notes
 
 
@@ -276,16 +288,26 @@ def metric_names(groups: list[Group]) -> list[str]:
     time; absent ones left out."""
     robust = any(r.metric("robust_acc") is not None for g in groups for r in g.runs)
     val = [m for m in VAL_METRICS if any(r.metric(m) is not None for g in groups for r in g.runs)]
-    acc = [m for m in ACC_METRICS if m == "final_test_acc" or any(r.metric(m) is not None for g in groups
-                                                                  for r in g.runs)]
+    acc = [
+        m for m in ACC_METRICS if m == "final_test_acc" or any(r.metric(m) is not None for g in groups for r in g.runs)
+    ]
     blocks = {key: [prefix + b for b in block_names(groups, key)] for key, prefix in BLOCK_METRICS.items()}
-    return [*acc, *val, *(["robust_acc"] if robust else []), *blocks["final_lambda"],
-            *blocks["lam_travel"], "wall_time_s"]
+    return [
+        *acc,
+        *val,
+        *(["robust_acc"] if robust else []),
+        *blocks["final_lambda"],
+        *blocks["lam_travel"],
+        "wall_time_s",
+    ]
 
 
 def best_as_final(groups: list[Group], metrics: list[str]) -> list[str]:
     """The best-over-epochs metrics equal to their final one in every completed run (no run scored higher at
     an earlier epoch, as when accuracy rose every epoch): their columns and comparisons would repeat the final's."""
     runs = [r for g in groups for r in g.runs]
-    return [best for best, final in FINAL_OF_BEST.items()
-            if best in metrics and runs and all(r.metric(best) == r.metric(final) for r in runs)]
+    return [
+        best
+        for best, final in FINAL_OF_BEST.items()
+        if best in metrics and runs and all(r.metric(best) == r.metric(final) for r in runs)
+    ]

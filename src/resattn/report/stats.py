@@ -37,8 +37,8 @@ def describe(values, lowest: float = -math.inf, highest: float = math.inf) -> di
 
 
 def welch_df(sd_a: float, n_a: int, sd_b: float, n_b: int) -> float:
-    va, vb = sd_a ** 2 / n_a, sd_b ** 2 / n_b
-    return (va + vb) ** 2 / (va ** 2 / (n_a - 1) + vb ** 2 / (n_b - 1)) if va + vb > 0 else NAN
+    va, vb = sd_a**2 / n_a, sd_b**2 / n_b
+    return (va + vb) ** 2 / (va**2 / (n_a - 1) + vb**2 / (n_b - 1)) if va + vb > 0 else NAN
 
 
 def _sd(x: np.ndarray) -> float:
@@ -92,8 +92,10 @@ def holm(p_values) -> list[float]:
 def clip_interval(low: float, high: float, lowest: float, highest: float) -> tuple[float, float]:
     """An interval cut to the values the quantity can take (a t-interval knows no bounds: a wall time's
     reaches below 0 s, an accuracy difference's beyond 100 points); NaN stays NaN."""
+
     def clip(x: float) -> float:
         return x if math.isnan(x) else min(max(x, lowest), highest)
+
     return clip(low), clip(high)
 
 
@@ -143,6 +145,7 @@ def mde(cmp: dict, power: float = POWER, alpha: float = ALPHA) -> float:
     se, df = _error_model(cmp)
     if not se > 0 or not df > 0:
         return NAN
+
     def shortfall(nc: float) -> float:  # nc: the difference in units of its standard error
         return t_power(nc, 1.0, df, alpha) - power
 

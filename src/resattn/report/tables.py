@@ -16,9 +16,14 @@ from resattn.report.stats import ALPHA, describe
 
 PERCENT = (*ACC_METRICS, *VAL_METRICS, "robust_acc")  # fractions shown in %
 HEADLINE = (*PERCENT, "wall_time_s")  # the groups table; λ per block has a table of its own
-NAMES = {"best_test_acc": "best test acc %", "final_test_acc": "final test acc %", "robust_acc": "robust acc %",
-         "best_val_acc": "best val acc %", "final_val_acc": "final val acc %",
-         "wall_time_s": "wall time s"}
+NAMES = {
+    "best_test_acc": "best test acc %",
+    "final_test_acc": "final test acc %",
+    "robust_acc": "robust acc %",
+    "best_val_acc": "best val acc %",
+    "final_val_acc": "final val acc %",
+    "wall_time_s": "wall time s",
+}
 
 
 def fmt(x, scale: float = 1.0, digits: int = 2) -> str:
@@ -58,8 +63,14 @@ def diverged_cell(group: Group) -> str:
     return f"{len(seeds)} (seed {' '.join(map(str, seeds))})" if seeds else "0"
 
 
-def group_rows(groups: list[Group], group_stats: list[dict], keys: list[str], metrics: list[str], ci_columns: bool,
-               costs: list[dict]) -> tuple[list[str], list[list[str]]]:
+def group_rows(
+    groups: list[Group],
+    group_stats: list[dict],
+    keys: list[str],
+    metrics: list[str],
+    ci_columns: bool,
+    costs: list[dict],
+) -> tuple[list[str], list[list[str]]]:
     """The groups table; the interval gets its own column in report.md, a second line in the narrower terminal.
     Where groups were compared, the last column is each one's time per run against its reference's (costs)."""
     metrics = [m for m in metrics if m in HEADLINE]
@@ -69,8 +80,12 @@ def group_rows(groups: list[Group], group_stats: list[dict], keys: list[str], me
     change = {c["group"]: time_change(c["ratio"]) for c in costs} | {c["reference"]: "reference" for c in costs}
     rows = []
     for g, st in zip(groups, group_stats):
-        row = [*(fmt_value(v) for v in g.values), str(len(g.runs)), " ".join(map(str, g.seeds())) or "–",
-               diverged_cell(g)]
+        row = [
+            *(fmt_value(v) for v in g.values),
+            str(len(g.runs)),
+            " ".join(map(str, g.seeds())) or "–",
+            diverged_cell(g),
+        ]
         for m in metrics:
             cells = [mean_sd(st[m], m), interval(st[m], m)]
             row += cells if ci_columns else ["\n".join(cells)]
@@ -125,12 +140,37 @@ def time_change(ratio: float) -> str:
 
 
 def comparison_rows(rows: list[dict]) -> tuple[list[str], list[list[str]]]:
-    headers = ["group", "reference", "metric", "test", "n / n ref", "Δ mean (pp)", "95% CI (pp, unadjusted)", "p",
-               "p Holm", "verdict", "MDE at α/m (pp)", "seeds for 0.5 pp"]
-    return headers, [[r["group"], r["reference"], r["metric"], r["test"], f"{r['n']} / {r['n_ref']}",
-                      f"{r['diff'] * 100:+.2f}", f"[{fmt(r['ci95_low'], 100)}, {fmt(r['ci95_high'], 100)}]",
-                      p_text(r["p"]), p_text(r["p_holm"]), r["verdict"], fmt(r["mde"], 100),
-                      str(r["seeds_needed"] or "–")] for r in rows]
+    headers = [
+        "group",
+        "reference",
+        "metric",
+        "test",
+        "n / n ref",
+        "Δ mean (pp)",
+        "95% CI (pp, unadjusted)",
+        "p",
+        "p Holm",
+        "verdict",
+        "MDE at α/m (pp)",
+        "seeds for 0.5 pp",
+    ]
+    return headers, [
+        [
+            r["group"],
+            r["reference"],
+            r["metric"],
+            r["test"],
+            f"{r['n']} / {r['n_ref']}",
+            f"{r['diff'] * 100:+.2f}",
+            f"[{fmt(r['ci95_low'], 100)}, {fmt(r['ci95_high'], 100)}]",
+            p_text(r["p"]),
+            p_text(r["p_holm"]),
+            r["verdict"],
+            fmt(r["mde"], 100),
+            str(r["seeds_needed"] or "–"),
+        ]
+        for r in rows
+    ]
 
 
 def problem_rows(runs: list[Run], out_dir: Path) -> tuple[list[str], list[list[str]]]:
@@ -173,20 +213,21 @@ def rich_table(title: str, headers: list[str], rows: list[list[str]]) -> Table:
 
 # The comparison columns the terminal shows: all twelve fold every cell at 80 columns; report.md and
 # comparisons.csv hold them all
-TERMINAL_COMPARISON_COLUMNS = ("group", "metric", "Δ mean (pp)", "95% CI (pp, unadjusted)", "p Holm",
-                               "verdict")
+TERMINAL_COMPARISON_COLUMNS = ("group", "metric", "Δ mean (pp)", "95% CI (pp, unadjusted)", "p Holm", "verdict")
 
 
 def terminal_comparison_rows(rows: list[dict]) -> tuple[list[str], list[list[str]]]:
     headers, cells = comparison_rows(rows)
     keep = [headers.index(h) for h in TERMINAL_COMPARISON_COLUMNS]
-    return [headers[i] for i in keep], [[row[i].replace("_", " ") if headers[i] == "metric" else row[i]
-                                         for i in keep] for row in cells]
+    return [headers[i] for i in keep], [
+        [row[i].replace("_", " ") if headers[i] == "metric" else row[i] for i in keep] for row in cells
+    ]
 
 
 def md_table(headers: list[str], rows: list[list[str]]) -> str:
     def cell(text: str) -> str:
         return text.replace("|", "\\|").replace("\n", " ")
+
     lines = ["| " + " | ".join(map(cell, headers)) + " |", "|" + "---|" * len(headers)]
     return "\n".join(lines + ["| " + " | ".join(map(cell, row)) + " |" for row in rows])
 
