@@ -93,10 +93,10 @@ def test_the_source_hash_changes_with_any_file_and_not_with_where_the_tree_is(tm
 
 
 def test_a_custom_module_s_source_file_is_hashed_in_each_piece(tmp_path, monkeypatch):
-    module = tmp_path / "mygates.py"
+    module = tmp_path / "piecegate.py"
     module.write_text(GATE.format(edit=""))
     monkeypatch.syspath_prepend(str(tmp_path))
-    custom = ["attention=custom", "attention._target_=mygates.Gate", "pattern=p1"]
+    custom = ["attention=custom", "attention._target_=piecegate.Gate", "pattern=p1"]
     run = tmp_path / "run"
     stopped_after_one_step(make(*custom), run)
     module.write_text(GATE.format(edit=" * 1.0  # edited between pieces"))
