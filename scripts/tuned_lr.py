@@ -32,6 +32,7 @@ from omegaconf import DictConfig, OmegaConf
 from resattn.errors import flatten
 from resattn.identity import DATA_ROOT, defines_the_experiment, first_difference, recorded
 from resattn.job import usage_error
+from resattn.tracking import read_summary
 from resattn.tuning import TUNED_GROUP
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -74,14 +75,6 @@ def best_of(results: Path) -> tuple[dict, float]:
     return OmegaConf.to_container(params), float(value)
 
 
-def read_summary(path: Path) -> dict:
-    try:
-        summary = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return {}  # an unreadable trial still counts as a trial
-    return summary if isinstance(summary, dict) else {}
-
-
 def read_study(results: Path) -> dict:
     """One study: its pattern, best parameters and value, its trials' outcomes, its config (flattened, hydra
     aside), what its trials resolved (identity.recorded), its group choices and the keys it tuned."""
@@ -93,7 +86,10 @@ def read_study(results: Path) -> dict:
     hydra = load(trial.parent / "hydra.yaml", "trial config").get("hydra") or OmegaConf.create({})
     params, value = best_of(results)
     swept = OmegaConf.select(hydra, "sweeper.params")  # nested when given as hydra.sweeper.params.optim.lr
-    summaries = [read_summary(p) for p in sorted(folder.glob("*/summary.json"))]
+    # an unreadable trial still counts as a trial
+    summaries = [
+        s if isinstance(s := read_summary(p.parent), dict) else {} for p in sorted(folder.glob("*/summary.json"))
+    ]
     return {
         "pattern": OmegaConf.select(config, "pattern.name"),
         "params": params,

@@ -100,9 +100,12 @@ def _validate_optim(cfg: DictConfig) -> None:
         raise ConfigError(f"optim.lr must be a finite number > 0, got {cfg.optim.lr!r}")
     if not 0 <= _number(cfg, "optim.momentum") < 1:
         raise ConfigError(f"optim.momentum must be a number in [0, 1), got {cfg.optim.momentum!r}")
-    for key in ("optim.weight_decay", "optim.label_smoothing", "optim.warmup_frac"):
-        if not 0 <= _number(cfg, key) < math.inf:
-            raise ConfigError(f"{key} must be a finite number >= 0, got {_number(cfg, key)!r}")
+    if not 0 <= _number(cfg, "optim.weight_decay") < math.inf:
+        raise ConfigError(f"optim.weight_decay must be a finite number >= 0, got {cfg.optim.weight_decay!r}")
+    if not 0 < _number(cfg, "optim.warmup_frac") < 1:
+        raise ConfigError(f"optim.warmup_frac must be a number in (0, 1), got {cfg.optim.warmup_frac!r}")
+    if not 0 <= _number(cfg, "optim.label_smoothing") < 1:
+        raise ConfigError(f"optim.label_smoothing must be a number in [0, 1), got {cfg.optim.label_smoothing!r}")
 
 
 def _validate_data(d: DictConfig) -> None:
@@ -153,10 +156,6 @@ def validate(cfg: DictConfig) -> None:
     if not 0 < _number(cfg, "optim.lam_lr_scale") < math.inf:
         raise ConfigError(f"optim.lam_lr_scale must be a number > 0, got {cfg.optim.lam_lr_scale!r}")
     _validate_optim(cfg)
-    if not 0 < _number(cfg, "optim.warmup_frac") < 1:
-        raise ConfigError(f"optim.warmup_frac must be a number in (0, 1), got {cfg.optim.warmup_frac!r}")
-    if not _number(cfg, "optim.label_smoothing") < 1:
-        raise ConfigError(f"optim.label_smoothing must be a number in [0, 1), got {cfg.optim.label_smoothing!r}")
     _one_of("optim.schedule", cfg.optim.schedule, ("onecycle", "cosine", "step"))
     _one_of("trainer.precision", cfg.trainer.precision, ("auto", "bf16", "fp32"))
     _one_of("trainer.compile", cfg.trainer.compile, ("auto", True, False))

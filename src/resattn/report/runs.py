@@ -104,7 +104,7 @@ def read_curves(run_dir: Path) -> dict:
     }
 
 
-def read_summary(run: Run) -> bool:
+def fill_summary(run: Run) -> bool:
     """Fill in run.summary, status and error; False when there is no usable summary."""
     try:
         run.summary = json.loads((run.path / "summary.json").read_text())
@@ -138,7 +138,7 @@ def read_run(run_dir: Path) -> Run:
         run.config = read_config(run_dir)
     except Exception as err:
         config_error = f".hydra/config.yaml: {type(err).__name__}: {err}"
-    if not read_summary(run) or not (run.ok or run.diverged):
+    if not fill_summary(run) or not (run.ok or run.diverged):
         return run
     # best_test_acc is absent with a validation split (the test set is read at the end only)
     needed = ("final_test_acc", "wall_time_s") if run.ok else ()
