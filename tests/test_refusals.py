@@ -9,11 +9,12 @@ from hydra import compose, initialize_config_dir
 from test_report import fake_run
 
 from conftest import ROOT, TINY, run_train
-from resattn import report
+from resattn import report, study
 from resattn.config import validate
 from resattn.errors import ConfigError
 from resattn.launchers import check_launching
 from resattn.report import ReportError
+from resattn.study import StudyError
 
 
 def files(folder: Path) -> dict[str, str]:
@@ -121,3 +122,20 @@ def test_a_reference_naming_one_key_twice_is_refused(tmp_path):
     fake_run(tmp_path / "a", "p1")
     with pytest.raises(ReportError, match="--reference gives pattern twice"):
         report.write_report([tmp_path], reference=["pattern=p1", "pattern=p3"])
+
+
+def test_a_report_into_a_folder_that_cannot_be_made_is_refused(tmp_path):
+    fake_run(tmp_path / "a", "p1")
+    with pytest.raises(ReportError, match="--out /proc/resattn: cannot make the folder"):
+        report.write_report([tmp_path], "/proc/resattn")
+
+
+def test_study_rows_onto_a_folder_and_status_of_a_hand_edited_summary_are_one_line(tmp_path):
+    fake_run(tmp_path / "runs" / "a", "p1", summary={"epochs_completed": "two"})
+    with pytest.raises(StudyError, match="is a folder: give the CSV file"):
+        study.write_rows(tmp_path / "runs", "s", tmp_path / "runs")
+    (job,) = study.study_status(tmp_path / "runs" / "a")
+    assert (job.state, job.reason) == (
+        "unreadable",
+        "summary.json: epochs_completed, wall_time_s or members is not a number",
+    )

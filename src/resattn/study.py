@@ -97,10 +97,14 @@ def job_status(name: str, folder: Path, epochs: int | None) -> JobStatus:
         if not (folder / "summary.json").exists():
             return JobStatus(name, "missing", 0, epochs, None)
         return JobStatus(name, "unreadable", 0, epochs, None, reason=completion(folder))
-    done = int(summary.get("epochs_completed") or 0)
-    wall, members = summary.get("wall_time_s"), summary.get("members") or 1
-    # a fused member's wall_time_s is its whole group's: its own share is the group's over its members
-    per_epoch = wall / members / done if done and wall else None
+    try:
+        done = int(summary.get("epochs_completed") or 0)
+        wall, members = summary.get("wall_time_s"), summary.get("members") or 1
+        # a fused member's wall_time_s is its whole group's: its own share is the group's over its members
+        per_epoch = wall / members / done if done and wall else None
+    except (TypeError, ValueError, ZeroDivisionError):  # a summary edited by hand
+        why = "summary.json: epochs_completed, wall_time_s or members is not a number"
+        return JobStatus(name, "unreadable", 0, epochs, None, reason=why)
     state, reason = str(summary.get("status", "running")), ""
     if state == "completed":
         reason = completion(folder) or ""
@@ -362,6 +366,8 @@ def write_rows(table: Path, study: str, study_dir: Path) -> int:
     keeping the others; columns appear as runs need them. The number of rows written."""
     if not Path(study_dir).is_dir():
         raise StudyError(f"{study_dir} is not a folder")
+    if Path(table).is_dir():
+        raise StudyError(f"{table} is a folder: give the CSV file the rows go in (docs/results/runs.csv)")
     runs = [read_run(path) for path in find_run_dirs([study_dir])]
     if not runs:
         raise StudyError(f"{study_dir}: no run folders (summary.json or .hydra/) under it")

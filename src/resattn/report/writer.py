@@ -293,7 +293,10 @@ def write_report(paths, out_dir=None, reference=None, console: Console | None = 
     rows, more_notes = comparisons(groups, refs, keys, metrics) if refs else ([], [])
     notes += more_notes
 
-    out_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise ReportError(f"--out {out_dir}: cannot make the folder ({err.strerror}); give a writable folder") from None
     plot_names = write_plots(out_dir, groups, refs, keys, rows)
     group_stats = [tables.group_stats(g, metrics) for g in groups]
     write_csvs(out_dir, runs, groups, group_stats, keys, metrics, rows)
