@@ -139,3 +139,8 @@ def test_study_rows_onto_a_folder_and_status_of_a_hand_edited_summary_are_one_li
         "unreadable",
         "summary.json: epochs_completed, wall_time_s or members is not a number",
     )
+
+
+def test_the_fused_launcher_in_bf16_is_refused_before_hydra_starts():
+    with pytest.raises(ConfigError, match="trainer.precision=bf16: the fused launcher trains in fp32"):
+        check_launching(["hydra/launcher=fused", "trainer.precision=bf16", "seed=0,1"], True)

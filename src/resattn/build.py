@@ -49,14 +49,19 @@ def set_threads(setting) -> int:
     return torch.get_num_threads()
 
 
+FUSED_BF16 = (
+    "trainer.precision=bf16: the fused launcher trains in fp32 (bf16 autocast does not reach convolutions under "
+    "vmap); use trainer.precision=auto or fp32, or another launcher"
+)
+
+
 def pick_precision(setting: str, device: torch.device, fused: bool, resumed: str | None) -> bool:
     """Whether the run trains in bf16. A resumed run keeps the precision it started in (`resumed`: its checkpoint's),
     whatever trainer.precision=auto would pick on this machine; the fused launcher trains every job of a sweep in
     fp32, a group of one too (bf16 autocast does not reach convolutions under vmap, measured on the CPU)."""
     if fused and "bf16" in (setting, resumed):
         raise ConfigError(
-            "trainer.precision=bf16: the fused launcher trains in fp32 (bf16 autocast does not reach "
-            "convolutions under vmap); use trainer.precision=auto or fp32, or another launcher"
+            FUSED_BF16
             if setting == "bf16"
             else "trainer.resume: this run started in bf16 with another launcher; "
             "finish it with that launcher (hydra/launcher=basic)"

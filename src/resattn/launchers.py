@@ -20,6 +20,7 @@ from hydra.core.override_parser.types import Override
 from hydra.errors import HydraException
 from omegaconf import OmegaConf
 
+from resattn.build import FUSED_BF16
 from resattn.errors import ConfigError, file_in_the_way
 from resattn.keys import CONFIGS, compose_config
 
@@ -134,6 +135,8 @@ def check_fused(overrides: dict[str, Override], multirun: bool) -> None:
             check_fused_setting(
                 key, override.input_line.partition("=")[2] if override.is_sweep_override() else override.value()
             )
+    if value(overrides.get("trainer.precision")) == "bf16":  # else every job fails as it starts, each leaving a folder
+        raise ConfigError(FUSED_BF16)
     if value(overrides.get("hydra.job.chdir")) is True:
         raise ConfigError(
             "hydra.job.chdir=true does not work with hydra/launcher=fused: its members train in one "
