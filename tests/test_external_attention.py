@@ -179,7 +179,9 @@ def test_a_module_that_changes_the_shape_is_refused_when_built(gates):
 
 
 def test_a_module_that_cannot_take_channels_last_tensors_is_refused_where_training_feeds_them(gates, one_thread):
-    with pytest.raises(ConfigError, match=r"attention labgates.Views fails in block1: RuntimeError: view size"):
+    with pytest.raises(
+        ConfigError, match=r"attention labgates.Views fails in block1 in eval mode: RuntimeError: view size"
+    ):
         build_model(make("attention=custom", "attention._target_=labgates.Views", "trainer.channels_last=true"), 10)
     build_model(make("attention=custom", "attention._target_=labgates.Views", "trainer.channels_last=false"), 10)
 
@@ -278,3 +280,32 @@ def test_a_preset_sweeps_timm_types_and_everything_downstream_names_them(tmp_pat
         (f"pattern=p1, attention=timm.{n}", f"pattern=baseline, attention=timm.{n}") for n in ("se", "coord")
     }
     assert (tmp_path / "grid_heatmap.png").exists()
+
+
+def test_a_module_that_fails_only_in_train_mode_is_refused_when_built(gates, tmp_path):
+    (gates / "traingates.py").write_text(
+        textwrap.dedent("""
+        from torch import nn
+
+
+        class OnlyEval(nn.Module):
+            def __init__(self, channels):
+                super().__init__()
+
+            def forward(self, v):
+                if self.training:
+                    raise RuntimeError("no training here")
+                return v
+        """)
+    )
+    with pytest.raises(ConfigError, match="attention traingates.OnlyEval fails in block1 in train mode: RuntimeError"):
+        build_model(make("attention=custom", "attention._target_=traingates.OnlyEval"), 10)
+
+
+def test_timm_lambda_under_channels_last_is_refused_with_the_key_that_trains_it():
+    lam = ["attention=timm", "attention.type=lambda", "pattern=p1"]
+    with pytest.raises(
+        ConfigError, match="attention timm.lambda cannot train channels-last .*trainer.channels_last=false"
+    ):
+        build_model(make(*lam), 10)
+    build_model(make(*lam, "trainer.channels_last=false"), 10)

@@ -251,30 +251,35 @@ def contract_hook(label: str, block: str, module, args, out) -> None:
 
 @torch.no_grad()
 def check_contract(model, label: str, channels_last: bool = False, image_shape=(3, 32, 32)) -> None:
-    """Run the model once (eval mode: nothing it holds changes) on a batch of two images, channels-last ones
-    when training will feed those (trainer.channels_last: a module's .view() fails on them); ConfigError,
-    naming the module, the block and the shapes, where an attention module breaks the contract or fails."""
+    """Run a copy of the model (the model itself stays as built) on a batch of two images, in eval and in train
+    mode, as channels-last tensors through a channels-last model when training will run so
+    (trainer.channels_last: a module's .view() fails there); ConfigError, naming the module, the block, the mode
+    and the shapes, where an attention module breaks the contract or fails."""
+    import copy
+
+    probe = copy.deepcopy(model)
+    try:  # as training converts it (engine.prepare): a 5-D weight (timm's lambda) cannot be made channels-last
+        probe = probe.to(memory_format=torch.channels_last) if channels_last else probe
+    except RuntimeError as err:
+        raise ConfigError(
+            f"attention {label} cannot train channels-last ({one_line(err)}); give trainer.channels_last=false"
+        ) from None
     where = {}
-    hooks = []
-    for block, b in model.blocks.items():
+    for block, b in probe.blocks.items():
         if b.attn is not None:
-            hooks.append(b.attn.register_forward_pre_hook(lambda *_, block=block: where.update(block=block)))
-            hooks.append(b.attn.register_forward_hook(functools.partial(contract_hook, label, block)))
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.random.fork_rng(devices=[]):
-            x = torch.randn(2, *image_shape)
-            model(x.to(memory_format=torch.channels_last) if channels_last else x)
-    except ConfigError:
-        raise
-    except Exception as err:
-        place = f" in {where['block']}" if where else ""
-        raise ConfigError(f"attention {label} fails{place}: {one_line(err)}") from None
-    finally:
-        model.train(was_training)
-        for hook in hooks:
-            hook.remove()
+            b.attn.register_forward_pre_hook(lambda *_, block=block: where.update(block=block))
+            b.attn.register_forward_hook(functools.partial(contract_hook, label, block))
+    for mode in ("eval", "train"):
+        probe.train(mode == "train")
+        try:
+            with torch.random.fork_rng(devices=[]):
+                x = torch.randn(2, *image_shape)
+                probe(x.to(memory_format=torch.channels_last) if channels_last else x)
+        except ConfigError:
+            raise
+        except Exception as err:
+            place = f" in {where['block']}" if where else ""
+            raise ConfigError(f"attention {label} fails{place} in {mode} mode: {one_line(err)}") from None
 
 
 def check_stackable(model: nn.Module, label: str, image_shape=(3, 32, 32)) -> None:
