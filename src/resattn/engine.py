@@ -33,7 +33,7 @@ from resattn.build import (
 from resattn.config import validate
 from resattn.errors import ConfigError, Diverged, Interrupted
 from resattn.evaluate import evaluate
-from resattn.members import Members, fusion_key, stack
+from resattn.members import FUSABLE_KEYS, Members, fusion_key, stack
 from resattn.records import Run
 from resattn.tracking import Tracker
 
@@ -121,7 +121,7 @@ def train_members(
     for cfg in cfgs:
         validate(cfg)
     if len({fusion_key(cfg) for cfg in cfgs}) > 1:
-        raise ConfigError("members of a fused job may differ only in seed and pattern.lam_init")
+        raise ConfigError(f"members of a fused job may differ only in {' and '.join(FUSABLE_KEYS)}")
     job = prepare(cfgs, [Path(d) for d in run_dirs], time.perf_counter(), fused, on_start)
     try:
         run_epochs(job, stop)

@@ -159,7 +159,7 @@ def save(run: Run, m: int, members, optimizer, scheduler, progress: dict, wall_t
 def restore(run: Run, m: int, state: dict, members, optimizer, scheduler) -> None:
     """Apply run m's checkpoint (read and checked by load_saved) to the stack, the momentum, the schedule, its data
     order and its summary; the process-wide RNGs are the job's (checkpoint.set_rng_state, once)."""
-    path = run.checkpoint_path if run.cfg.trainer.resume == "auto" else run.cfg.trainer.resume
+    path = resume_path(run.cfg.trainer.resume, run.checkpoint_path)
     try:
         members.load_state_dict(m, state["model"])
         members.load_momentum(optimizer, m, state["momentum"])
