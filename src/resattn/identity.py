@@ -44,6 +44,8 @@ PLACEMENT_KEYS = (
     "custom_source_hash",
 )
 
+REPLICATE_KEY = "seed"  # the replicates of one experiment: the report's n, paired across arms
+
 # the config key a run's own data is known by when its summary.json has no data_fingerprint (older runs)
 DATA_ROOT = "data.root"
 DATA_FINGERPRINT = "data.fingerprint"  # the name the report groups and labels the fingerprint by

@@ -17,9 +17,10 @@ from rich.table import Table
 
 from resattn import pieces, robustness
 from resattn.errors import ConfigError
+from resattn.identity import REPLICATE_KEY
 from resattn.report.runs import find_run_dirs, read_config, read_run
 from resattn.report.tables import write_csv
-from resattn.sweep import REPLICATE_KEY, job_name, parse, read_record, sweeper_params, varied_keys
+from resattn.sweep import job_name, parse, read_record, sweeper_params, varied_keys
 from resattn.tracking import completion, drop_images, read_summary
 
 CHECKPOINT = "checkpoint.pt"

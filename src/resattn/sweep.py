@@ -17,10 +17,10 @@ from hydra.core.override_parser.types import Override
 from omegaconf import DictConfig, OmegaConf
 
 from resattn.errors import ConfigError
+from resattn.identity import REPLICATE_KEY  # last in a job's name: the seeds of one arm sit side by side
 
 NAME_MAX = 255  # bytes in one file name: Linux, macOS and Windows file systems
 RECORD = "sweep.yaml"  # the sweep's fixed overrides and the keys its job folders are named by
-REPLICATE_KEY = "seed"  # the replicates of one experiment (the report's n): last in a job's name
 MULTIRUN = "multirun.yaml"  # the sweep's command, whole: Hydra's own record of a sweep
 
 

@@ -18,7 +18,7 @@ from tensorboard.backend.event_processing import event_accumulator
 
 from resattn import identity
 from resattn.errors import flatten
-from resattn.sweep import REPLICATE_KEY
+from resattn.identity import REPLICATE_KEY
 
 ACC_METRICS = ("best_test_acc", "final_test_acc")
 # on the validation split (data.val_size), in runs that held one out: reported where any run has them
