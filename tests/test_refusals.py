@@ -144,3 +144,13 @@ def test_study_rows_onto_a_folder_and_status_of_a_hand_edited_summary_are_one_li
 def test_the_fused_launcher_in_bf16_is_refused_before_hydra_starts():
     with pytest.raises(ConfigError, match="trainer.precision=bf16: the fused launcher trains in fp32"):
         check_launching(["hydra/launcher=fused", "trainer.precision=bf16", "seed=0,1"], True)
+
+
+def test_the_way_out_of_a_changed_rerun_starts_the_run(tmp_path):
+    run = tmp_path / "run"
+    assert run_train(*TINY, "trainer.epochs=1", f"hydra.run.dir={run}").returncode == 0
+    refused = run_train(*TINY, "trainer.epochs=2", f"hydra.run.dir={run}")
+    assert refused.returncode == 2 and "give trainer.resume=false, to start afresh" in refused.stderr
+    afresh = run_train(*TINY, "trainer.epochs=2", "trainer.resume=false", f"hydra.run.dir={run}")  # taken literally
+    assert afresh.returncode == 0, afresh.stderr[-2000:]
+    assert "trainer.epochs=2" in (run / ".hydra" / "overrides.yaml").read_text()
