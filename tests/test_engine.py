@@ -137,19 +137,49 @@ def test_divergence_stops_the_run_with_its_status(tmp_path):
     assert proc.stderr.strip().splitlines()[-1].startswith("error: non-finite training loss")
 
 
+FAILING_GATE = """
+from torch import nn
+
+
+class Gate(nn.Module):
+    def __init__(self, channels, fail=False):
+        super().__init__()
+        if fail:
+            raise RuntimeError("this gate does not build")
+
+    def forward(self, v):
+        return v
+"""
+
+
 @pytest.mark.slow  # a long end-to-end run: in CI's second command (-m slow)
 def test_a_failing_sweep_job_does_not_stop_the_others(tmp_path):
-    proc = run_train("-m", *TINY, "trainer.epochs=1", "pattern.lam_init=0.1,7,0.5", f"hydra.sweep.dir={tmp_path}")
-    assert proc.returncode == 1
-    statuses = {}
-    for job in tmp_path.iterdir():
-        if job.is_dir():
-            statuses[job.name.split("pattern.lam_init=")[1].split(",")[0]] = summary(job)
-    assert {k: v["status"] for k, v in statuses.items()} == {"0.1": "completed", "7": "failed", "0.5": "completed"}
-    assert "pattern.lam_init" in statuses["7"]["error"]
-    assert "1 of 3 jobs did not complete" in proc.stderr
-    report = (tmp_path / "report.md").read_text()  # the sweep's report lists the failure
-    failed_lines = [line for line in report.splitlines() if "pattern.lam_init=7" in line]
+    """A job that fails as it runs (its module does not build: no config check can see it) is recorded failed and
+    the others train; a bad value the checks can see refuses the sweep before any job (tests/test_study.py)."""
+    (tmp_path / "failgate.py").write_text(FAILING_GATE)
+    sweep = tmp_path / "sweep"
+    args = ["attention=custom", "attention._target_=failgate.Gate", "pattern=p1", "+attention.fail=false,true"]
+    proc = run_train(
+        "-m",
+        *TINY,
+        "trainer.epochs=1",
+        *args,
+        "seed=0,1",
+        f"hydra.sweep.dir={sweep}",
+        env={"PYTHONPATH": f"{tmp_path}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"},
+    )
+    assert proc.returncode == 1, proc.stderr[-2000:]
+    statuses = {job.name: summary(job) for job in sweep.iterdir() if job.is_dir()}
+    assert {k: v["status"] for k, v in statuses.items()} == {
+        "attention.fail=false,seed=0": "completed",
+        "attention.fail=false,seed=1": "completed",
+        "attention.fail=true,seed=0": "failed",
+        "attention.fail=true,seed=1": "failed",
+    }
+    assert "this gate does not build" in statuses["attention.fail=true,seed=0"]["error"]
+    assert "2 of 4 jobs did not complete" in proc.stderr
+    report = (sweep / "report.md").read_text()  # the sweep's report lists the failures
+    failed_lines = [line for line in report.splitlines() if "attention.fail=true" in line]
     assert failed_lines and "failed" in failed_lines[0]
 
 
