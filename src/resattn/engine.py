@@ -178,32 +178,13 @@ def prepare(
     train_loader = data.Loader(
         ds.train, t.batch_size, mean, std, device, dtype, channels_last, augment=cfg.data.augment, drop_last=True
     )  # drop_last: one shape to compile
-    models = []
-    for c in cfgs:
-        seed_everything(c.seed)
-        model = build_model(c, len(ds.classes)).to(device)
-        models.append(model.to(memory_format=torch.channels_last) if channels_last else model)
-    if len(models) > 1:
-        check_fusable(cfg, models[0])  # a module vmap cannot stack: one line, before any step
-    members = stack(models)
+    members = build_members(cfgs, len(ds.classes), device, channels_last)
     total_steps = t.epochs * len(train_loader)
     optimizer, scheduler = build_optimizer(cfg, members.params, members.template, total_steps)
     compiled = use_compile(t.compile, device, total_steps)
     if compiled:
         members.compile()
-    # channels_last is the config's wish; a fused job trains NCHW (above): record what ran
-    setup = {
-        "device": str(device),
-        "device_type": device.type,
-        "precision": "bf16" if bf16 else "fp32",
-        "compiled": compiled,
-        "memory_format": "channels_last" if channels_last else "contiguous",
-        "fused": len(cfgs) > 1,
-        "torch_version": str(torch.__version__),
-        "num_threads": threads,
-        "members": len(cfgs),
-        **provenance.code_identity(records.resolved(cfg.attention)),
-    }
+    setup = piece_setup(cfgs, device, bf16, compiled, channels_last, threads)
     job = Job(
         cfg,
         [new_run(c, d, train_loader, setup, ds.fingerprint) for c, d in zip(cfgs, run_dirs)],
@@ -233,6 +214,35 @@ def prepare(
         f", {len(cfgs)} fused members" if len(cfgs) > 1 else "",
     )
     return job
+
+
+def build_members(cfgs: list[DictConfig], classes: int, device: torch.device, channels_last: bool) -> Members:
+    """Each config's model, seeded by its own seed, stacked as the job's members (one: the plain module)."""
+    models = []
+    for c in cfgs:
+        seed_everything(c.seed)
+        model = build_model(c, classes).to(device)
+        models.append(model.to(memory_format=torch.channels_last) if channels_last else model)
+    if len(models) > 1:
+        check_fusable(cfgs[0], models[0])  # a module vmap cannot stack: one line, before any step
+    return stack(models)
+
+
+def piece_setup(cfgs: list[DictConfig], device, bf16: bool, compiled: bool, channels_last: bool, threads: int) -> dict:
+    """How and with which code this piece runs, as summary.json and each piece record it: what ran, not the
+    config's wish (trainer.channels_last: a fused job trains NCHW)."""
+    return {
+        "device": str(device),
+        "device_type": device.type,
+        "precision": "bf16" if bf16 else "fp32",
+        "compiled": compiled,
+        "memory_format": "channels_last" if channels_last else "contiguous",
+        "fused": len(cfgs) > 1,
+        "torch_version": str(torch.__version__),
+        "num_threads": threads,
+        "members": len(cfgs),
+        **provenance.code_identity(records.resolved(cfgs[0].attention)),
+    }
 
 
 def new_run(cfg: DictConfig, run_dir: Path, train_loader: data.Loader, setup: dict, fingerprint: str) -> Run:
