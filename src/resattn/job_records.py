@@ -52,7 +52,7 @@ def keep(run_dirs: list[Path]) -> None:
             pending.rmdir()
     folders = {Path(d).resolve() for d in run_dirs}
     for handler in held_handlers():
-        if Path(handler.baseFilename).parent in folders:
+        if Path(handler.baseFilename).resolve().parent in folders:  # both resolved: /tmp may be a link
             handler.release()
 
 
