@@ -250,18 +250,12 @@ def test_a_read_only_data_root_is_never_written(tmp_path, monkeypatch, caplog):
 def test_a_run_resumes_with_its_cache_in_another_folder(tmp_path):
     """data.cache_dir says where the decoded images are kept, not what the run computes
     (identity.NOT_THE_EXPERIMENT): a run stopped with one resumes with another."""
-    from test_records import bmp_folder, make, stopped_after_one_step
+    from test_records import BMP_RUN, bmp_folder, make, stopped_after_one_step
 
     from resattn import engine
 
     images, run = bmp_folder(tmp_path / "images", 10), tmp_path / "run"
-    folder = [
-        "data=folder",
-        f"data.root={images}",
-        "data.train_size=null",
-        "data.test_size=null",
-        "trainer.batch_size=4",
-    ]
+    folder = [*BMP_RUN, f"data.root={images}"]
     stopped_after_one_step(make(*folder, f"data.cache_dir={tmp_path / 'first'}"), run)
     done = engine.train(make(*folder, f"data.cache_dir={tmp_path / 'second'}"), run)
     assert done["status"] == "completed" and done["pieces"][1]["start_step"] == 1

@@ -39,6 +39,10 @@ def bmp_folder(root, value: int):
     return root
 
 
+# a run on bmp_folder's images: every image, small batches (data.root given beside it)
+BMP_RUN = ["data=folder", "data.train_size=null", "data.test_size=null", "trainer.batch_size=4"]
+
+
 def stopped_after_one_step(cfg, run_dir):
     with pytest.raises(Interrupted):
         engine.train(cfg, run_dir, [signal.SIGTERM])  # a stop already asked for: it saves after the first step
@@ -47,7 +51,7 @@ def stopped_after_one_step(cfg, run_dir):
 def test_a_run_resumes_only_on_the_images_it_started_on(tmp_path, monkeypatch):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     images, run = bmp_folder(tmp_path / "images", 10), tmp_path / "run"
-    folder = ["data=folder", "data.train_size=null", "data.test_size=null", "trainer.batch_size=4"]
+    folder = BMP_RUN
     stopped_after_one_step(make(*folder, f"data.root={images}"), run)
     moved = tmp_path / "moved"
     shutil.copytree(images, moved)

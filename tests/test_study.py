@@ -673,16 +673,10 @@ def test_only_unfinished_jobs_reach_the_launcher(tmp_path, by_number, launches):
 
 
 def test_a_sweep_rerun_on_other_images_is_refused_before_any_job_trains(tmp_path):
-    from test_records import bmp_folder
+    from test_records import BMP_RUN, bmp_folder
 
     images, sweep_dir = bmp_folder(tmp_path / "images", 10), tmp_path / "sweep"
-    folder = [
-        "data=folder",
-        f"data.root={images}",
-        "data.train_size=null",
-        "data.test_size=null",
-        "trainer.batch_size=4",
-    ]
+    folder = [*BMP_RUN, f"data.root={images}"]
     assert run_train("-m", *SWEEP, *folder, f"hydra.sweep.dir={sweep_dir}").returncode == 0
     shutil.rmtree(sweep_dir / "seed=1")  # a job the first piece never reached
     bmp_folder(images, 90)  # other pixels under the same names and sizes
